@@ -1,0 +1,3 @@
+from asdcli.cli import main
+
+main()

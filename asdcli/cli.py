@@ -1,0 +1,176 @@
+"""The `asd` command: five thin commands over one engine. Heavy modules are imported inside commands only,
+so `asd --help` never imports torch."""
+
+from __future__ import annotations
+
+import sys
+from pathlib import Path
+from typing import Optional
+
+import typer
+
+from asdcli import __version__
+
+app = typer.Typer(add_completion=False, no_args_is_help=True, pretty_exceptions_enable=False,
+                  help="Scalable text-to-3D with Asynchronous Score Distillation (ASD).",
+                  context_settings={"help_option_names": ["-h", "--help"]})
+
+DEBUG = typer.Option(False, "--debug", help="Show full tracebacks instead of one-line errors.")
+QUIET = typer.Option(False, "--quiet", "-q", help="No progress bar; errors still go to stderr.")
+DEVICE = typer.Option(None, "--device", help="cpu, cuda or cuda:N (default: the recipe's train.device, auto).")
+
+
+def _version(value: bool) -> None:
+    if value:
+        typer.echo(f"asd {__version__}")
+        raise typer.Exit()
+
+
+@app.callback()
+def _root(version: bool = typer.Option(False, "--version", callback=_version, is_eager=True,
+                                       help="Print the version and exit.")) -> None:
+    """Train text-to-3D generators with ASD, turn prompts into meshes, and evaluate them."""
+
+
+def run_guarded(debug: bool, fn, *args, **kwargs):
+    """Run a command body: bad input → one line + exit 2; an internal error → one line + exit 1."""
+    from asdcli.errors import UserError
+
+    try:
+        return fn(*args, **kwargs)
+    except UserError as exc:
+        if debug:
+            raise
+        typer.echo(f"error: {exc}", err=True)
+        raise typer.Exit(2) from None
+    except KeyboardInterrupt:
+        typer.echo("interrupted", err=True)
+        raise typer.Exit(130) from None
+    except Exception as exc:  # the contract: one line unless --debug
+        if debug:
+            raise
+        name = type(exc).__name__
+        typer.echo(f"internal error ({name}): {exc}; rerun with --debug for the traceback", err=True)
+        raise typer.Exit(1) from None
+
+
+@app.command(context_settings={"allow_extra_args": False})
+def train(
+    recipe: Path = typer.Argument(..., help="Recipe YAML, e.g. recipes/tiny_cpu.yaml."),
+    overrides: Optional[list[str]] = typer.Argument(None, help="key.path=value overrides, e.g. train.lr=0.01."),
+    steps: Optional[int] = typer.Option(None, "--steps", help="Optimiser steps (overrides train.steps)."),
+    out: Optional[Path] = typer.Option(None, "--out", help="Run directory (default runs/NAME)."),
+    device: Optional[str] = DEVICE,
+    resume: bool = typer.Option(False, "--resume", help="Continue the run in --out from its last checkpoint."),
+    dry_run: bool = typer.Option(False, "--dry-run", help="Print the resolved recipe and parameter counts; "
+                                                          "load no prior weights, train nothing."),
+    json_out: bool = typer.Option(False, "--json", help="With --dry-run: print JSON."),
+    quiet: bool = QUIET,
+    debug: bool = DEBUG,
+) -> None:
+    """Amortized training of a text-to-3D generator over a prompt library."""
+    from asdcli.commands import train_command
+
+    run_guarded(debug, train_command, recipe, overrides or [], steps=steps, out=out, device=device,
+                resume=resume, dry_run=dry_run, json_out=json_out, quiet=quiet)
+
+
+@app.command()
+def distill(
+    prompt: str = typer.Argument(..., help="The prompt to distil into one 3D field."),
+    overrides: Optional[list[str]] = typer.Argument(None, help="key.path=value overrides."),
+    recipe: Optional[Path] = typer.Option(None, "--recipe", help="Recipe YAML (default: the bundled one)."),
+    steps: Optional[int] = typer.Option(None, "--steps", help="Optimiser steps (overrides train.steps)."),
+    out: Optional[Path] = typer.Option(None, "--out", help="Run directory (default runs/NAME)."),
+    device: Optional[str] = DEVICE,
+    resume: bool = typer.Option(False, "--resume", help="Continue the run in --out from its last checkpoint."),
+    quiet: bool = QUIET,
+    debug: bool = DEBUG,
+) -> None:
+    """Per-prompt score distillation into a single 3D field."""
+    from asdcli.commands import distill_command
+
+    run_guarded(debug, distill_command, prompt, overrides or [], recipe=recipe, steps=steps, out=out,
+                device=device, resume=resume, quiet=quiet)
+
+
+@app.command()
+def generate(
+    prompt: str = typer.Argument(..., help="What to generate, e.g. \"a red cube on top of a blue sphere\"."),
+    out: Path = typer.Option(..., "--out", help="Output mesh: .glb, .obj or .ply."),
+    checkpoint: Optional[Path] = typer.Option(None, "--checkpoint", help="Run or checkpoint directory "
+                                              "(default: the bundled ShapesWorld model)."),
+    resolution: int = typer.Option(128, "--resolution", help="Isosurface grid resolution (8-1024)."),
+    threshold: Optional[float] = typer.Option(None, "--threshold", help="Isosurface level for density "
+                                              "fields (default: automatic; SDF fields use 0)."),
+    seed: int = typer.Option(0, "--seed", help="Seed for generators that take noise."),
+    turntable: Optional[Path] = typer.Option(None, "--turntable", help="Also write a turntable .mp4 or .gif."),
+    views_png: Optional[Path] = typer.Option(None, "--views-png", help="Also write a contact sheet of orbit "
+                                             "views (.png)."),
+    views: int = typer.Option(8, "--views", help="Orbit views for --turntable/--views-png."),
+    max_faces: Optional[int] = typer.Option(None, "--max-faces", help="Decimate to at most this many faces."),
+    device: Optional[str] = DEVICE,
+    verbose: bool = typer.Option(False, "--verbose", "-v", help="Print the time split."),
+    debug: bool = DEBUG,
+) -> None:
+    """Prompt → mesh through a trained generator, in about a second."""
+    from asdcli.commands import generate_command
+
+    run_guarded(debug, generate_command, prompt, out, checkpoint=checkpoint, resolution=resolution,
+                threshold=threshold, seed=seed, turntable=turntable, views_png=views_png, views=views,
+                max_faces=max_faces, device=device, verbose=verbose)
+
+
+@app.command()
+def export(
+    run: Path = typer.Argument(..., help="Run or checkpoint directory (train or distill)."),
+    prompts: Optional[Path] = typer.Option(None, "--prompts", help="Prompt file (.json library or .txt); "
+                                           "not needed for a distill run."),
+    split: str = typer.Option("test", "--split", help="Split of a JSON library: train, val or test."),
+    fmt: str = typer.Option("glb", "--format", help="glb, obj or ply."),
+    out: Path = typer.Option(..., "--out", help="Output directory."),
+    resolution: int = typer.Option(128, "--resolution", help="Isosurface grid resolution (8-1024)."),
+    overwrite: bool = typer.Option(False, "--overwrite", help="Rewrite assets that already exist."),
+    device: Optional[str] = DEVICE,
+    quiet: bool = QUIET,
+    debug: bool = DEBUG,
+) -> None:
+    """Batch export: one asset per prompt, plus index.json mapping file names to prompts."""
+    from asdcli.commands import export_command
+
+    run_guarded(debug, export_command, run, prompts=prompts, split=split, fmt=fmt, out=out,
+                resolution=resolution, overwrite=overwrite, device=device, quiet=quiet)
+
+
+@app.command(name="eval")
+def eval_(
+    checkpoint: Optional[Path] = typer.Option(None, "--checkpoint", help="Run or checkpoint directory "
+                                              "(default: the bundled ShapesWorld model)."),
+    prompts: Optional[Path] = typer.Option(None, "--prompts", help="Prompt file (.json library or .txt)."),
+    split: str = typer.Option("test", "--split", help="Split of a JSON library: train, val or test."),
+    clip_score: bool = typer.Option(False, "--clip-score", help="CLIP similarity and R@1."),
+    clip_model: Optional[str] = typer.Option(None, "--clip-model", help="CLIP hub id or local folder."),
+    views: int = typer.Option(8, "--views", help="Orbit views per prompt (the paper uses 120)."),
+    resolution: int = typer.Option(64, "--resolution", help="Render side in pixels."),
+    json_path: Optional[Path] = typer.Option(None, "--json", help="Write per-prompt rows + summary as JSON."),
+    csv_path: Optional[Path] = typer.Option(None, "--csv", help="Write per-prompt rows as CSV."),
+    sheet: Optional[Path] = typer.Option(None, "--sheet", help="Write a contact sheet PNG."),
+    device: Optional[str] = DEVICE,
+    quiet: bool = QUIET,
+    debug: bool = DEBUG,
+) -> None:
+    """Render each prompt from N orbit views and score it."""
+    from asdcli.commands import eval_command
+
+    run_guarded(debug, eval_command, checkpoint=checkpoint, prompts=prompts, split=split,
+                clip_score=clip_score, clip_model=clip_model, views=views, resolution=resolution,
+                json_path=json_path, csv_path=csv_path, sheet=sheet, device=device, quiet=quiet)
+
+
+def main() -> None:
+    app(prog_name="asd")
+
+
+if __name__ == "__main__":  # pragma: no cover
+    main()
+    sys.exit(0)

@@ -1,0 +1,226 @@
+"""Command bodies: parse → load recipe → call one engine function. Imported only when a command runs."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+from asdcli.errors import UserError
+
+
+def _flags(steps: int | None, out: Path | None, device: str | None) -> dict:
+    if steps is not None and steps < 1:
+        raise UserError(f"--steps: must be >= 1, got {steps}")
+    given = {"train.steps": steps, "output.dir": str(out) if out is not None else None, "train.device": device}
+    return {k: v for k, v in given.items() if v is not None}
+
+
+def _prompts_of(cfg) -> tuple[list[str], list[str]]:
+    from asdcli.prompts import _check_prompts, read_library
+
+    if cfg.prompts.library is None:
+        items = _check_prompts(list(cfg.prompts.items), "prompts.items")
+        return items, items
+    lib = read_library(cfg.prompts.library)
+    train, val = lib.get(cfg.prompts.train_split, []), lib.get(cfg.prompts.val_split, [])
+    if not train:
+        raise UserError(f"{cfg.prompts.library}: split {cfg.prompts.train_split!r} is empty "
+                        f"(prompts.train_split); splits present: {', '.join(k for k, v in lib.items() if v)}")
+    return train, val or train
+
+
+def train_command(recipe: Path, overrides: list[str], *, steps, out, device, resume, dry_run, json_out,
+                  quiet) -> None:
+    from asdcli.recipe import load_recipe
+
+    cfg = load_recipe(recipe, overrides, _flags(steps, out, device))
+    prompts, val = _prompts_of(cfg)
+    if dry_run:
+        return dry_run_report(cfg, prompts, json_out)
+    _fit_and_report(cfg, prompts, val, resume, quiet)
+
+
+def _fit_and_report(cfg, prompts, val, resume, quiet) -> None:
+    from asdcli.engine.trainer import TrainingAborted, fit
+
+    try:
+        result = fit(cfg, prompts, val, resume=resume, quiet=quiet)
+    except TrainingAborted as exc:
+        raise UserError(str(exc)) from None
+    if not quiet:
+        print(f"done: {result.step} steps at {result.steps_per_s:.2f} steps/s → {result.run_dir} "
+              f"(checkpoint: {result.run_dir}/checkpoints/last)")
+
+
+def distill_command(prompt: str, overrides: list[str], *, recipe, steps, out, device, resume, quiet) -> None:
+    from asdcli.prompts import check_prompt
+    from asdcli.recipe import load_recipe
+
+    prompt = check_prompt(prompt)
+    recipe = recipe or default_distill_recipe()
+    flags = _flags(steps, out, device)
+    flags.update({"prompts.items": [prompt], "prompts.library": None, "render.prompts_per_step": 1})
+    cfg = load_recipe(recipe, overrides, flags)
+    _fit_and_report(cfg, [prompt], [prompt], resume, quiet)
+
+
+def default_distill_recipe() -> Path:
+    from importlib.resources import files
+
+    return Path(str(files("asdcli") / "assets" / "recipes" / "distill.yaml"))
+
+
+def dry_run_report(cfg, prompts: list[str], json_out: bool) -> None:
+    """Resolved recipe + parameter counts, built on the meta device: no weights, no memory, no prior."""
+    import torch
+
+    from asdcli.config import to_plain
+    from asdcli.recipe import dump_recipe
+    from asdcli.registry import build
+    from asdcli.render.background import build_background
+
+    text_dim = getattr(cfg.generator, "text_dim", None) or 0
+    with torch.device("meta"):
+        generator = build("generator", cfg.generator)
+        background = build_background(cfg.render, text_dim)
+    counts = {"generator": sum(p.numel() for p in generator.parameters()),
+              "background": sum(p.numel() for p in background.parameters())}
+    if json_out:
+        print(json.dumps({"recipe": to_plain(cfg), "parameters": counts, "num_prompts": len(prompts)}, indent=2))
+        return
+    print(dump_recipe(cfg), end="")
+    for part, n in counts.items():
+        print(f"# parameters.{part}: {n:,}")
+    print(f"# prompts: {len(prompts)}")
+
+
+def generate_command(prompt: str, out: Path, *, checkpoint, resolution, threshold, seed, turntable, views_png,
+                     views, max_faces, device, verbose) -> None:
+    import time
+
+    from asdcli.engine.inference import load_model
+    from asdcli.generate import MESH_SUFFIXES, check_output_file, check_resolution, generate_mesh, orbit_media
+    from asdcli.mesh.export import write_mesh
+    from asdcli.prompts import check_prompt
+
+    prompt = check_prompt(prompt)
+    check_resolution(resolution)
+    check_output_file(out, MESH_SUFFIXES, "--out")
+    if turntable is not None:
+        check_output_file(turntable, (".mp4", ".gif"), "--turntable")
+    if views_png is not None:
+        check_output_file(views_png, (".png",), "--views-png")
+    check_resolution(views, "--views", 1, 360)
+    if max_faces is not None and max_faces < 4:
+        raise UserError(f"--max-faces: must be at least 4, got {max_faces}")
+    t0 = time.perf_counter()
+    model = load_model(checkpoint, device)
+    load_s = time.perf_counter() - t0
+    _warn_vocabulary(model, [prompt])
+    mesh, timings = generate_mesh(model, prompt, resolution, threshold, seed, max_faces)
+    out.parent.mkdir(parents=True, exist_ok=True)
+    t0 = time.perf_counter()
+    write_mesh(mesh, out)
+    timings.add("write", time.perf_counter() - t0)
+    extra = orbit_media(model, prompt, views, seed, turntable, views_png) if (turntable or views_png) else []
+    print(f"wrote {out} ({mesh.num_vertices:,} vertices, {mesh.num_faces:,} faces)"
+          + "".join(f", {p}" for p in extra))
+    if verbose:
+        print(f"load {load_s * 1000:.0f} ms (once) · {timings.line()}")
+
+
+def _warn_vocabulary(model, prompts: list[str]) -> None:
+    """A bundled ShapesWorld model knows a small vocabulary: name the words outside it (no crash)."""
+    vocab_check = getattr(model, "unknown_words", None)
+    if vocab_check is None:
+        return
+    import warnings
+
+    for prompt in prompts:
+        unknown = vocab_check(prompt)
+        if unknown:
+            warnings.warn(f"words outside the model's vocabulary: {', '.join(unknown)} (in {prompt!r})",
+                          stacklevel=2)
+
+
+def export_command(run: Path, *, prompts, split, fmt, out, resolution, overwrite, device, quiet) -> None:
+    from asdcli.batch import export_all, prompts_for
+    from asdcli.engine.inference import load_model
+    from asdcli.generate import check_resolution
+
+    fmt = fmt.lower().lstrip(".")
+    if fmt not in ("glb", "obj", "ply"):
+        raise UserError(f"--format: expected glb, obj or ply, got {fmt!r}")
+    check_resolution(resolution)
+    model = load_model(run, device)
+    items = prompts_for(model, prompts, split)
+    _warn_vocabulary(model, items)
+    written, skipped, failures = export_all(model, items, fmt, out, resolution, overwrite, quiet)
+    print(f"exported {written} asset(s) to {out} ({skipped} existing skipped, {len(failures)} failed); "
+          f"index: {out / 'index.json'}")
+    for prompt, reason in failures:
+        print(f"failed: {prompt!r}: {reason}", file=__import__("sys").stderr)
+    if failures:
+        raise SystemExit(1)
+
+
+def eval_command(*, checkpoint, prompts, split, clip_score, clip_model, views, resolution, json_path, csv_path,
+                 sheet, device, quiet) -> None:
+    from asdcli.batch import contact_sheet_of, prompts_for, render_all
+    from asdcli.engine.inference import load_model
+    from asdcli.evaluate import ClipScorer, EvalReport
+    from asdcli.generate import check_output_file, check_resolution
+
+    check_resolution(views, "--views", 1, 360)
+    check_resolution(resolution, "--resolution", 16, 1024)
+    for path, suffix, flag in ((json_path, ".json", "--json"), (csv_path, ".csv", "--csv"),
+                               (sheet, ".png", "--sheet")):
+        if path is not None:
+            check_output_file(path, (suffix,), flag)
+    model = load_model(checkpoint, device)
+    items = prompts_for(model, prompts, split)
+    metrics: dict = {}
+    meta = {"checkpoint": str(model.checkpoint), "views": views, "resolution": resolution,
+            "protocol": f"{views} orbit views at {model.cfg.render.camera.eval_elevation:g}° elevation "
+                        f"(the paper uses 120)"}
+    scorer = None
+    if clip_score:
+        scorer = ClipScorer(clip_model or _default_clip(), device=model.device)
+        meta["clip_model"] = str(clip_model or "bundled ShapesWorld CLIP")
+    images = render_all(model, items, views, resolution, quiet)
+    if scorer is not None:
+        metrics.update(scorer.score(items, images))
+    metrics.update(_ground_truth_metrics(model, items))
+    report = EvalReport.build(items, metrics, meta)
+    _emit_report(report, json_path, csv_path, quiet)
+    if sheet is not None:
+        contact_sheet_of(images, sheet)
+    if not metrics and not quiet:
+        print("no metric requested: pass --clip-score (renders were made; --sheet writes them)")
+
+
+def _emit_report(report, json_path, csv_path, quiet) -> None:
+    if json_path is not None:
+        report.write_json(json_path)
+    if csv_path is not None:
+        report.write_csv(csv_path)
+    if not quiet and report.metric_names:
+        from rich.console import Console
+
+        Console().print(report.table())
+        print(report.meta["protocol"])
+
+
+def _default_clip() -> str:
+    from asdcli.shapes.bundled import bundled_clip
+
+    return str(bundled_clip())
+
+
+def _ground_truth_metrics(model, prompts: list[str]) -> dict:
+    """ShapesWorld prompts have analytic scenes: IoU, blob baseline, shape_r@1, colour error."""
+    try:
+        from asdcli.shapes.evaluation import ground_truth_metrics
+    except ImportError:
+        return {}
+    return ground_truth_metrics(model, prompts)

@@ -1,0 +1,118 @@
+"""Loading a trained generator for generate / export / eval / validation, and the calls they share:
+one text encoding, one generator forward, chunked field queries and orbit renders."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import torch
+from torch import Tensor
+
+from asdcli.config import RunConfig
+from asdcli.engine import checkpoint as ckpt_io
+from asdcli.engine.components import build_background, build_generator, resolve_device
+from asdcli.errors import UserError
+from asdcli.priors.base import TextEmbeddings
+from asdcli.recipe import load_dumped
+from asdcli.render.cameras import CameraBatch, orbit_cameras
+
+
+@dataclass
+class LoadedModel:
+    cfg: RunConfig
+    generator: Any
+    background: torch.nn.Module
+    encode_text: Any  # prompts → TextEmbeddings
+    checkpoint: Path
+    device: torch.device
+
+
+def load_text_encoder(cfg: RunConfig, device: torch.device):
+    """The prior's text side only (no UNet/VAE): what the generator was trained on."""
+    from asdcli.registry import resolve
+
+    prior_cls = resolve("prior", cfg.prior.kind, "prior.kind")
+    return prior_cls.build_text_encoder(cfg.prior, device)
+
+
+def load_model(checkpoint: str | Path | None, device: str | None = None) -> LoadedModel:
+    """A run/checkpoint directory (or the bundled ShapesWorld model when None) → generator ready to query."""
+    if checkpoint is None:
+        from asdcli.shapes.bundled import bundled_checkpoint
+
+        checkpoint = bundled_checkpoint()
+    ckpt = ckpt_io.resolve_checkpoint(checkpoint)
+    recipe = ckpt_io.run_dir_of(ckpt) / "recipe.yaml"
+    if not recipe.exists():
+        raise UserError(f"{ckpt}: no recipe.yaml in its run directory {recipe.parent}; pass the run directory")
+    cfg = load_dumped(recipe.read_text(encoding="utf-8"))
+    dev = resolve_device(device or ("cpu" if cfg.train.device == "auto" else cfg.train.device))
+    if dev.type == "cuda" and not torch.cuda.is_available():
+        dev = torch.device("cpu")
+    text = load_text_encoder(cfg, dev)
+    text_dim = int(text.encode([""]).tokens.shape[-1])
+    generator = build_generator(cfg, text_dim, dev)
+    background = build_background(cfg, text_dim, dev)
+    ckpt_io.load_weights_strict(generator, ckpt_io.load_part(ckpt, "generator"), "generator", ckpt)
+    ckpt_io.load_weights_strict(background, ckpt_io.load_part(ckpt, "background"), "background", ckpt)
+    generator.eval()
+    background.eval()
+    return LoadedModel(cfg, generator, background, text.encode, ckpt, dev)
+
+
+@torch.no_grad()
+def field_state(model: LoadedModel, prompts: list[str], seed: int = 0) -> tuple[Any, TextEmbeddings]:
+    """One text encoding and one generator forward for P prompts."""
+    text = model.encode_text(prompts).to(model.device)
+    noise = None
+    if model.generator.noise_dim:
+        gen = torch.Generator().manual_seed(seed)
+        noise = torch.randn(len(prompts), model.generator.noise_dim, generator=gen).to(model.device)
+    return model.generator(text, noise), text
+
+
+def query_fn(model: LoadedModel, state: Any, index: int):
+    """points [N, 3] → (value [N], rgb [N, 3]) for prompt `index` of a batched state."""
+    one = _select(state, index)
+
+    @torch.no_grad()
+    def fn(points: Tensor) -> tuple[Tensor, Tensor]:
+        out = model.generator.query(one, points.to(model.device)[None])
+        return out.value[0].float(), model.generator.rgb(out.features[0]).float()
+
+    return fn
+
+
+def _select(state: Any, index: int) -> Any:
+    """The state of one prompt, keeping the leading prompt dimension (size 1)."""
+    if torch.is_tensor(state):
+        return state[index:index + 1]
+    if isinstance(state, dict):
+        return {k: _select(v, index) for k, v in state.items()}
+    if isinstance(state, (list, tuple)):
+        return type(state)(_select(v, index) for v in state)
+    return state
+
+
+def eval_cameras(cfg: RunConfig, views: int) -> CameraBatch:
+    cam = cfg.render.camera
+    return orbit_cameras(views, cam.eval_elevation, cam.eval_distance, cam.eval_fovy)
+
+
+@torch.no_grad()
+def render_orbit(model: LoadedModel, state: Any, text: TextEmbeddings, views: int, resolution: int) -> dict:
+    """Orbit renders of every prompt in `state`: rgb/normal/opacity each [P, V, H, W, C] in [0, 1]."""
+    from asdcli.render.volume import render_chunked
+
+    P = int(text.pooled.shape[0])
+    cams = eval_cameras(model.cfg, views)
+    cams = CameraBatch(*(getattr(cams, k).repeat(P, *([1] * (getattr(cams, k).dim() - 1)))
+                         for k in ("c2w", "fovy", "elevation", "azimuth", "distance"))).to(model.device)
+    out = render_chunked(model.generator, state, cams, resolution, resolution, model.cfg.render,
+                         model.background, P, need_normals=True, text=text)
+    shape = (P, views, resolution, resolution)
+    return {"rgb": out.rgb.reshape(*shape, 3).clamp(0, 1).cpu(),
+            "normal": ((out.normal.reshape(*shape, 3) + 1) / 2).clamp(0, 1).cpu(),
+            "opacity": out.opacity.reshape(*shape, 1).clamp(0, 1).cpu()}

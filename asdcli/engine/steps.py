@@ -1,0 +1,77 @@
+"""One micro-step of score distillation: prompts + cameras → render → prior latents → loss terms."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import torch
+from torch import Tensor
+
+from asdcli.config import RunConfig
+from asdcli.losses import regularizers as reg
+from asdcli.render.cameras import sample_training_cameras
+
+
+@dataclass
+class MicroStep:
+    loss: Tensor  # scalar: weighted sum of every term
+    logs: dict[str, float]
+
+
+class StepRunner:
+    def __init__(self, cfg: RunConfig, parts, text, device: torch.device):
+        self.cfg, self.parts, self.text, self.device = cfg, parts, text, device
+
+    def autocast(self):
+        precision = self.cfg.train.precision
+        enabled = self.device.type == "cuda" and precision != "fp32"
+        dtype = torch.bfloat16 if precision == "bf16" else torch.float16
+        return torch.autocast(device_type=self.device.type, dtype=dtype, enabled=enabled)
+
+    def __call__(self, prompts: list[str], step: int, gen: torch.Generator) -> MicroStep:
+        """prompts: this rank's shard; P of them are drawn with `gen`."""
+        cfg, parts = self.cfg, self.parts
+        total = cfg.train.steps
+        P, V = cfg.render.prompts_per_step, cfg.render.views_per_prompt
+        idx = torch.randint(len(prompts), (P,), generator=gen).tolist()
+        batch = [prompts[i] for i in idx]
+        cams = sample_training_cameras(cfg.render.camera, P, V, gen).to(self.device)
+        noise = None
+        if parts.generator.noise_dim:
+            noise = torch.randn(P, parts.generator.noise_dim, generator=gen).to(self.device)
+        res = int(round(cfg.render.resolution.at(step, total)))
+        from asdcli.render.volume import render
+
+        with self.autocast():
+            text = self.text(batch).to(self.device)
+            state = parts.generator(text, noise)
+            out = render(parts.generator, state, cams, res, res, cfg.render, parts.background, P, gen,
+                         text=text)
+        images = out.rgb.float().permute(0, 3, 1, 2)  # [B, 3, H, W]
+        z = parts.prior.encode(images)
+        per_image = [p for p in batch for _ in range(V)]
+        cond = parts.prior.conditioning(per_image, cams.elevation, cams.azimuth, cams.c2w)
+        sd = parts.loss(z, cond, step, total, gen)
+        return self._total(sd, out, step, total)
+
+    def _total(self, sd, out, step: int, total: int) -> MicroStep:
+        w = self.cfg.loss.weights
+        terms = {"distill": (w.distill.at(step, total), sd.loss)}
+        opacity = out.opacity.float()
+        lazy = {
+            "sparsity": lambda: reg.sparsity(opacity),
+            "opaque": lambda: reg.opaque(opacity),
+            "eikonal": lambda: reg.eikonal(out.sdf_grad.float()),
+            "orient": lambda: reg.orient(out.weights, out.sample_normals, out.ray_dirs,
+                                         opacity.reshape(opacity.shape[0], -1)),
+            "z_variance": lambda: reg.z_variance(out.z_variance.float(), opacity),
+        }
+        for name, fn in lazy.items():
+            weight = getattr(w, name).at(step, total)
+            if weight > 0:  # a term with weight 0 costs nothing and is not logged
+                terms[name] = (weight, fn())
+        loss = sum(weight * value for weight, value in terms.values())
+        logs = {k: float(v) for k, v in sd.logs.items()}
+        logs.update({f"loss_{k}": float(v.detach()) for k, (_, v) in terms.items()})
+        logs["loss"] = float(loss.detach())
+        return MicroStep(loss, logs)

@@ -1,0 +1,224 @@
+"""The one training loop behind `asd train` (a prompt library) and `asd distill` (one prompt).
+
+A step: sample P prompts and P·V cameras → generator state → render → prior.encode → score distillation +
+scheduled regularisers → backward (× grad_accum) → average over ranks → NaN guard → optimiser step.
+Every random number comes from one CPU torch.Generator per rank that checkpoints save, so a resumed run
+replays the uninterrupted one exactly.
+"""
+
+from __future__ import annotations
+
+import signal
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import torch
+
+from asdcli.config import RunConfig
+from asdcli.engine import checkpoint as ckpt_io
+from asdcli.engine import distributed as dist_
+from asdcli.engine.components import PromptEmbeddings, build_train_parts, resolve_device
+from asdcli.engine.optim import build_optimizer
+from asdcli.engine.rundir import MetricsLog, prepare_run_dir, write_meta
+from asdcli.engine.steps import StepRunner
+from asdcli.errors import UserError
+
+
+class TrainingAborted(RuntimeError):
+    """Too many non-finite steps in a row, or a stop request (SIGTERM) after the checkpoint was written."""
+
+
+@dataclass
+class TrainState:
+    step: int = 0  # completed optimiser steps
+    nonfinite_in_a_row: int = 0
+    nonfinite_total: int = 0
+    history: dict = field(default_factory=dict)
+
+
+@dataclass
+class FitResult:
+    run_dir: Path
+    step: int
+    steps_per_s: float
+    nonfinite_total: int
+    last_metrics: dict
+
+
+def _rng_state(gen: torch.Generator, info: dist_.DistInfo) -> dict[str, torch.Tensor]:
+    states = dist_.all_gather_tensor(gen.get_state(), info)
+    out = {f"gen.rank{r}": s for r, s in enumerate(states)}
+    out["torch_cpu"] = torch.get_rng_state()
+    return out
+
+
+class Trainer:
+    def __init__(self, cfg: RunConfig, prompts: list[str], val_prompts: list[str], resume: bool = False,
+                 quiet: bool = False):
+        self.cfg, self.quiet = cfg, quiet
+        self.device = resolve_device(cfg.train.device)
+        self.dist = dist_.setup(self.device.type)
+        if self.device.type == "cuda" and self.dist.enabled:
+            self.device = torch.device(self.dist.device)
+        self.all_prompts = prompts
+        self.prompts = prompts[self.dist.rank::self.dist.world_size]  # this rank's shard
+        if not self.prompts:
+            raise UserError(f"prompts: {len(prompts)} prompt(s) cannot be shared by {self.dist.world_size} ranks")
+        self.val_prompts = val_prompts[: cfg.prompts.num_val]
+        self.run_dir = prepare_run_dir(cfg, resume) if self.dist.is_main else cfg.run_dir
+        dist_.barrier(self.dist)
+        self.parts = build_train_parts(cfg, self.device)
+        dist_.broadcast_parameters([self.parts.generator, self.parts.background], self.dist)
+        groups = self.parts.generator.param_groups(cfg.train.lr)
+        groups += self.parts.background.param_groups(cfg.train.lr_background)
+        self.params = [p for g in groups for p in g["params"]]
+        self.optimizer = build_optimizer(cfg.train, groups)
+        self.gen = torch.Generator().manual_seed(cfg.seed * 1000 + self.dist.rank + 1)
+        self.state = TrainState()
+        self.text = PromptEmbeddings(self.parts.prior.encode_text)
+        self.steps = StepRunner(cfg, self.parts, self.text, self.device)
+        self.metrics = MetricsLog(self.run_dir / "metrics.jsonl", enabled=self.dist.is_main)
+        self._stop_signal: int | None = None
+        if resume:
+            self._load(ckpt_io.resolve_checkpoint(self.run_dir))
+
+    # ------------------------------------------------------------------------------------------ state
+    def _load(self, ckpt: Path) -> None:
+        ckpt_io.load_weights_strict(self.parts.generator, ckpt_io.load_part(ckpt, "generator"), "generator", ckpt)
+        ckpt_io.load_weights_strict(self.parts.background, ckpt_io.load_part(ckpt, "background"),
+                                    "background", ckpt)
+        loss_sd = ckpt_io.load_part(ckpt, "loss")
+        if loss_sd or self.parts.loss.state_dict():
+            ckpt_io.load_weights_strict(self.parts.loss, loss_sd, "loss", ckpt)
+        self.optimizer.load_state_dict(ckpt_io.load_optimizer(ckpt))
+        loss_opt = ckpt_io.load_optimizer(ckpt, "loss_optimizer")
+        if loss_opt is not None:
+            self.parts.loss.load_optimizer_state_dict(loss_opt)
+        rng = ckpt_io.load_part(ckpt, "rng")
+        key = f"gen.rank{self.dist.rank}"
+        if key not in rng:
+            raise UserError(f"{ckpt}: no RNG state for rank {self.dist.rank}; resume with the same number of ranks")
+        self.gen.set_state(rng[key])
+        torch.set_rng_state(rng["torch_cpu"])
+        st = ckpt_io.load_state(ckpt)
+        self.state = TrainState(step=st["step"], nonfinite_in_a_row=st.get("nonfinite_in_a_row", 0),
+                                nonfinite_total=st.get("nonfinite_total", 0))
+
+    def save_checkpoint(self) -> Path | None:
+        rng = _rng_state(self.gen, self.dist)  # collective: every rank takes part
+        if not self.dist.is_main:
+            return None
+        parts = {"generator": self.parts.generator.state_dict(), "background": self.parts.background.state_dict(),
+                 "loss": self.parts.loss.state_dict()}
+        state = {"nonfinite_in_a_row": self.state.nonfinite_in_a_row,
+                 "nonfinite_total": self.state.nonfinite_total, "world_size": self.dist.world_size}
+        optimizers = {"optimizer": self.optimizer.state_dict()}
+        loss_opt = self.parts.loss.optimizer_state_dict()
+        if loss_opt:  # VSD's LoRA has its own optimizer
+            optimizers["loss_optimizer"] = loss_opt
+        path = ckpt_io.save_checkpoint(self.run_dir / "checkpoints", self.state.step, parts, optimizers, rng,
+                                       state, self.cfg.train.keep_last)
+        write_meta(self.run_dir, self.cfg, self.state.step, self.all_prompts)
+        return path
+
+    # ------------------------------------------------------------------------------------------- loop
+    def train_step(self) -> dict[str, float]:
+        """One optimiser step (grad_accum micro-steps). A non-finite loss or gradient skips the update."""
+        self.optimizer.zero_grad(set_to_none=True)
+        accum, logs = self.cfg.train.grad_accum, []
+        for _ in range(accum):
+            micro = self.steps(self.prompts, self.state.step, self.gen)
+            (micro.loss / accum).backward()
+            logs.append(micro.logs)
+        dist_.average_gradients(self.params, self.dist)
+        finite = all(torch.isfinite(torch.tensor(m["loss"])) for m in logs) and all(
+            p.grad is None or bool(torch.isfinite(p.grad).all()) for p in self.params)
+        if dist_.any_flag(not finite, self.dist):
+            self.optimizer.zero_grad(set_to_none=True)
+            self.state.nonfinite_in_a_row += 1
+            self.state.nonfinite_total += 1
+            if self.state.nonfinite_in_a_row >= self.cfg.train.max_nonfinite:
+                raise TrainingAborted(
+                    f"{self.state.nonfinite_in_a_row} non-finite steps in a row at step {self.state.step}; "
+                    f"the last finite checkpoint is kept. Lower train.lr or enable loss.grad_clip")
+        else:
+            self.optimizer.step()
+            self.state.nonfinite_in_a_row = 0
+        merged = {k: sum(m[k] for m in logs) / len(logs) for k in logs[0]}
+        merged.update(step=self.state.step, skipped=0 if finite else 1, nonfinite_total=self.state.nonfinite_total)
+        self.state.step += 1
+        return merged
+
+    def fit(self) -> FitResult:
+        cfg, total = self.cfg, self.cfg.train.steps
+        old_handler = signal.signal(signal.SIGTERM, self._on_sigterm) if _main_thread() else None
+        t0, done0, last = time.perf_counter(), self.state.step, {}
+        try:
+            with _progress(self.quiet or not self.dist.is_main, total, self.state.step) as bar:
+                while self.state.step < total:
+                    last = self.train_step()
+                    rate = (self.state.step - done0) / max(time.perf_counter() - t0, 1e-9)
+                    bar(self.state.step, last["loss"], rate)
+                    if self.state.step % cfg.train.log_every == 0 or self.state.step == total:
+                        self.metrics.write({**last, "steps_per_s": rate, "time": time.time()})
+                    self._after_step(total)
+        finally:
+            if old_handler is not None:
+                signal.signal(signal.SIGTERM, old_handler)
+        rate = (self.state.step - done0) / max(time.perf_counter() - t0, 1e-9)
+        dist_.shutdown(self.dist)
+        return FitResult(self.run_dir, self.state.step, rate, self.state.nonfinite_total, last)
+
+    def _after_step(self, total: int) -> None:
+        cfg, step = self.cfg.train, self.state.step
+        stop = dist_.any_flag(self._stop_signal is not None, self.dist)
+        if step % cfg.checkpoint_every == 0 or step == total or stop:
+            self.save_checkpoint()
+        if self.dist.is_main and ((cfg.val_every and step % cfg.val_every == 0) or step == total):
+            from asdcli.engine.validation import validate
+
+            validate(self, step)
+        if stop:
+            raise TrainingAborted(f"stopped by signal at step {step}; checkpoint written. "
+                                  f"Continue with --resume")
+
+    def _on_sigterm(self, signum, frame) -> None:
+        self._stop_signal = signum
+
+
+def _main_thread() -> bool:
+    import threading
+
+    return threading.current_thread() is threading.main_thread()
+
+
+class _progress:
+    """A rich progress bar (steps/s, loss, ETA) or nothing with --quiet; used as `bar(step, loss, rate)`."""
+
+    def __init__(self, quiet: bool, total: int, start: int):
+        self.quiet, self.total, self.start = quiet, total, start
+
+    def __enter__(self):
+        if self.quiet:
+            return lambda *a: None
+        from rich.progress import BarColumn, Progress, TextColumn, TimeRemainingColumn
+
+        self.progress = Progress(TextColumn("[bold]train"), BarColumn(), TextColumn("{task.completed}/{task.total}"),
+                                 TextColumn("{task.fields[rate]:.2f} steps/s"),
+                                 TextColumn("loss {task.fields[loss]:.4g}"), TimeRemainingColumn(),
+                                 transient=False)
+        self.progress.__enter__()
+        task = self.progress.add_task("train", total=self.total, completed=self.start, rate=0.0, loss=float("nan"))
+        return lambda step, loss, rate: self.progress.update(task, completed=step, loss=loss, rate=rate)
+
+    def __exit__(self, *exc):
+        if not self.quiet:
+            self.progress.__exit__(*exc)
+        return False
+
+
+def fit(cfg: RunConfig, prompts: list[str], val_prompts: list[str], resume: bool = False,
+        quiet: bool = False) -> FitResult:
+    """Train `cfg` on `prompts` (this is what `asd train` and `asd distill` call)."""
+    return Trainer(cfg, prompts, val_prompts, resume=resume, quiet=quiet).fit()

@@ -1,0 +1,119 @@
+"""Prompt → mesh through a trained generator: one text encoding, one generator forward, chunked field
+queries, vectorised marching cubes, atomic write. Used by `asd generate` and `asd export`."""
+
+from __future__ import annotations
+
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from asdcli.engine.inference import LoadedModel, field_state, query_fn, render_orbit
+from asdcli.errors import UserError
+
+MESH_SUFFIXES = (".glb", ".obj", ".ply")
+
+
+def check_resolution(resolution: int, what: str = "--resolution", lo: int = 8, hi: int = 1024) -> int:
+    if not lo <= resolution <= hi:
+        raise UserError(f"{what}: must be between {lo} and {hi}, got {resolution}")
+    return resolution
+
+
+def check_output_file(path: Path, suffixes: tuple[str, ...], what: str) -> Path:
+    """An output file path we may write: known extension, not a directory, parent creatable."""
+    if path.suffix.lower() not in suffixes:
+        raise UserError(f"{what} {path}: unsupported extension {path.suffix or '(none)'!r}; "
+                        f"use one of {', '.join(suffixes)}")
+    if path.is_dir():
+        raise UserError(f"{what} {path}: is a directory; give a file name such as {path / ('out' + suffixes[0])}")
+    parent = path.parent
+    if parent.exists() and not parent.is_dir():
+        raise UserError(f"{what} {path}: {parent} is a file, not a directory")
+    return path
+
+
+@dataclass
+class Timings:
+    """Seconds per stage of `generate_mesh`."""
+
+    parts: dict[str, float] = field(default_factory=dict)
+
+    def add(self, name: str, seconds: float) -> None:
+        self.parts[name] = self.parts.get(name, 0.0) + seconds
+
+    @property
+    def total(self) -> float:
+        return sum(self.parts.values())
+
+    def line(self) -> str:
+        body = " · ".join(f"{k} {v * 1000:.0f} ms" for k, v in self.parts.items())
+        return f"{body} · total {self.total * 1000:.0f} ms"
+
+
+def mesh_query_fn(model: LoadedModel, state, index: int):
+    """points → (value, rgb) in the form isosurface extraction expects: SDF as is; density activated."""
+    fn = query_fn(model, state, index)
+    if model.generator.field_type == "sdf":
+        return fn
+    from asdcli.render.volume import density
+
+    def activated(points):
+        value, rgb = fn(points)
+        return density(value, "density", model.cfg.render.inv_std), rgb
+
+    return activated
+
+
+def generate_mesh(model: LoadedModel, prompt: str, resolution: int, threshold: float | None = None,
+                  seed: int = 0, max_faces: int | None = None, state_text=None, index: int = 0):
+    """One prompt's mesh and the time split (text, generator, query, isosurface, colours, cleanup)."""
+    from asdcli.mesh.isosurface import decimate, extract_mesh, remove_floaters
+
+    timings = Timings()
+    if state_text is None:
+        t0 = time.perf_counter()
+        text = model.encode_text([prompt]).to(model.device)
+        timings.add("text", time.perf_counter() - t0)
+        t0 = time.perf_counter()
+        with torch.no_grad():
+            noise = _noise(model, 1, seed)
+            state = model.generator(text, noise)
+        timings.add("generator", time.perf_counter() - t0)
+    else:
+        state, text = state_text
+    mesh = extract_mesh(mesh_query_fn(model, state, index), resolution, model.cfg.render.radius,
+                        model.generator.field_type, threshold=threshold, device=model.device)
+    for k, v in mesh.timings.items():
+        timings.add("query" if k == "query" else "colors" if k == "colors" else "isosurface", v)
+    t0 = time.perf_counter()
+    mesh = remove_floaters(mesh)
+    if max_faces is not None:
+        mesh = decimate(mesh, max_faces)
+    timings.add("cleanup", time.perf_counter() - t0)
+    return mesh, timings
+
+
+def _noise(model: LoadedModel, n: int, seed: int):
+    if not model.generator.noise_dim:
+        return None
+    gen = torch.Generator().manual_seed(seed)
+    return torch.randn(n, model.generator.noise_dim, generator=gen).to(model.device)
+
+
+def orbit_media(model: LoadedModel, prompt: str, views: int, seed: int, turntable: Path | None,
+                views_png: Path | None, resolution: int = 128) -> list[Path]:
+    """Turntable and/or contact sheet of `views` orbit renders."""
+    from asdcli.media import contact_sheet, save_png, save_turntable
+
+    state, text = field_state(model, [prompt], seed=seed)
+    images = render_orbit(model, state, text, views, resolution)
+    frames = [np.asarray(f.numpy()) for f in images["rgb"][0]]
+    written = []
+    if turntable is not None:
+        written.append(save_turntable(frames, turntable, fps=max(1, min(30, views // 2))))
+    if views_png is not None:
+        written.append(save_png(contact_sheet(frames, cols=min(views, 8)), views_png))
+    return written

@@ -1,0 +1,192 @@
+"""Images and videos people look at: PNGs, contact sheets, turntables. Every write is atomic.
+
+Images are [H, W, 3] arrays (numpy or torch), either float in [0, 1] or uint8. Files are written to a
+temporary name in the destination's directory and renamed into place, so a crash never leaves a
+half-written file behind and an existing file is only ever replaced by a complete one.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import functools
+import os
+import tempfile
+from collections.abc import Iterator, Sequence
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from asdcli.errors import UserError
+
+TURNTABLE_EXTENSIONS = (".mp4", ".gif")
+
+
+@contextlib.contextmanager
+def atomic_output(path: str | os.PathLike) -> Iterator[Path]:
+    """Yield a temporary path next to `path` (same suffix, so writers pick the right format); on success it is
+    fsynced and renamed onto `path`, on any error it is removed.
+
+    Missing parent folders are created. A folder at `path`, or a parent that is a file or not writable, is a
+    UserError naming the path.
+    """
+    path = Path(path)
+    if path.is_dir():
+        raise UserError(f"{path} is a directory: give a file name, e.g. {path / ('out' + path.suffix)}")
+    try:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        fd, tmp_name = tempfile.mkstemp(dir=path.parent, prefix=f".{path.stem}.", suffix=f".tmp{path.suffix}")
+    except OSError as err:
+        reason = err.strerror or err
+        raise UserError(f"cannot write to {path.parent}: {reason}; choose a writable folder") from err
+    os.close(fd)
+    tmp = Path(tmp_name)
+    os.chmod(tmp, 0o666 & ~_umask())  # mkstemp makes 0600 files; the result should get the usual permissions
+    try:
+        yield tmp
+        with open(tmp, "rb+") as f:
+            os.fsync(f.fileno())
+        os.replace(tmp, path)
+    except BaseException:
+        tmp.unlink(missing_ok=True)
+        raise
+
+
+@functools.lru_cache(maxsize=1)
+def _umask() -> int:
+    mask = os.umask(0o022)
+    os.umask(mask)
+    return mask
+
+
+def write_bytes_atomic(path: str | os.PathLike, data: bytes) -> Path:
+    """Write `data` to `path` atomically; returns the path."""
+    with atomic_output(path) as tmp:
+        tmp.write_bytes(data)
+    return Path(path)
+
+
+def to_uint8(img: Any) -> np.ndarray:
+    """[H, W, C] float in [0, 1] (clipped) or uint8, numpy or torch → uint8 numpy [H, W, C]."""
+    if hasattr(img, "detach"):
+        img = img.detach().float().cpu().numpy()
+    arr = np.asarray(img)
+    if arr.dtype == np.uint8:
+        return arr
+    return np.round(np.clip(np.nan_to_num(arr.astype(np.float32)), 0.0, 1.0) * 255.0).astype(np.uint8)
+
+
+def _check_image(arr: np.ndarray) -> np.ndarray:
+    if arr.ndim != 3 or arr.shape[-1] not in (3, 4):
+        raise ValueError(f"expected an image [H, W, 3] (or RGBA [H, W, 4]), got shape {tuple(arr.shape)}")
+    return arr
+
+
+def save_png(img: Any, path: str | os.PathLike) -> Path:
+    """Write an image [H, W, 3] (float in [0, 1] or uint8) as PNG, atomically; returns the path."""
+    import imageio.v3 as iio
+
+    arr = _check_image(to_uint8(img))
+    with atomic_output(path) as tmp:
+        iio.imwrite(tmp, arr, extension=".png")
+    return Path(path)
+
+
+def contact_sheet(images: Sequence[Any], cols: int, labels: Sequence[str] | None = None, pad: int = 4,
+                  background: int = 255) -> np.ndarray:
+    """Tile images [H, W, 3] into a grid with `cols` columns → uint8 [H', W', 3].
+
+    Cells take the largest image size (smaller images sit in the top-left corner of their cell). With
+    `labels`, a strip under each cell holds its label in Pillow's built-in default font (no font files),
+    cut to the cell width.
+    """
+    if not images:
+        raise ValueError("contact_sheet needs at least one image")
+    if labels is not None and len(labels) != len(images):
+        raise ValueError(f"got {len(labels)} labels for {len(images)} images")
+    tiles = [_check_image(to_uint8(img))[..., :3] for img in images]
+    cols = max(1, min(cols, len(tiles)))
+    rows = -(-len(tiles) // cols)
+    cell_h, cell_w = max(t.shape[0] for t in tiles), max(t.shape[1] for t in tiles)
+    label_h = 14 if labels is not None else 0
+    step_h, step_w = cell_h + label_h + pad, cell_w + pad
+    sheet = np.full((rows * step_h + pad, cols * step_w + pad, 3), background, dtype=np.uint8)
+    for i, tile in enumerate(tiles):
+        top, left = pad + (i // cols) * step_h, pad + (i % cols) * step_w
+        sheet[top:top + tile.shape[0], left:left + tile.shape[1]] = tile
+    if labels is not None:
+        sheet = _draw_labels(sheet, labels, cols, (step_h, step_w), (cell_h, cell_w), pad)
+    return sheet
+
+
+def _draw_labels(sheet: np.ndarray, labels: Sequence[str], cols: int, step: tuple[int, int],
+                 cell: tuple[int, int], pad: int) -> np.ndarray:
+    from PIL import Image, ImageDraw, ImageFont
+
+    canvas = Image.fromarray(sheet)
+    draw = ImageDraw.Draw(canvas)
+    font = ImageFont.load_default()
+    for i, label in enumerate(labels):
+        text = str(label)
+        # Shorten from the end until the label fits under its cell (ASCII dots: the fallback bitmap font
+        # Pillow uses without FreeType only has Latin-1).
+        if draw.textlength(text, font=font) > cell[1]:
+            while text and draw.textlength(text + "..", font=font) > cell[1]:
+                text = text[:-1]
+            text = text + ".." if text else ""
+        top, left = pad + (i // cols) * step[0] + cell[0], pad + (i % cols) * step[1]
+        draw.text((left, top + 1), text, fill=(0, 0, 0), font=font)
+    return np.asarray(canvas)
+
+
+@functools.lru_cache(maxsize=1)
+def ffmpeg_available() -> bool:
+    """True when imageio-ffmpeg is installed and its ffmpeg executable exists."""
+    try:
+        import imageio_ffmpeg
+
+        return Path(imageio_ffmpeg.get_ffmpeg_exe()).is_file()
+    except (ImportError, RuntimeError, OSError):
+        return False
+
+
+def _even(frame: np.ndarray) -> np.ndarray:
+    """Pad to even height and width by repeating the last row/column: H.264 in yuv420p needs even sizes."""
+    h, w = frame.shape[:2]
+    return np.pad(frame, ((0, h % 2), (0, w % 2), (0, 0)), mode="edge")
+
+
+def save_turntable(frames: Sequence[Any] | np.ndarray, path: str | os.PathLike, fps: int = 24) -> Path:
+    """Write frames [T, H, W, 3] as a looping video; returns the path actually written.
+
+    `.mp4`: H.264 (yuv420p, plays everywhere) through imageio-ffmpeg when its ffmpeg works; otherwise a GIF
+    is written next to it (same name, `.gif`) and that path is returned. `.gif`: an animated GIF that loops.
+    """
+    path = Path(path)
+    if path.suffix.lower() not in TURNTABLE_EXTENSIONS:
+        raise UserError(f"turntable {path}: unsupported extension {path.suffix!r}; use one of "
+                        f"{', '.join(TURNTABLE_EXTENSIONS)}")
+    if len(frames) == 0:
+        raise ValueError("save_turntable needs at least one frame")
+    arrs = [_check_image(to_uint8(f))[..., :3] for f in frames]
+    if path.suffix.lower() == ".mp4" and ffmpeg_available():
+        import imageio.v2 as iio2
+
+        with atomic_output(path) as tmp:
+            writer = iio2.get_writer(tmp, format="FFMPEG", fps=fps, codec="libx264", pixelformat="yuv420p",
+                                     quality=8, macro_block_size=1)
+            try:
+                for frame in arrs:
+                    writer.append_data(_even(frame))
+            finally:
+                writer.close()
+        return path
+    return _save_gif(arrs, path.with_suffix(".gif"), fps)
+
+
+def _save_gif(frames: list[np.ndarray], path: Path, fps: int) -> Path:
+    import imageio.v3 as iio
+
+    with atomic_output(path) as tmp:
+        iio.imwrite(tmp, np.stack(frames), extension=".gif", duration=1000.0 / fps, loop=0)
+    return path

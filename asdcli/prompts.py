@@ -1,0 +1,87 @@
+"""Prompt libraries: the paper's JSON ({"train", "val", "test"} lists) or a text file with one prompt a line."""
+
+from __future__ import annotations
+
+import json
+import warnings
+from pathlib import Path
+
+from asdcli.errors import UserError
+
+SPLITS = ("train", "val", "test")
+
+
+def _read_text(path: Path) -> str:
+    if not path.exists():
+        raise UserError(f"{path}: prompt file not found")
+    if path.is_dir():
+        raise UserError(f"{path}: is a directory; pass a .json prompt library or a .txt file (one prompt a line)")
+    try:
+        return path.read_bytes().decode("utf-8")
+    except UnicodeDecodeError as exc:
+        raise UserError(f"{path}: not UTF-8 (byte {exc.start}); save the prompt file as UTF-8") from None
+    except OSError as exc:
+        raise UserError(f"{path}: cannot read ({exc.strerror})") from None
+
+
+def _check_prompts(prompts: list, where: str) -> list[str]:
+    """Reject non-strings and empty prompts; drop duplicates with a warning (the paper's DL17k has 3.7k)."""
+    out: list[str] = []
+    for i, p in enumerate(prompts):
+        if not isinstance(p, str):
+            raise UserError(f"{where}[{i}]: a prompt must be a string, got {type(p).__name__}")
+        if not p.strip():
+            raise UserError(f"{where}[{i}]: empty prompt; remove the entry or write the prompt")
+        out.append(" ".join(p.split()))
+    unique = list(dict.fromkeys(out))
+    if len(unique) != len(out):
+        warnings.warn(f"{where}: {len(out) - len(unique)} duplicate prompt(s) ignored", stacklevel=3)
+    return unique
+
+
+def read_library(path: str | Path) -> dict[str, list[str]]:
+    """All splits of a prompt library. A text file gives the same list for every split."""
+    p = Path(path)
+    text = _read_text(p)
+    if p.suffix.lower() == ".json":
+        try:
+            data = json.loads(text)
+        except json.JSONDecodeError as exc:
+            raise UserError(f"{p}: malformed JSON at line {exc.lineno}, column {exc.colno}: {exc.msg}") from None
+        if isinstance(data, list):
+            data = {s: data for s in SPLITS}
+        if not isinstance(data, dict):
+            raise UserError(f'{p}: expected {{"train": [...], "val": [...], "test": [...]}} or a list of prompts')
+        unknown = [k for k in data if k not in SPLITS]
+        if unknown:
+            raise UserError(f"{p}: unknown split(s) {', '.join(map(repr, unknown))}; allowed: {', '.join(SPLITS)}")
+        lib = {}
+        for split, items in data.items():
+            if not isinstance(items, list):
+                raise UserError(f"{p}: split {split!r} must be a list of prompts")
+            lib[split] = _check_prompts(items, f"{p}:{split}")
+    else:
+        lines = [line for line in text.splitlines() if line.strip() and not line.lstrip().startswith("#")]
+        prompts = _check_prompts(lines, str(p))
+        lib = {s: prompts for s in SPLITS}
+    if not any(lib.values()):
+        raise UserError(f"{p}: the prompt file holds no prompts")
+    return lib
+
+
+def read_split(path: str | Path, split: str) -> list[str]:
+    lib = read_library(path)
+    if split not in SPLITS:
+        raise UserError(f"--split: expected one of {', '.join(SPLITS)}, got {split!r}")
+    prompts = lib.get(split, [])
+    if not prompts:
+        have = ", ".join(f"{k} ({len(v)})" for k, v in lib.items() if v)
+        raise UserError(f"{path}: split {split!r} is empty or missing; splits present: {have}")
+    return prompts
+
+
+def check_prompt(prompt: str) -> str:
+    """A single prompt from the command line: non-empty after trimming."""
+    if not prompt or not prompt.strip():
+        raise UserError('PROMPT: empty prompt; write what to generate, e.g. "a red cube"')
+    return " ".join(prompt.split())

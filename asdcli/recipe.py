@@ -1,0 +1,157 @@
+"""Reading recipes: YAML files, `base:` inheritance, `key.path=value` overrides, dump and reload."""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+from typing import Any
+
+import yaml
+
+from asdcli.config import SCHEMA_VERSION, RunConfig, build_dataclass, to_plain
+from asdcli.errors import ConfigError
+
+
+def read_yaml_mapping(path: str | os.PathLike) -> dict:
+    """A YAML file that must hold a mapping; every failure is one ConfigError line."""
+    p = Path(path)
+    if not p.exists():
+        raise ConfigError(f"{p}: recipe file not found; check the path (recipes live in recipes/*.yaml)")
+    if p.is_dir():
+        raise ConfigError(f"{p}: is a directory; pass a recipe YAML file such as {p}/tiny_cpu.yaml")
+    try:
+        text = p.read_text(encoding="utf-8")
+    except UnicodeDecodeError:
+        raise ConfigError(f"{p}: not UTF-8 text; save the recipe as UTF-8 YAML") from None
+    except OSError as exc:
+        raise ConfigError(f"{p}: cannot read ({exc.strerror})") from None
+    try:
+        data = yaml.safe_load(text)
+    except yaml.YAMLError as exc:
+        mark = getattr(exc, "problem_mark", None)
+        where = f" at line {mark.line + 1}, column {mark.column + 1}" if mark else ""
+        problem = getattr(exc, "problem", None) or "invalid YAML"
+        raise ConfigError(f"{p}: malformed YAML{where}: {problem}") from None
+    if data is None:
+        raise ConfigError(f"{p}: the recipe is empty; it needs at least name, prior, generator and loss")
+    if not isinstance(data, dict):
+        raise ConfigError(f"{p}: a recipe is a YAML mapping (key: value), got a {type(data).__name__}")
+    return data
+
+
+def merge(base: dict, child: dict) -> dict:
+    """Deep merge; a section whose `kind` changes is replaced, not merged (its keys would not fit)."""
+    out = dict(base)
+    for key, val in child.items():
+        old = out.get(key)
+        same_kind = not (isinstance(val, dict) and "kind" in val and isinstance(old, dict)
+                         and old.get("kind") != val["kind"])
+        if isinstance(val, dict) and isinstance(old, dict) and same_kind:
+            out[key] = merge(old, val)
+        else:
+            out[key] = val
+    return out
+
+
+def load_raw(path: str | os.PathLike, _seen: tuple = ()) -> dict:
+    """The recipe as plain data with its `base:` chain merged in (base first)."""
+    p = Path(path).resolve()
+    if p in _seen:
+        raise ConfigError(f"{p}: `base:` chain loops back to this file")
+    data = read_yaml_mapping(path)
+    base = data.pop("base", None)
+    if base is None:
+        return data
+    if not isinstance(base, str):
+        raise ConfigError(f"{path}: base: expected a recipe path (string), got {base!r}")
+    base_path = (Path(path).parent / base) if not Path(base).is_absolute() else Path(base)
+    return merge(load_raw(base_path, _seen + (p,)), data)
+
+
+def parse_override(text: str) -> tuple[list[str], Any]:
+    """'train.steps=10' → (['train', 'steps'], 10); the value is typed by YAML."""
+    if "=" not in text:
+        raise ConfigError(f"override {text!r}: expected key.path=value, e.g. train.steps=100")
+    key, _, raw = text.partition("=")
+    parts = key.strip().split(".")
+    if not key.strip() or any(not p for p in parts):
+        raise ConfigError(f"override {text!r}: empty key; expected key.path=value, e.g. train.steps=100")
+    try:
+        value = yaml.safe_load(raw) if raw.strip() else ""
+    except yaml.YAMLError:
+        value = raw
+    return parts, value
+
+
+def apply_override(data: dict, parts: list[str], value: Any) -> dict:
+    out = dict(data)
+    node = out
+    for i, part in enumerate(parts[:-1]):
+        child = node.get(part)
+        if child is None:
+            child = {}
+        elif not isinstance(child, dict):
+            raise ConfigError(f"override {'.'.join(parts)}: {'.'.join(parts[:i + 1])} is not a section")
+        node[part] = dict(child)
+        node = node[part]
+    leaf = parts[-1]
+    if isinstance(value, dict) and isinstance(node.get(leaf), dict) and "kind" not in value:
+        node[leaf] = {**node[leaf], **value}
+    else:
+        node[leaf] = value
+    return out
+
+
+def load_recipe(path: str | os.PathLike | None = None, overrides: list[str] = (), flags: dict | None = None,
+                raw: dict | None = None) -> RunConfig:
+    """defaults < base < recipe < overrides < flags, validated into a frozen RunConfig."""
+    data = load_raw(path) if raw is None else dict(raw)
+    data.pop("schema_version", None) if data.get("schema_version") == SCHEMA_VERSION else None
+    if "schema_version" in data:
+        raise ConfigError(f"schema_version: this asd reads version {SCHEMA_VERSION}, the recipe has "
+                          f"{data['schema_version']!r}; use the asd release that wrote it")
+    for item in overrides:
+        data = apply_override(data, *parse_override(item))
+    for dotted, value in (flags or {}).items():  # named flags: the caller drops the ones not given
+        data = apply_override(data, dotted.split("."), value)
+    cfg = build_dataclass(RunConfig, data, "")
+    validate(cfg)
+    return cfg
+
+
+def validate(cfg: RunConfig) -> None:
+    """Cross-field checks that types alone cannot express."""
+    positive = {
+        "train.steps": cfg.train.steps, "train.grad_accum": cfg.train.grad_accum,
+        "train.checkpoint_every": cfg.train.checkpoint_every, "train.keep_last": cfg.train.keep_last,
+        "train.log_every": cfg.train.log_every, "train.max_nonfinite": cfg.train.max_nonfinite,
+        "render.prompts_per_step": cfg.render.prompts_per_step,
+        "render.views_per_prompt": cfg.render.views_per_prompt,
+        "render.samples_per_ray": cfg.render.samples_per_ray, "train.val_views": cfg.train.val_views,
+    }
+    for key, val in positive.items():
+        if val < 1:
+            raise ConfigError(f"{key}: must be >= 1, got {val}")
+    if cfg.train.val_every < 0:
+        raise ConfigError(f"train.val_every: must be >= 0 (0 = only at the end), got {cfg.train.val_every}")
+    if cfg.train.lr <= 0:
+        raise ConfigError(f"train.lr: must be > 0, got {cfg.train.lr}")
+    dev = cfg.train.device
+    if not (dev in ("auto", "cpu", "cuda") or (dev.startswith("cuda:") and dev[5:].isdigit())):
+        raise ConfigError(f"train.device: expected auto, cpu, cuda or cuda:N, got {dev!r}")
+    if cfg.prompts.library is None and not cfg.prompts.items:
+        raise ConfigError("prompts: give prompts.library (a JSON or text file) or prompts.items (a list)")
+    if not cfg.name or "/" in cfg.name or cfg.name in (".", ".."):
+        raise ConfigError(f"name: expected a plain run name without '/', got {cfg.name!r}")
+
+
+def dump_recipe(cfg: RunConfig) -> str:
+    """The resolved recipe as plain YAML (no Python tags), with schema_version."""
+    return yaml.safe_dump(to_plain(cfg), sort_keys=False, allow_unicode=True)
+
+
+def load_dumped(text: str) -> RunConfig:
+    data = yaml.safe_load(text)
+    if not isinstance(data, dict):
+        raise ConfigError("recipe.yaml: not a mapping; the run directory is damaged")
+    return load_recipe(raw=data)

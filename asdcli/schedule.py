@@ -1,0 +1,137 @@
+"""Scalars that change over training, as named schedules (never magic lists).
+
+A recipe value is either a plain number (constant) or a one-key mapping:
+
+    {linear: {from: 0.98, to: 0.5, start: 0, end: 1.0, unit: fraction}}
+    {piecewise: {0: 64, 10000: 256}}            # keys are steps; each value holds until the next key
+
+`unit: steps` (the default) counts optimiser steps; `unit: fraction` counts fractions of `train.steps`, so a
+recipe keeps its shape when a user shortens the run with `--steps`.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any, Literal
+
+from asdcli.errors import ConfigError
+
+Unit = Literal["steps", "fraction"]
+
+
+@dataclass(frozen=True)
+class Schedule:
+    """A scalar as a function of the training step."""
+
+    kind: Literal["constant", "linear", "piecewise"]
+    value: float = 0.0
+    start_value: float = 0.0
+    end_value: float = 0.0
+    start: float = 0.0
+    end: float = 0.0
+    unit: Unit = "steps"
+    points: tuple[tuple[int, float], ...] = ()
+
+    @staticmethod
+    def constant(value: float) -> Schedule:
+        return Schedule(kind="constant", value=float(value))
+
+    def at(self, step: int, total_steps: int) -> float:
+        """Value at optimiser step `step` of a run of `total_steps` steps."""
+        if self.kind == "constant":
+            return self.value
+        if self.kind == "piecewise":
+            current = self.points[0][1]
+            for key, val in self.points:
+                if step >= key:
+                    current = val
+            return current
+        scale = float(total_steps) if self.unit == "fraction" else 1.0
+        start, end = self.start * scale, self.end * scale
+        if step <= start or end <= start:
+            return self.start_value if step <= start else self.end_value
+        if step >= end:
+            return self.end_value
+        frac = (step - start) / (end - start)
+        return self.start_value + frac * (self.end_value - self.start_value)
+
+    def to_plain(self) -> Any:
+        """Plain YAML data that `parse_schedule` turns back into an equal object."""
+        if self.kind == "constant":
+            return self.value
+        if self.kind == "piecewise":
+            return {"piecewise": {k: v for k, v in self.points}}
+        return {
+            "linear": {
+                "from": self.start_value,
+                "to": self.end_value,
+                "start": self.start,
+                "end": self.end,
+                "unit": self.unit,
+            }
+        }
+
+
+_LINEAR_KEYS = ("from", "to", "start", "end", "unit")
+
+
+def _number(value: Any, path: str) -> float:
+    if isinstance(value, bool) or not isinstance(value, (int, float)):
+        raise ConfigError(f"{path}: expected a number, got {value!r}")
+    return float(value)
+
+
+def parse_schedule(value: Any, path: str) -> Schedule:
+    """Parse a recipe value into a Schedule; errors name the key path and the allowed forms."""
+    if isinstance(value, Schedule):
+        return value
+    if isinstance(value, (int, float)) and not isinstance(value, bool):
+        return Schedule.constant(value)
+    forms = "a number, {linear: {from, to, start, end, unit}} or {piecewise: {STEP: VALUE, ...}}"
+    if not isinstance(value, dict) or len(value) != 1:
+        raise ConfigError(f"{path}: expected {forms}, got {value!r}")
+    (name, body), = value.items()
+    if name == "linear":
+        return _parse_linear(body, f"{path}.linear")
+    if name == "piecewise":
+        return _parse_piecewise(body, f"{path}.piecewise")
+    from asdcli.config import did_you_mean
+
+    raise ConfigError(f"{path}: unknown schedule {name!r}{did_you_mean(name, ['linear', 'piecewise'])}; "
+                      f"expected {forms}")
+
+
+def _parse_linear(body: Any, path: str) -> Schedule:
+    from asdcli.config import did_you_mean
+
+    if not isinstance(body, dict):
+        raise ConfigError(f"{path}: expected a mapping with keys from, to, start, end (unit optional)")
+    for key in body:
+        if key not in _LINEAR_KEYS:
+            raise ConfigError(f"{path}.{key}: unknown key{did_you_mean(str(key), _LINEAR_KEYS)}; "
+                              f"allowed: {', '.join(_LINEAR_KEYS)}")
+    missing = [k for k in ("from", "to", "start", "end") if k not in body]
+    if missing:
+        raise ConfigError(f"{path}: missing {', '.join(missing)}")
+    unit = body.get("unit", "steps")
+    if unit not in ("steps", "fraction"):
+        raise ConfigError(f"{path}.unit: expected 'steps' or 'fraction', got {unit!r}")
+    start, end = _number(body["start"], f"{path}.start"), _number(body["end"], f"{path}.end")
+    if start < 0 or end < start:
+        raise ConfigError(f"{path}: need 0 <= start <= end, got start={start:g}, end={end:g}")
+    return Schedule(kind="linear", start_value=_number(body["from"], f"{path}.from"),
+                    end_value=_number(body["to"], f"{path}.to"), start=start, end=end, unit=unit)
+
+
+def _parse_piecewise(body: Any, path: str) -> Schedule:
+    if not isinstance(body, dict) or not body:
+        raise ConfigError(f"{path}: expected a non-empty mapping STEP: VALUE, e.g. {{0: 64, 10000: 256}}")
+    points = []
+    for key, val in body.items():
+        if isinstance(key, bool) or not isinstance(key, int) or key < 0:
+            raise ConfigError(f"{path}: keys are steps (integers >= 0), got {key!r}")
+        points.append((key, _number(val, f"{path}.{key}")))
+    points.sort()
+    if points[0][0] != 0:
+        raise ConfigError(f"{path}: the first key must be step 0 (the value at the start), got {points[0][0]}")
+    return Schedule(kind="piecewise", points=tuple(points))

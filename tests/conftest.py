@@ -1,0 +1,21 @@
+"""Shared test setup: deterministic, single-threaded CPU torch (CI has 2 cores; tests must stay small)."""
+
+import os
+
+os.environ.setdefault("HF_HUB_OFFLINE", "1")
+os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")
+os.environ.setdefault("HF_HUB_DISABLE_TELEMETRY", "1")
+
+import pytest  # noqa: E402
+
+
+@pytest.fixture(autouse=True)
+def _torch_single_thread():
+    try:
+        import torch
+    except ImportError:  # pragma: no cover - torch is a hard dependency
+        yield
+        return
+    torch.set_num_threads(1)
+    torch.manual_seed(0)
+    yield

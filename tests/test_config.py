@@ -1,0 +1,143 @@
+"""Strict recipes: types, unknown keys, precedence, schedules, base inheritance, dump → reload."""
+
+from pathlib import Path
+
+import pytest
+import yaml
+
+from asdcli.config import RunConfig, to_plain
+from asdcli.errors import ConfigError
+from asdcli.recipe import dump_recipe, load_dumped, load_recipe, parse_override
+from asdcli.schedule import parse_schedule
+
+ROOT = Path(__file__).resolve().parents[1]
+TINY = ROOT / "recipes" / "tiny_cpu.yaml"
+
+
+def write(tmp_path: Path, data, name="r.yaml") -> Path:
+    p = tmp_path / name
+    p.write_text(data if isinstance(data, str) else yaml.safe_dump(data))
+    return p
+
+
+def test_tiny_recipe_loads_frozen():
+    cfg = load_recipe(TINY)
+    assert isinstance(cfg, RunConfig)
+    with pytest.raises(AttributeError):
+        cfg.seed = 3  # frozen
+
+
+def test_dump_reload_equal():
+    cfg = load_recipe(TINY, ["train.lr=0.02", "loss.t_max={linear: {from: 0.9, to: 0.4, start: 0, end: 10}}"])
+    text = dump_recipe(cfg)
+    assert "schema_version: 1" in text and "!!python" not in text
+    assert load_dumped(text) == cfg
+
+
+def test_unknown_key_did_you_mean(tmp_path):
+    raw = yaml.safe_load(TINY.read_text())
+    raw["train"]["stpes"] = 3
+    with pytest.raises(ConfigError, match=r"train\.stpes: unknown key; did you mean 'steps'\?"):
+        load_recipe(write(tmp_path, raw))
+
+
+def test_unknown_kind_did_you_mean():
+    with pytest.raises(ConfigError, match=r"loss\.kind: unknown loss kind 'asf'; did you mean 'asd'\?"):
+        load_recipe(TINY, ["loss.kind=asf"])
+
+
+def test_unknown_key_in_kind_section():
+    with pytest.raises(ConfigError, match=r"loss\.guidance_scal: unknown key; did you mean 'guidance_scale'"):
+        load_recipe(TINY, ["loss.guidance_scal=5"])
+
+
+@pytest.mark.parametrize("override, message", [
+    ("train.steps=ten", r"train\.steps: expected an integer, got 'ten'"),
+    ("train.steps=-3", r"train\.steps: must be >= 1"),
+    ("train.optimizer=sgd", r"train\.optimizer: 'sgd' is not allowed.*allowed: 'adam', 'adamw', 'adan'"),
+    ("render.camera.fovy=[40]", r"render\.camera\.fovy: expected a list of 2 values"),
+    ("train.device=tpu", r"train\.device: expected auto, cpu, cuda or cuda:N"),
+    ("loss.t_min={cosine: 1}", r"loss\.t_min: unknown schedule 'cosine'"),
+    ("render.resolution={piecewise: {5: 8}}", r"first key must be step 0"),
+])
+def test_wrong_values(override, message):
+    with pytest.raises(ConfigError, match=message):
+        load_recipe(TINY, [override])
+
+
+def test_override_without_equals():
+    with pytest.raises(ConfigError, match="expected key.path=value"):
+        parse_override("train.steps")
+
+
+def test_precedence_defaults_base_recipe_overrides_flags(tmp_path):
+    base = yaml.safe_load(TINY.read_text())
+    base["train"]["lr"] = 0.5
+    base["train"]["log_every"] = 7
+    base["seed"] = 11
+    write(tmp_path, base, "base.yaml")
+    child = write(tmp_path, {"base": "base.yaml", "train": {"lr": 0.25, "steps": 30}}, "child.yaml")
+    cfg = load_recipe(child)
+    assert cfg.train.keep_last == 3  # default
+    assert cfg.seed == 11 and cfg.train.log_every == 7  # base
+    assert cfg.train.lr == 0.25  # recipe beats base
+    cfg = load_recipe(child, ["train.lr=0.125", "train.steps=40"], {"train.steps": 50})
+    assert cfg.train.lr == 0.125  # override beats recipe
+    assert cfg.train.steps == 50  # flag beats override
+
+
+def test_base_kind_change_replaces_section(tmp_path):
+    write(tmp_path, yaml.safe_load(TINY.read_text()), "base.yaml")
+    child = write(tmp_path, {"base": "base.yaml", "loss": {"kind": "asd", "shift_ratio": 0.2}}, "c.yaml")
+    assert load_recipe(child).loss.shift_ratio == 0.2
+
+
+def test_base_loop_detected(tmp_path):
+    write(tmp_path, {"base": "b.yaml", "name": "a"}, "a.yaml")
+    write(tmp_path, {"base": "a.yaml"}, "b.yaml")
+    with pytest.raises(ConfigError, match="loops back"):
+        load_recipe(tmp_path / "a.yaml")
+
+
+@pytest.mark.parametrize("text, message", [
+    ("", "the recipe is empty"),
+    ("- a\n- b\n", "a recipe is a YAML mapping"),
+    ("name: [unclosed\n", "malformed YAML at line"),
+])
+def test_bad_files(tmp_path, text, message):
+    with pytest.raises(ConfigError, match=message):
+        load_recipe(write(tmp_path, text))
+
+
+def test_missing_and_directory(tmp_path):
+    with pytest.raises(ConfigError, match="recipe file not found"):
+        load_recipe(tmp_path / "nope.yaml")
+    with pytest.raises(ConfigError, match="is a directory"):
+        load_recipe(tmp_path)
+
+
+def test_schedules():
+    lin = parse_schedule({"linear": {"from": 0.98, "to": 0.5, "start": 0, "end": 1.0, "unit": "fraction"}}, "x")
+    assert lin.at(0, 100) == pytest.approx(0.98)
+    assert lin.at(50, 100) == pytest.approx(0.74)
+    assert lin.at(100, 100) == pytest.approx(0.5)
+    assert lin.at(500, 100) == pytest.approx(0.5)
+    late = parse_schedule({"linear": {"from": 0, "to": 10, "start": 0.8, "end": 1.0, "unit": "fraction"}}, "x")
+    assert late.at(79, 100) == 0 and late.at(90, 100) == pytest.approx(5.0)
+    pw = parse_schedule({"piecewise": {0: 64, 10000: 256}}, "x")
+    assert pw.at(9999, 1) == 64 and pw.at(10000, 1) == 256
+    assert parse_schedule(3, "x").at(7, 9) == 3.0
+    for sched in (lin, pw):
+        assert parse_schedule(sched.to_plain(), "x") == sched
+
+
+def test_schema_version_mismatch():
+    raw = yaml.safe_load(TINY.read_text())
+    raw["schema_version"] = 99
+    with pytest.raises(ConfigError, match="schema_version"):
+        load_recipe(raw=raw)
+
+
+def test_plain_is_yaml_safe():
+    cfg = load_recipe(TINY)
+    assert yaml.safe_load(yaml.safe_dump(to_plain(cfg))) == to_plain(cfg)

@@ -1,0 +1,231 @@
+"""Stable Diffusion / tiny random priors: loading, encoding, view prompts, Perp-Neg, errors (tiny models)."""
+
+from __future__ import annotations
+
+import copy
+import math
+import time
+import warnings
+
+import pytest
+import torch
+
+from asdcli.config import build_dataclass
+from asdcli.errors import ConfigError, UserError
+from asdcli.priors.perp_neg import BACK, FRONT, OVERHEAD, SIDE, view_directions
+from asdcli.priors.stable_diffusion import StableDiffusionPrior, StableDiffusionPriorConfig, resolve_dtype
+from asdcli.priors.text import load_clip_text, load_text_encoder
+from asdcli.priors.tiny import TinyRandomPrior, TinyRandomPriorConfig, save_tiny_sd_folder
+
+
+@pytest.fixture(scope="module")
+def tiny() -> TinyRandomPrior:
+    return TinyRandomPrior(TinyRandomPriorConfig(seed=0))
+
+
+@pytest.fixture(scope="module")
+def pixel_folder(tmp_path_factory):
+    return save_tiny_sd_folder(tmp_path_factory.mktemp("tiny_sd"), seed=0)
+
+
+@pytest.fixture(scope="module")
+def vae_folder(tmp_path_factory):
+    return save_tiny_sd_folder(tmp_path_factory.mktemp("tiny_sd_vae"), seed=0, with_vae=True)
+
+
+def _batch(prior, n=2, seed=0):
+    g = torch.Generator().manual_seed(seed)
+    z = torch.randn(n, prior.unet.config.in_channels, prior.unet.config.sample_size,
+                    prior.unet.config.sample_size, generator=g)
+    t = torch.randint(1, 999, (n,), generator=g)
+    return z, t, prior.encode_text([f"a red cube {i}" for i in range(n)]).tokens
+
+
+def test_same_seed_same_weights_and_fast_construction(tiny):
+    start = time.perf_counter()
+    again = TinyRandomPrior(TinyRandomPriorConfig(seed=0))
+    assert time.perf_counter() - start < 1.0
+    other = TinyRandomPrior(TinyRandomPriorConfig(seed=1))
+    ref, same, diff = tiny.state_dict(), again.state_dict(), other.state_dict()
+    assert all(torch.equal(ref[k], same[k]) for k in ref)
+    assert any(not torch.equal(ref[k], diff[k]) for k in ref if ref[k].is_floating_point())
+
+
+def test_save_load_round_trip_matches_in_process_prior(tiny, pixel_folder):
+    loaded = StableDiffusionPrior(StableDiffusionPriorConfig(model=str(pixel_folder)))
+    assert loaded.vae is None and loaded.image_size == tiny.image_size == 16
+    assert torch.equal(loaded.alphas_cumprod, tiny.alphas_cumprod)
+    z, t, text = _batch(tiny)
+    assert torch.equal(loaded.predict_noise(z, t, text), tiny.predict_noise(z, t, text))
+    a, b = loaded.encode_text(["a cat, side view"]), tiny.encode_text(["a cat, side view"])
+    assert torch.equal(a.tokens, b.tokens) and torch.equal(a.pooled, b.pooled)
+
+
+def test_fp32_on_cpu_and_dtype_resolution(pixel_folder):
+    prior = StableDiffusionPrior(StableDiffusionPriorConfig(model=str(pixel_folder), dtype="auto"))
+    assert next(prior.unet.parameters()).dtype == torch.float32
+    assert resolve_dtype("auto", torch.device("cpu")) == torch.float32
+    assert resolve_dtype("auto", torch.device("cuda")) == torch.float16
+    z, t, text = _batch(prior)
+    out = prior.predict_noise(z, t, text)
+    assert out.dtype == torch.float32 and out.shape == z.shape and not out.requires_grad
+    assert all(not p.requires_grad for p in prior.parameters()) and not prior.training
+
+
+def test_pixel_encode_resizes_maps_range_and_keeps_gradient(tiny):
+    images = torch.rand(2, 3, 32, 32, requires_grad=True)
+    z = tiny.encode(images)
+    assert z.shape == (2, 3, 16, 16) and z.min() >= -1 and z.max() <= 1
+    resized = torch.nn.functional.interpolate(images, size=(16, 16), mode="bilinear", align_corners=False)
+    expected = resized * 2 - 1
+    assert torch.allclose(z, expected)
+    z.square().sum().backward()
+    assert images.grad is not None and images.grad.abs().sum() > 0
+
+
+def test_vae_encode_keeps_gradient(vae_folder):
+    prior = StableDiffusionPrior(StableDiffusionPriorConfig(model=str(vae_folder)))
+    assert prior.vae is not None and prior.image_size == 16
+    images = torch.rand(2, 3, 24, 24, requires_grad=True)
+    z = prior.encode(images)
+    assert z.shape == (2, 4, 8, 8) and z.dtype == torch.float32
+    z.sum().backward()
+    assert images.grad is not None and images.grad.abs().sum() > 0
+    t = torch.tensor([5, 900])
+    assert prior.predict_noise(z.detach(), t, prior.encode_text(["a", "b"]).tokens).shape == z.shape
+
+
+def test_unet_forward_runs_a_trainable_copy_with_gradient(tiny):
+    lora_like = copy.deepcopy(tiny.unet).requires_grad_(True)
+    z, t, text = _batch(tiny)
+    out = tiny.unet_forward(lora_like, z, t, text)
+    out.square().mean().backward()
+    assert any(p.grad is not None and p.grad.abs().sum() > 0 for p in lora_like.parameters())
+    assert torch.equal(out.detach(), tiny.predict_noise(z, t, text))
+
+
+@pytest.mark.parametrize("elev, azi, thresholds, expected", [
+    (0.0, 0.0, (45, 45, 60), FRONT),
+    (0.0, 44.0, (45, 45, 60), FRONT),
+    (0.0, 44.0, (30, 30, 60), SIDE),
+    (0.0, 90.0, (45, 45, 60), SIDE),
+    (0.0, 136.0, (45, 45, 60), BACK),
+    (0.0, 136.0, (30, 30, 60), SIDE),
+    (0.0, 190.0, (45, 45, 60), BACK),  # wraps to −170
+    (0.0, -180.0, (45, 45, 60), BACK),  # wraps to 180
+    (0.0, 350.0, (45, 45, 60), FRONT),  # wraps to −10
+    (61.0, 0.0, (45, 45, 60), OVERHEAD),  # overhead wins over front
+    (60.0, 180.0, (45, 45, 60), BACK),  # strictly greater than the threshold
+    (50.0, 100.0, (45, 45, 45), OVERHEAD),
+])
+def test_view_directions(elev, azi, thresholds, expected):
+    got = view_directions(torch.tensor([elev]), torch.tensor([azi]), *thresholds)
+    assert int(got[0]) == expected
+
+
+def test_conditioning_uses_view_suffixes_and_negative_prompt():
+    cfg = TinyRandomPriorConfig(negative_prompt="blurry", front_threshold=30, back_threshold=30)
+    prior = TinyRandomPrior(cfg)
+    elev, azi = torch.tensor([0.0, 0.0, 0.0, 70.0]), torch.tensor([10.0, 60.0, 170.0, 0.0])
+    cond = prior.conditioning(["a cat"] * 4, elev, azi, torch.eye(4).repeat(4, 1, 1))
+    texts = ["a cat, front view", "a cat, side view", "a cat, back view", "a cat, overhead view"]
+    assert torch.equal(cond.cond, prior.encode_text(texts).tokens)
+    assert torch.equal(cond.uncond, prior.encode_text(["blurry"] * 4).tokens)
+    assert cond.cameras is None and cond.perp_neg is None
+    plain = TinyRandomPrior(TinyRandomPriorConfig(view_dependent=False))
+    cond = plain.conditioning(["a cat", "a dog"], elev[:2], azi[:2], torch.eye(4).repeat(2, 1, 1))
+    assert torch.equal(cond.cond, plain.encode_text(["a cat", "a dog"]).tokens)
+
+
+def test_truncation_keeps_eos_and_warns_once():
+    text = TinyRandomPrior(TinyRandomPriorConfig(seed=0)).text
+    long_prompt = "a red cube on a blue sphere next to a green cone above a white torus " * 3
+    with pytest.warns(UserWarning, match="truncated"):
+        ids = text.tokenize([long_prompt, "a cat"])
+    assert ids.shape == (2, text.max_length)
+    eos = text.tokenizer.eos_token_id
+    assert int(ids[0, -1]) == eos and eos not in ids[0, :-1].tolist()
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        text.tokenize([long_prompt, long_prompt + " again"])  # later truncations are counted, not warned
+    assert text.truncated == 3
+    # The pooled vector is the end-of-text state, so it is the last token state of the cut prompt.
+    emb = text.encode([long_prompt])
+    assert torch.allclose(emb.pooled[0], emb.tokens[0, -1])
+
+
+def _f(coeffs, r):
+    a, b, c = coeffs
+    return a * math.exp(-b * r) + c
+
+
+def _reference_weights(azi_deg, scale=-0.5):
+    """The reference's rule (§1.3) written out independently: effective weight = scale·f(r)."""
+    azi = abs((azi_deg + 180) % 360 - 180)
+    if azi < 90:
+        r = 1 - azi / 90
+        return scale * _f((4, 0.5, -2.426), r), scale * _f((4, 0.5, -2.426), 1 - r), r
+    r = 2 - azi / 90
+    return scale * _f((1, 0.5, -0.606), r), scale * _f((1, 0.5, 0.967), r), r
+
+
+def test_perp_neg_weights_and_embeddings_match_reference():
+    prior = TinyRandomPrior(TinyRandomPriorConfig(perp_neg=True))
+    azis = [0.0, 30.0, -60.0, 89.0, 90.0, 120.0, 179.0]
+    elev = torch.zeros(len(azis))
+    c2w = torch.eye(4).repeat(len(azis), 1, 1)
+    cond = prior.conditioning(["a cat"] * len(azis), elev, torch.tensor(azis), c2w)
+    views = {v: prior.encode_text([f"a cat, {v} view"]).tokens[0]
+             for v in ("front", "side", "back", "overhead")}
+    assert cond.perp_neg.shape == (len(azis), 2, *cond.cond.shape[1:])
+    for i, azi in enumerate(azis):
+        w0, w1, r = _reference_weights(azi)
+        assert cond.perp_neg_weights[i].tolist() == pytest.approx([w0, w1], abs=1e-5)
+        if abs(azi) < 90:
+            pos, negs = r * views["front"] + (1 - r) * views["side"], (views["front"], views["side"])
+        else:
+            pos, negs = r * views["side"] + (1 - r) * views["back"], (views["side"], views["front"])
+        assert torch.allclose(cond.cond[i], pos, atol=1e-5)
+        assert torch.equal(cond.perp_neg[i, 0], negs[0]) and torch.equal(cond.perp_neg[i, 1], negs[1])
+    over = prior.conditioning(["a cat"], torch.tensor([75.0]), torch.tensor([20.0]), torch.eye(4)[None])
+    assert torch.equal(over.cond[0], views["overhead"]) and over.perp_neg_weights.abs().sum() == 0
+    assert torch.equal(over.perp_neg[0, 0], over.uncond[0])
+
+
+def test_offline_missing_hub_model_is_a_one_line_user_error(monkeypatch):
+    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
+    with pytest.raises(UserError) as info:
+        StableDiffusionPrior(StableDiffusionPriorConfig(model="nobody-asd/no-such-model"))
+    msg = str(info.value)
+    assert "nobody-asd/no-such-model" in msg and "HF_HUB_OFFLINE" in msg and "\n" not in msg
+    with pytest.raises(UserError, match="no-such-model"):
+        load_text_encoder(StableDiffusionPriorConfig(model="nobody-asd/no-such-model"))
+
+
+def test_bad_local_folders_are_user_errors(tmp_path, pixel_folder):
+    with pytest.raises(UserError, match="not found"):
+        StableDiffusionPrior(StableDiffusionPriorConfig(model=str(tmp_path / "missing")))
+    (tmp_path / "half").mkdir()
+    (tmp_path / "half" / "text_encoder").mkdir()
+    with pytest.raises(UserError, match=r"unet/"):
+        StableDiffusionPrior(StableDiffusionPriorConfig(model=str(tmp_path / "half")))
+    # The text-only path needs only tokenizer/ and text_encoder/.
+    enc = load_text_encoder(StableDiffusionPriorConfig(model=str(pixel_folder)))
+    direct = load_clip_text(pixel_folder, "x", torch.device("cpu"))
+    assert torch.equal(enc.encode(["a cat"]).pooled, direct.encode(["a cat"]).pooled)
+
+
+def test_text_encoder_only_matches_prior(tiny):
+    enc = load_text_encoder(TinyRandomPriorConfig(seed=0))
+    a, b = enc.encode(["a cat", "a dog"]), tiny.encode_text(["a cat", "a dog"])
+    assert torch.equal(a.tokens, b.tokens) and torch.equal(a.pooled, b.pooled)
+    assert a.tokens.shape == (2, 16, 32) and a.pooled.shape == (2, 32)
+
+
+def test_configs_are_strict():
+    with pytest.raises(ConfigError, match="dtype"):
+        build_dataclass(StableDiffusionPriorConfig, {"kind": "stable-diffusion", "dtype": "fp8"}, "prior")
+    with pytest.raises(ConfigError, match="image_size"):
+        build_dataclass(TinyRandomPriorConfig, {"kind": "tiny-random", "image_size": 15}, "prior")
+    cfg = build_dataclass(TinyRandomPriorConfig, {"kind": "tiny-random", "channels": [8, 16]}, "prior")
+    assert cfg.channels == (8, 16)
