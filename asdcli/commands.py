@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import sys
 from pathlib import Path
 
 from asdcli.errors import UserError
@@ -46,7 +47,8 @@ def _fit_and_report(cfg, prompts, val, resume, quiet) -> None:
     try:
         result = fit(cfg, prompts, val, resume=resume, quiet=quiet)
     except TrainingAborted as exc:
-        raise UserError(str(exc)) from None
+        print(f"error: {exc}", file=sys.stderr)
+        raise SystemExit(exc.exit_code) from None
     if not quiet:
         print(f"done: {result.step} steps at {result.steps_per_s:.2f} steps/s → {result.run_dir} "
               f"(checkpoint: {result.run_dir}/checkpoints/last)")
@@ -159,7 +161,7 @@ def export_command(run: Path, *, prompts, split, fmt, out, resolution, overwrite
     print(f"exported {written} asset(s) to {out} ({skipped} existing skipped, {len(failures)} failed); "
           f"index: {out / 'index.json'}")
     for prompt, reason in failures:
-        print(f"failed: {prompt!r}: {reason}", file=__import__("sys").stderr)
+        print(f"failed: {prompt!r}: {reason}", file=sys.stderr)
     if failures:
         raise SystemExit(1)
 

@@ -74,6 +74,25 @@ def save_checkpoint(ckpt_root: Path, step: int, parts: dict[str, dict[str, torch
     tmp = ckpt_root / f".tmp_step_{step:06d}_{os.getpid()}"
     shutil.rmtree(tmp, ignore_errors=True)
     tmp.mkdir()
+    try:
+        _write_parts(tmp, step, parts, optimizers, rng, state)
+    except BaseException:
+        shutil.rmtree(tmp, ignore_errors=True)  # a failed write (full disk, kill) leaves the last one intact
+        raise
+    trash = None
+    if final.exists():  # rewriting a step (a resumed run stopped at once): swap, then delete the old copy
+        trash = ckpt_root / f".tmp_step_old_{step:06d}_{os.getpid()}"
+        os.replace(final, trash)
+    os.replace(tmp, final)
+    if trash is not None:
+        shutil.rmtree(trash, ignore_errors=True)
+    _point_last(ckpt_root, final.name)
+    _fsync_dir(ckpt_root)
+    prune(ckpt_root, keep_last)
+    return final
+
+
+def _write_parts(tmp: Path, step: int, parts: dict, optimizers: dict, rng: dict, state: dict) -> None:
     t0 = time.perf_counter()
     for name, sd in parts.items():
         if sd:
@@ -87,13 +106,6 @@ def save_checkpoint(ckpt_root: Path, step: int, parts: dict[str, dict[str, torch
     for f in tmp.iterdir():
         with open(f, "rb") as fh:
             os.fsync(fh.fileno())
-    if final.exists():
-        shutil.rmtree(final)
-    os.replace(tmp, final)
-    _point_last(ckpt_root, final.name)
-    _fsync_dir(ckpt_root)
-    prune(ckpt_root, keep_last)
-    return final
 
 
 def _point_last(ckpt_root: Path, target: str) -> None:
@@ -113,9 +125,8 @@ def step_dirs(ckpt_root: Path) -> list[Path]:
 
 def prune(ckpt_root: Path, keep_last: int) -> None:
     """Delete all but the newest keep_last step directories, and temp leftovers of crashed writes."""
-    for p in ckpt_root.glob(".tmp_step_*"):
-        if not p.name.endswith(f"_{os.getpid()}"):
-            shutil.rmtree(p, ignore_errors=True)
+    for p in ckpt_root.glob(".tmp_step_*"):  # debris of writes killed mid-way (SIGKILL skips cleanup)
+        shutil.rmtree(p, ignore_errors=True)
     for p in step_dirs(ckpt_root)[:-keep_last]:
         shutil.rmtree(p, ignore_errors=True)
 

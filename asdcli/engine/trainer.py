@@ -26,7 +26,12 @@ from asdcli.errors import UserError
 
 
 class TrainingAborted(RuntimeError):
-    """Too many non-finite steps in a row, or a stop request (SIGTERM) after the checkpoint was written."""
+    """Too many non-finite steps in a row (exit code 1), or a stop request (SIGTERM/SIGINT: exit 128 + signal)
+    after the checkpoint was written."""
+
+    def __init__(self, message: str, exit_code: int = 1):
+        super().__init__(message)
+        self.exit_code = exit_code
 
 
 @dataclass
@@ -180,8 +185,8 @@ class Trainer:
 
             validate(self, step)
         if stop:
-            raise TrainingAborted(f"stopped by signal at step {step}; checkpoint written. "
-                                  f"Continue with --resume")
+            raise TrainingAborted(f"stopped by signal {self._stop_signal} at step {step}; checkpoint written; "
+                                  f"continue with --resume", exit_code=128 + int(self._stop_signal or 15))
 
     def _on_sigterm(self, signum, frame) -> None:
         self._stop_signal = signum
