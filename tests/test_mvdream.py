@@ -326,3 +326,20 @@ def test_offline_missing_checkpoint_is_a_user_error(monkeypatch, text_folder):
         MVDreamPrior(MVDreamPriorConfig(model="nobody-asd/mvdream", text_model=str(text_folder)))
     msg = str(info.value)
     assert "nobody-asd/mvdream" in msg and "sd-v2.1-base-4view.pt" in msg and "HF_HUB_OFFLINE" in msg
+
+
+def test_folder_with_ldm_named_unet_is_converted(tmp_path, text_folder):
+    """Ports that kept the original module names (a MultiViewUNetModel folder) load like the checkpoint."""
+    import json
+
+    from safetensors.torch import save_file
+
+    unet = _unet()
+    folder = tmp_path / "port" / "unet"
+    folder.mkdir(parents=True)
+    (folder / "config.json").write_text(json.dumps({"_class_name": "MultiViewUNetModel"}))
+    save_file(_to_ldm(unet, ldm_unet_key_map(unet)), str(folder / "diffusion_pytorch_model.safetensors"))
+    prior = MVDreamPrior(MVDreamPriorConfig(model=str(tmp_path / "port"), text_model=str(text_folder),
+                                            image_size=16, head_channels=HEAD))
+    z, t, text, cams = _inputs()
+    assert torch.equal(prior.predict_noise(z, t, text, cams), _eps(unet, z, t, text, cams))

@@ -229,3 +229,18 @@ def test_configs_are_strict():
         build_dataclass(TinyRandomPriorConfig, {"kind": "tiny-random", "image_size": 15}, "prior")
     cfg = build_dataclass(TinyRandomPriorConfig, {"kind": "tiny-random", "channels": [8, 16]}, "prior")
     assert cfg.channels == (8, 16)
+
+
+def test_half_precision_weights_return_float32(vae_folder):
+    """bf16 weights (fp16 on CUDA works the same way): encode keeps the gradient, predict_noise returns fp32,
+    the text encoder stays fp32; channels_last and attention slicing leave the interface unchanged."""
+    cfg = StableDiffusionPriorConfig(model=str(vae_folder), dtype="bfloat16", channels_last=True,
+                                     attention_slicing=True)
+    prior = StableDiffusionPrior(cfg)
+    assert next(prior.unet.parameters()).dtype == torch.bfloat16 and prior.text_model.dtype == torch.float32
+    images = torch.rand(2, 3, 16, 16, requires_grad=True)
+    z = prior.encode(images)
+    z.sum().backward()
+    assert z.dtype == torch.float32 and images.grad.abs().sum() > 0
+    eps = prior.predict_noise(z.detach(), torch.tensor([1, 500]), prior.encode_text(["a", "b"]).tokens)
+    assert eps.dtype == torch.float32 and torch.isfinite(eps).all()

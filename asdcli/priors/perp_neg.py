@@ -11,6 +11,7 @@ import torch
 from torch import Tensor
 
 VIEWS = ("side", "front", "back", "overhead")
+VIEW_SUFFIXES = tuple(f", {v} view" for v in VIEWS)  # what view_prompt appends (text-cache suffixes)
 SIDE, FRONT, BACK, OVERHEAD = range(4)
 
 # Perp-Neg weight curves f(r) = a·exp(−b·r) + c (Armandpour et al., as used by the reference).
@@ -38,7 +39,7 @@ def view_directions(elevation: Tensor, azimuth: Tensor, front_threshold: float =
 
 def view_prompt(prompt: str, direction: int) -> str:
     """The prompt with its view suffix, e.g. "a cat, front view"."""
-    return f"{prompt}, {VIEWS[direction]} view"
+    return prompt + VIEW_SUFFIXES[direction]
 
 
 def shifted_exp_decay(coeffs: tuple[float, float, float], r: Tensor) -> Tensor:

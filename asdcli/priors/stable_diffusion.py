@@ -13,6 +13,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
+from asdcli.errors import UserError
 from asdcli.priors.base import Conditioning, Prior, TextEmbeddings
 from asdcli.priors.perp_neg import VIEWS, perp_neg_plan, view_directions, view_prompt
 from asdcli.priors.text import TextEncoder, load_clip_text, resolve_model_folder
@@ -99,8 +100,6 @@ class StableDiffusionPrior(Prior):
 
     def _load_components(self, cfg: Any, device: torch.device, dtype: torch.dtype) -> Components:
         from diffusers import AutoencoderKL, DDPMScheduler, UNet2DConditionModel
-
-        from asdcli.errors import UserError
 
         folder = resolve_model_folder(cfg.model, cfg.revision,
                                       needs=("unet", "text_encoder", "tokenizer", "scheduler"))
