@@ -131,7 +131,9 @@ def test_conditioning_uses_view_suffixes_and_negative_prompt():
     texts = ["a cat, front view", "a cat, side view", "a cat, back view", "a cat, overhead view"]
     assert torch.equal(cond.cond, prior.encode_text(texts).tokens)
     assert torch.equal(cond.uncond, prior.encode_text(["blurry"] * 4).tokens)
-    assert cond.cameras is None and cond.perp_neg is None
+    assert cond.perp_neg is None
+    # Cameras ride along for VSD's camera-conditioned LoRA: MVDream's normalised, flattened c2w.
+    assert cond.cameras.shape == (4, 16) and torch.equal(cond.cameras[0], torch.eye(4).reshape(16))
     plain = TinyRandomPrior(TinyRandomPriorConfig(view_dependent=False))
     cond = plain.conditioning(["a cat", "a dog"], elev[:2], azi[:2], torch.eye(4).repeat(2, 1, 1))
     assert torch.equal(cond.cond, plain.encode_text(["a cat", "a dog"]).tokens)

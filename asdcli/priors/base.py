@@ -48,6 +48,16 @@ class Conditioning:
     perp_neg_weights: Tensor | None = None
 
 
+def camera_embedding(c2w: Tensor) -> Tensor:
+    """The 16-value camera input of MVDream (and of VSD's camera-conditioned LoRA): threestudio c2w [B, 4, 4]
+    (z-up, columns right/up/backward/position) with the translation scaled to unit length, flattened row-major
+    → [B, 16] float32."""
+    m = c2w.float().clone()
+    t = m[:, :3, 3]
+    m[:, :3, 3] = t / (t.norm(dim=-1, keepdim=True) + 1e-8)
+    return m.reshape(-1, 16)
+
+
 class Prior(nn.Module, abc.ABC):
     """Frozen diffusion model + scheduler.
 

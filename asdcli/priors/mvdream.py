@@ -17,7 +17,7 @@ import torch
 from torch import Tensor, nn
 
 from asdcli.errors import ConfigError, UserError
-from asdcli.priors.base import Conditioning
+from asdcli.priors.base import Conditioning, camera_embedding
 from asdcli.priors.mvdream_unet import (
     build_mvdream_unet,
     infer_ldm_unet_config,
@@ -54,15 +54,6 @@ class MVDreamPriorConfig:
             raise ConfigError(f"prior.num_views: expected at least 1, got {self.num_views}")
         if self.image_size < 8 or self.image_size % 8:
             raise ConfigError(f"prior.image_size: expected a positive multiple of 8, got {self.image_size}")
-
-
-def camera_embedding(c2w: Tensor) -> Tensor:
-    """MVDream camera input: threestudio c2w [B, 4, 4] (z-up, columns right/up/backward/position) with the
-    translation scaled to unit length, flattened row-major → [B, 16] float32."""
-    m = c2w.float().clone()
-    t = m[:, :3, 3]
-    m[:, :3, 3] = t / (t.norm(dim=-1, keepdim=True) + 1e-8)
-    return m.reshape(-1, 16)
 
 
 def _read_state_dict(path: Path) -> dict[str, Tensor]:

@@ -14,7 +14,7 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from asdcli.errors import UserError
-from asdcli.priors.base import Conditioning, Prior, TextEmbeddings
+from asdcli.priors.base import Conditioning, Prior, TextEmbeddings, camera_embedding
 from asdcli.priors.perp_neg import VIEWS, perp_neg_plan, view_directions, view_prompt
 from asdcli.priors.text import TextEncoder, load_clip_text, resolve_model_folder
 
@@ -170,13 +170,16 @@ class StableDiffusionPrior(Prior):
         dirs = view_directions(elevation, azimuth, cfg.front_threshold, cfg.back_threshold,
                                cfg.overhead_threshold)
         if getattr(cfg, "perp_neg", False):
-            return self._perp_neg_conditioning(prompts, azimuth, dirs, uncond)
+            out = self._perp_neg_conditioning(prompts, azimuth, dirs, uncond)
+            out.cameras = camera_embedding(c2w).to(uncond.device)
+            return out
         if cfg.view_dependent:
             texts = [view_prompt(p, int(d)) for p, d in zip(prompts, dirs.tolist(), strict=True)]
         else:
             texts = list(prompts)
         cond = self.encode_text(texts).tokens.to(uncond.device)
-        return Conditioning(cond=cond, uncond=uncond.contiguous())
+        # SD's UNet ignores cameras; VSD's camera-conditioned LoRA reads them.
+        return Conditioning(cond=cond, uncond=uncond.contiguous(), cameras=camera_embedding(c2w).to(uncond.device))
 
     def _perp_neg_conditioning(self, prompts: list[str], azimuth: Tensor, dirs: Tensor,
                                uncond: Tensor) -> Conditioning:
