@@ -89,6 +89,7 @@ class TrainConfig:
     val_views: int = 8  # orbit views in the validation turntable
     log_every: int = 10
     max_nonfinite: int = 10  # abort after this many non-finite steps in a row
+    text_cache: str | None = None  # on-disk text-embedding cache dir (built on first use) for large corpora
 
 
 @dataclass(frozen=True)

@@ -188,3 +188,17 @@ def test_validation_media_readable(tmp_path):
     video = next(p for p in out.iterdir() if p.suffix in (".mp4", ".gif"))
     frames = iio.imread(video, index=None)
     assert frames.shape[0] == 2  # one frame per validation view
+
+
+def test_text_cache_serves_every_step_without_the_text_encoder(tmp_path, monkeypatch):
+    trainer = _tiny_trainer(tmp_path, f"train.text_cache={tmp_path / 'cache'}")
+    encoder = trainer.parts.prior.text
+    encoder._cache.clear()  # drop in-memory entries so every lookup has to go to disk
+
+    def no_encoder(*args, **kwargs):
+        raise AssertionError("the text encoder ran although the disk cache holds every text")
+
+    monkeypatch.setattr(encoder, "_run", no_encoder)
+    logs = trainer.train_step()
+    assert logs["skipped"] == 0 and logs["loss"] == logs["loss"]
+    assert len(list((tmp_path / "cache").rglob("*.safetensors"))) >= 1

@@ -18,7 +18,7 @@ import torch
 from asdcli.config import RunConfig
 from asdcli.engine import checkpoint as ckpt_io
 from asdcli.engine import distributed as dist_
-from asdcli.engine.components import PromptEmbeddings, build_train_parts, resolve_device
+from asdcli.engine.components import build_train_parts, resolve_device
 from asdcli.engine.optim import build_optimizer
 from asdcli.engine.rundir import MetricsLog, prepare_run_dir, write_meta
 from asdcli.engine.steps import StepRunner
@@ -81,7 +81,9 @@ class Trainer:
         self.optimizer = build_optimizer(cfg.train, groups)
         self.gen = torch.Generator().manual_seed(cfg.seed * 1000 + self.dist.rank + 1)
         self.state = TrainState()
-        self.text = PromptEmbeddings(self.parts.prior.encode_text)
+        if cfg.train.text_cache:
+            attach_text_cache(self.parts.prior, cfg.train.text_cache, prompts, self.dist, quiet)
+        self.text = self.parts.prior.encode_text  # the text encoder keeps a bounded LRU of embeddings
         self.steps = StepRunner(cfg, self.parts, self.text, self.device)
         self.metrics = MetricsLog(self.run_dir / "metrics.jsonl", enabled=self.dist.is_main)
         self._stop_signal: int | None = None
@@ -190,6 +192,25 @@ class Trainer:
 
     def _on_sigterm(self, signum, frame) -> None:
         self._stop_signal = signum
+
+
+def attach_text_cache(prior, root: str, prompts: list[str], info: dist_.DistInfo, quiet: bool) -> None:
+    """Build (rank-sharded, resumable) and attach the on-disk text-embedding cache for `prompts` with every
+    view suffix and the negative prompt, so steps read embeddings instead of running the text encoder."""
+    from asdcli.priors.perp_neg import VIEW_SUFFIXES
+    from asdcli.priors.text_cache import TextEmbeddingCache
+
+    encoder = prior.text
+    texts = list(prompts) + [getattr(prior.cfg, "negative_prompt", "")]
+    suffixes = ("",) + (VIEW_SUFFIXES if getattr(prior.cfg, "view_dependent", False) else ())
+    cache = TextEmbeddingCache(root, encoder.encoder_id)
+    cache.build(texts, encoder.encode_uncached, rank=info.rank, world_size=info.world_size, suffixes=suffixes,
+                progress=not quiet and info.is_main)
+    dist_.barrier(info)
+    if info.is_main:
+        cache.finalize()
+    dist_.barrier(info)
+    encoder.attach_disk_cache(TextEmbeddingCache(root, encoder.encoder_id), suffixes)
 
 
 def _main_thread() -> bool:

@@ -42,6 +42,8 @@ class TextEncoder:
         self.max_length = min(positions, tok_max)
         self.cache_size = cache_size
         self._cache: OrderedDict[str, tuple[Tensor, Tensor]] = OrderedDict()
+        self._disk: Any = None  # an attached TextEmbeddingCache (attach_disk_cache), read before encoding
+        self._suffixes: tuple[str, ...] = ("",)
         self.truncated = 0  # prompts cut so far (only the first one is warned about: corpora can hold many)
 
     @property
@@ -86,11 +88,39 @@ class TextEncoder:
             pooled.append(out.pooler_output.float())
         return torch.cat(tokens), torch.cat(pooled)
 
+    def attach_disk_cache(self, cache: Any, suffixes: tuple[str, ...]) -> None:
+        """Read embeddings from an on-disk TextEmbeddingCache (built for prompts × suffixes) before encoding:
+        a 100k-prompt corpus then costs memory-mapped reads, not text-encoder calls or RAM."""
+        self._disk, self._suffixes = cache, tuple(sorted(suffixes, key=len, reverse=True))
+
+    def _disk_key(self, text: str) -> tuple[str, str] | None:
+        for suffix in self._suffixes:
+            if text.endswith(suffix) and (text[: len(text) - len(suffix)], suffix) in self._disk:
+                return text[: len(text) - len(suffix)], suffix
+        return None
+
+    def _lookup(self, texts: list[str]) -> tuple[Tensor, Tensor]:
+        """Embeddings of `texts`: disk-cache hits read, the rest encoded."""
+        keys = [self._disk_key(t) for t in texts] if self._disk is not None else []
+        hits = [i for i, k in enumerate(keys) if k is not None]
+        if not hits:
+            return self._run(texts)
+        got = self._disk.get([keys[i][0] for i in hits], [keys[i][1] for i in hits], device=self.device)
+        hit_set = set(hits)
+        rest = [i for i in range(len(texts)) if i not in hit_set]
+        tok = got.tokens.new_empty((len(texts), *got.tokens.shape[1:]))
+        pool = got.pooled.new_empty((len(texts), *got.pooled.shape[1:]))
+        tok[hits], pool[hits] = got.tokens, got.pooled
+        if rest:
+            t2, p2 = self._run([texts[i] for i in rest])
+            tok[rest], pool[rest] = t2, p2
+        return tok, pool
+
     def encode(self, prompts: list[str]) -> TextEmbeddings:
         """Embeddings of `prompts` (duplicates and recently seen prompts are encoded once)."""
         missing = [p for p in dict.fromkeys(prompts) if p not in self._cache]
         if missing:
-            tok, pool = self._run(missing)
+            tok, pool = self._lookup(missing)
             for i, p in enumerate(missing):
                 # Clones: a view would keep the whole batch's storage alive after the others are evicted.
                 self._cache[p] = (tok[i].clone(), pool[i].clone())
