@@ -191,7 +191,13 @@ def extract_mesh(query_fn: QueryFn, resolution: int, radius: float, field_type: 
         raise UserError(f"mesh resolution must be at least 2, got {resolution}")
     timings: dict[str, float] = {}
     t0 = time.perf_counter()
-    values = sample_grid(query_fn, resolution, radius, chunk, device)
+    if field_type == "sdf" and resolution >= 32:
+        from asdcli.mesh.adaptive import sample_sdf_coarse_to_fine
+
+        level = 0.0 if threshold is None else float(threshold)
+        values, _ = sample_sdf_coarse_to_fine(query_fn, resolution, radius, level, chunk, device)
+    else:
+        values = sample_grid(query_fn, resolution, radius, chunk, device)
     timings["query"] = time.perf_counter() - t0
 
     t0 = time.perf_counter()
