@@ -209,7 +209,7 @@ def _emit_report(report, json_path, csv_path, quiet) -> None:
     if not quiet and report.metric_names:
         from rich.console import Console
 
-        Console().print(report.table())
+        Console().print(report.table(title="asd eval"))
         print(report.meta["protocol"])
 
 

@@ -151,11 +151,16 @@ def _distinct_geometry(specs: Sequence[SceneSpec]) -> Tensor:
     return torch.tensor([[a != b for b in keys] for a in keys])
 
 
-def shape_r_at_1_from_matrix(ious: Tensor, specs: Sequence[SceneSpec]) -> float:
-    """shape_r@1 from a [P, P] best-rotation IoU matrix (row: prediction, column: scene)."""
+def shape_hits_from_matrix(ious: Tensor, specs: Sequence[SceneSpec]) -> Tensor:
+    """[P] bool: prediction p overlaps its own scene more than every rival scene ([P, P] IoU matrix)."""
     rivals = _distinct_geometry(specs)
     other = torch.where(rivals, ious, torch.full_like(ious, -1.0)).amax(1)
-    return float((ious.diagonal() > other).float().mean())
+    return ious.diagonal() > other
+
+
+def shape_r_at_1_from_matrix(ious: Tensor, specs: Sequence[SceneSpec]) -> float:
+    """shape_r@1 from a [P, P] best-rotation IoU matrix (row: prediction, column: scene)."""
+    return float(shape_hits_from_matrix(ious, specs).float().mean())
 
 
 def shape_r_at_1(pred_occs: Sequence[Tensor], specs: Sequence[SceneSpec], angles: Angles = 16,
