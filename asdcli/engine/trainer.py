@@ -79,6 +79,8 @@ class Trainer:
         groups += self.parts.background.param_groups(cfg.train.lr_background)
         self.params = [p for g in groups for p in g["params"]]
         self.optimizer = build_optimizer(cfg.train, groups)
+        # fp16 autocast needs loss scaling; bf16 and fp32 do not (the scaler is then a no-op).
+        self.scaler = torch.amp.GradScaler("cuda", enabled=self.device.type == "cuda" and cfg.train.precision == "fp16")
         self.gen = torch.Generator().manual_seed(cfg.seed * 1000 + self.dist.rank + 1)
         self.state = TrainState()
         if cfg.train.text_cache:
@@ -136,24 +138,29 @@ class Trainer:
         accum, logs = self.cfg.train.grad_accum, []
         for _ in range(accum):
             micro = self.steps(self.prompts, self.state.step, self.gen)
-            (micro.loss / accum).backward()
+            self.scaler.scale(micro.loss / accum).backward()
             logs.append(micro.logs)
         dist_.average_gradients(self.params, self.dist)
-        finite = all(torch.isfinite(torch.tensor(m["loss"])) for m in logs) and all(
-            p.grad is None or bool(torch.isfinite(p.grad).all()) for p in self.params)
-        if dist_.any_flag(not finite, self.dist):
+        self.scaler.unscale_(self.optimizer)
+        loss_finite = all(torch.isfinite(torch.tensor(m["loss"])) for m in logs)
+        finite = loss_finite and all(p.grad is None or bool(torch.isfinite(p.grad).all()) for p in self.params)
+        skipped = dist_.any_flag(not finite, self.dist)
+        if skipped:
             self.optimizer.zero_grad(set_to_none=True)
-            self.state.nonfinite_in_a_row += 1
             self.state.nonfinite_total += 1
+            # fp16 overflow with a finite loss is the grad scaler calibrating: it lowers the scale, no abort.
+            overflow = self.scaler.is_enabled() and not dist_.any_flag(not loss_finite, self.dist)
+            self.state.nonfinite_in_a_row += 0 if overflow else 1
             if self.state.nonfinite_in_a_row >= self.cfg.train.max_nonfinite:
                 raise TrainingAborted(
                     f"{self.state.nonfinite_in_a_row} non-finite steps in a row at step {self.state.step}; "
                     f"the last finite checkpoint is kept. Lower train.lr or enable loss.grad_clip")
         else:
-            self.optimizer.step()
+            self.scaler.step(self.optimizer)
             self.state.nonfinite_in_a_row = 0
+        self.scaler.update()
         merged = {k: sum(m[k] for m in logs) / len(logs) for k in logs[0]}
-        merged.update(step=self.state.step, skipped=0 if finite else 1, nonfinite_total=self.state.nonfinite_total)
+        merged.update(step=self.state.step, skipped=int(skipped), nonfinite_total=self.state.nonfinite_total)
         self.state.step += 1
         return merged
 
