@@ -40,13 +40,16 @@ class StepRunner:
         if parts.generator.noise_dim:
             noise = torch.randn(P, parts.generator.noise_dim, generator=gen).to(self.device)
         res = int(round(cfg.render.resolution.at(step, total)))
+        w = cfg.loss.weights
+        # Field gradients (create_graph) cost about as much as the rest of the render: only when a term uses them.
+        normals = w.eikonal.at(step, total) > 0 or w.orient.at(step, total) > 0 or cfg.render.shading == "lambertian"
         from asdcli.render.volume import render
 
         with self.autocast():
             text = self.text(batch).to(self.device)
             state = parts.generator(text, noise)
             out = render(parts.generator, state, cams, res, res, cfg.render, parts.background, P, gen,
-                         text=text)
+                         need_normals=normals, text=text)
         images = out.rgb.float().permute(0, 3, 1, 2)  # [B, 3, H, W]
         z = parts.prior.encode(images)
         per_image = [p for p in batch for _ in range(V)]
