@@ -21,8 +21,9 @@ def prompts_for(model: LoadedModel, prompts_file: Path | None, split: str) -> li
     if prompts_file is not None:
         return read_split(prompts_file, split)
     cfg = model.cfg
-    if cfg.prompts.library is not None and Path(cfg.prompts.library).exists():
-        return read_split(cfg.prompts.library, split)
+    lib = cfg.prompts.library
+    if lib is not None and (Path(lib).exists() or lib.split(":")[0] == "shapesworld"):
+        return read_split(lib, split)
     if cfg.prompts.items:
         return list(cfg.prompts.items)
     raise UserError("--prompts: the run names no prompt list this machine can read; pass --prompts FILE")

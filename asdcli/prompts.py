@@ -39,8 +39,25 @@ def _check_prompts(prompts: list, where: str) -> list[str]:
     return unique
 
 
+BUNDLED = "shapesworld"
+
+
+def _bundled_library(name: str) -> dict[str, list[str]]:
+    """`shapesworld` (the whole ShapesWorld split) or `shapesworld:N` (train = the nested corpus of N
+    prompts; val and test whole, so every corpus size is scored on the same prompts)."""
+    from asdcli.shapes.library import build_library
+
+    size = name.partition(":")[2]
+    if size and not (size.isdigit() and int(size) > 0):
+        raise UserError(f"prompts.library: {name!r}: expected shapesworld or shapesworld:N with N > 0")
+    return build_library(seed=0, corpus_size=int(size) if size else None)
+
+
 def read_library(path: str | Path) -> dict[str, list[str]]:
-    """All splits of a prompt library. A text file gives the same list for every split."""
+    """All splits of a prompt library. A text file gives the same list for every split; the name
+    `shapesworld[:N]` is the built-in ShapesWorld library (no file)."""
+    if str(path) == BUNDLED or str(path).startswith(BUNDLED + ":"):
+        return _bundled_library(str(path))
     p = Path(path)
     text = _read_text(p)
     if p.suffix.lower() == ".json":
