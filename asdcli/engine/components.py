@@ -58,25 +58,3 @@ def build_train_parts(cfg: RunConfig, device: torch.device) -> TrainParts:
     background = build_background(cfg, text_dim, device)
     loss = build("loss", cfg.loss, prior=prior).to(device)
     return TrainParts(prior, generator, background, loss, text_dim)
-
-
-class PromptEmbeddings:
-    """Generator-side text embeddings of prompts (no view suffix), encoded on first use and kept in a bounded
-    LRU so memory does not grow with the corpus."""
-
-    def __init__(self, encode_fn, capacity: int = 4096):
-        self.encode_fn, self.capacity = encode_fn, capacity
-        self._store: dict[str, TextEmbeddings] = {}
-
-    def __call__(self, prompts: list[str]) -> TextEmbeddings:
-        missing = [p for p in dict.fromkeys(prompts) if p not in self._store]
-        if missing:
-            emb = self.encode_fn(missing)
-            for i, p in enumerate(missing):
-                self._store[p] = emb.index([i])
-        for p in prompts:  # move to the back: most recently used
-            self._store[p] = self._store.pop(p)
-        while len(self._store) > self.capacity:
-            self._store.pop(next(iter(self._store)))
-        parts = [self._store[p] for p in prompts]
-        return TextEmbeddings(torch.cat([e.tokens for e in parts]), torch.cat([e.pooled for e in parts]))
