@@ -3,15 +3,49 @@ so `asd --help` never imports torch."""
 
 from __future__ import annotations
 
+import errno
 import sys
 from pathlib import Path
 from typing import Optional
 
 import typer
+import typer.core
 
 from asdcli import __version__
 
+# click's usage-error base class (typer may vendor its own click, so found through typer's BadParameter)
+_CLICK_ERROR = next(c for c in typer.BadParameter.__mro__ if c.__name__ == "ClickException")
+
+
+class _OneLineUsageErrors(typer.core.TyperGroup):
+    """Usage errors (unknown option, non-numeric count, missing argument) as ONE line on stderr, exit 2,
+    instead of click's usage block and rich panel."""
+
+    def main(self, args=None, prog_name=None, complete_var=None, standalone_mode=True, **extra):
+        if not standalone_mode:
+            return super().main(args, prog_name, complete_var, standalone_mode=False, **extra)
+        try:
+            rv = super().main(args, prog_name, complete_var, standalone_mode=False, **extra)
+        except _CLICK_ERROR as exc:
+            if type(exc).__name__ == "NoArgsIsHelpError":  # `asd` alone: the help was printed already
+                sys.exit(exc.exit_code)
+            ctx = getattr(exc, "ctx", None)
+            where = f"{ctx.command_path}: " if ctx is not None else ""
+            hint = f" (see '{ctx.command_path} --help')" if ctx is not None else ""
+            typer.echo(f"error: {where}{_one_line(exc.format_message())}{hint}", err=True)
+            sys.exit(exc.exit_code)
+        except typer.Abort:
+            typer.echo("aborted", err=True)
+            sys.exit(1)
+        sys.exit(rv if isinstance(rv, int) else 0)
+
+
+def _one_line(text: str) -> str:
+    return " ".join(str(text).split())
+
+
 app = typer.Typer(add_completion=False, no_args_is_help=True, pretty_exceptions_enable=False,
+                  cls=_OneLineUsageErrors,
                   help="Scalable text-to-3D with Asynchronous Score Distillation (ASD).",
                   context_settings={"help_option_names": ["-h", "--help"]})
 
@@ -41,7 +75,7 @@ def run_guarded(debug: bool, fn, *args, **kwargs):
     except UserError as exc:
         if debug:
             raise
-        typer.echo(f"error: {exc}", err=True)
+        typer.echo(f"error: {_one_line(exc)}", err=True)
         raise typer.Exit(2) from None
     except KeyboardInterrupt:
         typer.echo("interrupted", err=True)
@@ -49,8 +83,13 @@ def run_guarded(debug: bool, fn, *args, **kwargs):
     except Exception as exc:  # the contract: one line unless --debug
         if debug:
             raise
+        if isinstance(exc, OSError) and exc.errno in (errno.ENOSPC, errno.EDQUOT):
+            where = f" writing {exc.filename}" if exc.filename else ""
+            typer.echo(f"error: no space left on the device{where}; free disk space and rerun (files written "
+                       f"before are intact)", err=True)
+            raise typer.Exit(1) from None
         name = type(exc).__name__
-        typer.echo(f"internal error ({name}): {exc}; rerun with --debug for the traceback", err=True)
+        typer.echo(f"internal error ({name}): {_one_line(exc)}; rerun with --debug for the traceback", err=True)
         raise typer.Exit(1) from None
 
 

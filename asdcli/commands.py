@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import math
 import sys
 from pathlib import Path
 
@@ -115,6 +116,8 @@ def generate_command(prompt: str, out: Path, *, checkpoint, resolution, threshol
     check_resolution(views, "--views", 1, 360)
     if max_faces is not None and max_faces < 4:
         raise UserError(f"--max-faces: must be at least 4, got {max_faces}")
+    if threshold is not None and not math.isfinite(threshold):
+        raise UserError(f"--threshold: must be a finite number, got {threshold}")
     t0 = time.perf_counter()
     model = load_model(checkpoint, device)
     load_s = time.perf_counter() - t0

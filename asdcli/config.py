@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import dataclasses
 import difflib
+import math
 import types
 import typing
 from collections.abc import Iterable, Sequence
@@ -18,7 +19,7 @@ from pathlib import Path
 from typing import Any, Literal
 
 from asdcli.errors import ConfigError
-from asdcli.schedule import Schedule, parse_schedule
+from asdcli.schedule import SCIENTIFIC, Schedule, parse_schedule
 
 SCHEMA_VERSION = 1
 
@@ -182,8 +183,12 @@ def _convert_scalar(value: Any, tp: Any, path: str) -> Any:
             raise ConfigError(f"{path}: expected an integer, got {value!r}")
         return value
     if tp is float:
+        if isinstance(value, str) and SCIENTIFIC.fullmatch(value.strip()):  # YAML 1.1 reads 1e-3 as a string
+            value = float(value)
         if isinstance(value, bool) or not isinstance(value, (int, float)):
             raise ConfigError(f"{path}: expected a number, got {value!r}")
+        if not math.isfinite(value):
+            raise ConfigError(f"{path}: expected a finite number, got {value!r}")
         return float(value)
     if tp is str:
         if not isinstance(value, str):
@@ -227,7 +232,25 @@ def _build_kind(family: str, data: Any, path: str) -> Any:
         raise ConfigError(f"{path}: expected a mapping with a 'kind' key")
     if not isinstance(data["kind"], str):
         raise ConfigError(f"{path}.kind: expected a string, got {data['kind']!r}")
-    return build_dataclass(config_class(family, data["kind"], f"{path}.kind"), data, path)
+    cfg = build_dataclass(config_class(family, data["kind"], f"{path}.kind"), data, path)
+    _check_counts(cfg, path)
+    return cfg
+
+
+# Integer fields of a component config (prior, generator, loss) are sizes and counts: never negative, and 0 only
+# where it means "none" (layers, noise width, bias volumes); a seed may be any integer.
+_ZERO_OK = ("num_layers", "mapping_layers", "mlp_layers", "z_dim", "bias_volume_max_res")
+
+
+def _check_counts(cfg: Any, path: str) -> None:
+    for f in dataclasses.fields(cfg):
+        value = getattr(cfg, f.name)
+        if dataclasses.is_dataclass(value):
+            _check_counts(value, f"{path}.{f.name}")
+        elif isinstance(value, int) and not isinstance(value, bool) and f.name != "seed":
+            low = 0 if f.name in _ZERO_OK else 1
+            if value < low:
+                raise ConfigError(f"{path}.{f.name}: must be >= {low}, got {value}")
 
 
 def to_plain(obj: Any) -> Any:

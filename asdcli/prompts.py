@@ -32,6 +32,7 @@ def _check_prompts(prompts: list, where: str) -> list[str]:
             raise UserError(f"{where}[{i}]: a prompt must be a string, got {type(p).__name__}")
         if not p.strip():
             raise UserError(f"{where}[{i}]: empty prompt; remove the entry or write the prompt")
+        _check_unicode(p, f"{where}[{i}]")
         out.append(" ".join(p.split()))
     unique = list(dict.fromkeys(out))
     if len(unique) != len(out):
@@ -53,6 +54,15 @@ def _bundled_library(name: str) -> dict[str, list[str]]:
     return build_library(seed=0, corpus_size=int(size) if size else None)
 
 
+def _check_unicode(prompt: str, where: str) -> None:
+    """Lone surrogates (a JSON "\\ud800" escape, undecodable command-line bytes) cannot be encoded or named."""
+    try:
+        prompt.encode("utf-8")
+    except UnicodeEncodeError as exc:
+        raise UserError(f"{where}: the prompt holds an invalid character at position {exc.start} "
+                        f"(a lone surrogate or undecodable byte); write it as UTF-8 text") from None
+
+
 def read_library(path: str | Path) -> dict[str, list[str]]:
     """All splits of a prompt library. A text file gives the same list for every split; the name
     `shapesworld[:N]` is the built-in ShapesWorld library (no file)."""
@@ -65,6 +75,8 @@ def read_library(path: str | Path) -> dict[str, list[str]]:
             data = json.loads(text)
         except json.JSONDecodeError as exc:
             raise UserError(f"{p}: malformed JSON at line {exc.lineno}, column {exc.colno}: {exc.msg}") from None
+        except RecursionError:
+            raise UserError(f'{p}: malformed JSON: nested too deeply; expected {{"train": [...], ...}}') from None
         if isinstance(data, list):
             data = {s: data for s in SPLITS}
         if not isinstance(data, dict):
@@ -101,4 +113,5 @@ def check_prompt(prompt: str) -> str:
     """A single prompt from the command line: non-empty after trimming."""
     if not prompt or not prompt.strip():
         raise UserError('PROMPT: empty prompt; write what to generate, e.g. "a red cube"')
+    _check_unicode(prompt, "PROMPT")
     return " ".join(prompt.split())

@@ -32,6 +32,8 @@ def read_yaml_mapping(path: str | os.PathLike) -> dict:
         where = f" at line {mark.line + 1}, column {mark.column + 1}" if mark else ""
         problem = getattr(exc, "problem", None) or "invalid YAML"
         raise ConfigError(f"{p}: malformed YAML{where}: {problem}") from None
+    except RecursionError:
+        raise ConfigError(f"{p}: malformed YAML: nested too deeply; a recipe is a few levels of key: value") from None
     if data is None:
         raise ConfigError(f"{p}: the recipe is empty; it needs at least name, prior, generator and loss")
     if not isinstance(data, dict):
@@ -134,8 +136,17 @@ def validate(cfg: RunConfig) -> None:
             raise ConfigError(f"{key}: must be >= 1, got {val}")
     if cfg.train.val_every < 0:
         raise ConfigError(f"train.val_every: must be >= 0 (0 = only at the end), got {cfg.train.val_every}")
+    non_negative = {"prompts.num_val": cfg.prompts.num_val, "render.importance_samples": cfg.render.importance_samples,
+                    "train.eps": cfg.train.eps, "train.weight_decay": cfg.train.weight_decay,
+                    "train.lr_background": cfg.train.lr_background}
+    for key, val in non_negative.items():
+        if val < 0:
+            raise ConfigError(f"{key}: must be >= 0, got {val}")
     if cfg.train.lr <= 0:
         raise ConfigError(f"train.lr: must be > 0, got {cfg.train.lr}")
+    if not all(0.0 <= b < 1.0 for b in cfg.train.betas):
+        raise ConfigError(f"train.betas: each must be in [0, 1), got {list(cfg.train.betas)}")
+    _check_render(cfg.render)
     dev = cfg.train.device
     if not (dev in ("auto", "cpu", "cuda") or (dev.startswith("cuda:") and dev[5:].isdigit())):
         raise ConfigError(f"train.device: expected auto, cpu, cuda or cuda:N, got {dev!r}")
@@ -145,13 +156,45 @@ def validate(cfg: RunConfig) -> None:
         raise ConfigError(f"name: expected a plain run name without '/', got {cfg.name!r}")
 
 
+def _schedule_values(sched) -> list[float]:
+    if sched.kind == "constant":
+        return [sched.value]
+    if sched.kind == "piecewise":
+        return [v for _, v in sched.points]
+    return [sched.start_value, sched.end_value]
+
+
+def _check_render(render) -> None:
+    """Sizes and camera ranges that would crash (or exhaust memory) in the first step instead of failing here."""
+    for res in _schedule_values(render.resolution):
+        if not 1 <= res <= 4096:
+            raise ConfigError(f"render.resolution: must be between 1 and 4096 pixels, got {res:g}")
+    for key, val in (("render.chunk_rays", render.chunk_rays), ("render.radius", render.radius),
+                     ("render.inv_std", render.inv_std), ("render.camera.eval_distance", render.camera.eval_distance)):
+        if val <= 0:
+            raise ConfigError(f"{key}: must be > 0, got {val}")
+    cam = render.camera
+    for key, (lo, hi) in (("render.camera.fovy", cam.fovy), ("render.camera.distance", cam.distance)):
+        if not 0 < lo <= hi or (key.endswith("fovy") and hi >= 180):
+            raise ConfigError(f"{key}: need 0 < low <= high{' < 180' if key.endswith('fovy') else ''}, "
+                              f"got [{lo:g}, {hi:g}]")
+    if not 0 < cam.eval_fovy < 180:
+        raise ConfigError(f"render.camera.eval_fovy: must be in (0, 180) degrees, got {cam.eval_fovy:g}")
+    prob = render.background_random_prob
+    if prob is not None and not 0.0 <= prob <= 1.0:
+        raise ConfigError(f"render.background_random_prob: must be in [0, 1], got {prob:g}")
+
+
 def dump_recipe(cfg: RunConfig) -> str:
     """The resolved recipe as plain YAML (no Python tags), with schema_version."""
     return yaml.safe_dump(to_plain(cfg), sort_keys=False, allow_unicode=True)
 
 
 def load_dumped(text: str) -> RunConfig:
-    data = yaml.safe_load(text)
+    try:
+        data = yaml.safe_load(text)
+    except (yaml.YAMLError, RecursionError):
+        raise ConfigError("recipe.yaml: malformed YAML; the run directory is damaged") from None
     if not isinstance(data, dict):
         raise ConfigError("recipe.yaml: not a mapping; the run directory is damaged")
     return load_recipe(raw=data)

@@ -55,5 +55,10 @@ def config_class(family: str, kind: str, path: str) -> type:
 
 
 def build(family: str, cfg: Any, **kwargs: Any) -> Any:
-    """Instantiate the component that `cfg.kind` names, passing its config and `kwargs`."""
-    return resolve(family, cfg.kind, family)(cfg, **kwargs)
+    """Instantiate the component that `cfg.kind` names, passing its config and `kwargs`. A ValueError from its
+    constructor (e.g. a width not divisible by the head count) is a config the user can fix: one ConfigError."""
+    cls = resolve(family, cfg.kind, family)
+    try:
+        return cls(cfg, **kwargs)
+    except ValueError as exc:
+        raise ConfigError(f"{family}: {exc}; fix the {family}.* values of the recipe") from exc

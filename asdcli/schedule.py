@@ -11,12 +11,15 @@ recipe keeps its shape when a user shortens the run with `--steps`.
 
 from __future__ import annotations
 
+import math
+import re
 from dataclasses import dataclass
 from typing import Any, Literal
 
 from asdcli.errors import ConfigError
 
 Unit = Literal["steps", "fraction"]
+SCIENTIFIC = re.compile(r"[-+]?(\d+\.?\d*|\.\d+)[eE][-+]?\d+")  # YAML 1.1 reads 1e-3 as a string, not a number
 
 
 @dataclass(frozen=True)
@@ -76,8 +79,10 @@ _LINEAR_KEYS = ("from", "to", "start", "end", "unit")
 
 
 def _number(value: Any, path: str) -> float:
-    if isinstance(value, bool) or not isinstance(value, (int, float)):
-        raise ConfigError(f"{path}: expected a number, got {value!r}")
+    if isinstance(value, str) and SCIENTIFIC.fullmatch(value.strip()):
+        value = float(value)
+    if isinstance(value, bool) or not isinstance(value, (int, float)) or not math.isfinite(value):
+        raise ConfigError(f"{path}: expected a finite number, got {value!r}")
     return float(value)
 
 
@@ -85,8 +90,10 @@ def parse_schedule(value: Any, path: str) -> Schedule:
     """Parse a recipe value into a Schedule; errors name the key path and the allowed forms."""
     if isinstance(value, Schedule):
         return value
+    if isinstance(value, str) and SCIENTIFIC.fullmatch(value.strip()):
+        value = float(value)
     if isinstance(value, (int, float)) and not isinstance(value, bool):
-        return Schedule.constant(value)
+        return Schedule.constant(_number(value, path))
     forms = "a number, {linear: {from, to, start, end, unit}} or {piecewise: {STEP: VALUE, ...}}"
     if not isinstance(value, dict) or len(value) != 1:
         raise ConfigError(f"{path}: expected {forms}, got {value!r}")

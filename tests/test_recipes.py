@@ -95,6 +95,7 @@ TINY = {  # recipe → overrides that shrink it to a CPU toy (MVDREAM marks the 
     "sd_nerf": [TINY_SD, *NERF],
     "mvdream_nerf": ["MVDREAM", *NERF],
     "tiny_cpu": [],
+    "shapes_asd": [TINY_SD, "generator.text_dim=32", "prompts.library=shapesworld:16"],
 }
 
 

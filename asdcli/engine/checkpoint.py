@@ -172,8 +172,13 @@ def load_optimizer(ckpt: Path, name: str = "optimizer") -> dict | None:
     """An optimizer state saved as NAME.safetensors + NAME.json, or None when the checkpoint has none."""
     if not (ckpt / f"{name}.json").exists():
         return None
-    plain = json.loads((ckpt / f"{name}.json").read_text())
-    return unflatten_optimizer(load_part(ckpt, name), plain)
+    try:
+        plain = json.loads((ckpt / f"{name}.json").read_text())
+        state = unflatten_optimizer(load_part(ckpt, name), plain)
+    except (OSError, ValueError, KeyError, TypeError, AttributeError) as exc:  # JSONDecodeError is a ValueError
+        raise UserError(f"{ckpt}/{name}.json: damaged optimizer state ({type(exc).__name__}); use an earlier "
+                        f"step directory") from None
+    return state
 
 
 def load_weights_strict(module: torch.nn.Module, sd: dict[str, torch.Tensor], what: str, ckpt: Path) -> None:
@@ -188,4 +193,7 @@ def load_weights_strict(module: torch.nn.Module, sd: dict[str, torch.Tensor], wh
                        f"recipe {tuple(own[shapes[0]].shape)}")
         raise UserError(f"{ckpt}: {what} weights do not fit this {what} config ({detail}); the checkpoint was "
                         f"written with another config; use the run's own recipe.yaml")
+    if not all_finite(sd):  # save_checkpoint never writes one, so the file was damaged afterwards
+        raise UserError(f"{ckpt}: {what} weights hold NaN or inf; the checkpoint is damaged; use an earlier "
+                        f"step directory")
     module.load_state_dict(sd)

@@ -15,7 +15,7 @@ from asdcli.engine import checkpoint as ckpt_io
 from asdcli.engine.components import build_background, build_generator, resolve_device
 from asdcli.errors import UserError
 from asdcli.priors.base import TextEmbeddings
-from asdcli.recipe import load_dumped
+from asdcli.recipe import load_recipe, read_yaml_mapping
 from asdcli.render.cameras import CameraBatch, orbit_cameras
 
 
@@ -47,7 +47,10 @@ def load_model(checkpoint: str | Path | None, device: str | None = None) -> Load
     recipe = ckpt_io.run_dir_of(ckpt) / "recipe.yaml"
     if not recipe.exists():
         raise UserError(f"{ckpt}: no recipe.yaml in its run directory {recipe.parent}; pass the run directory")
-    cfg = load_dumped(recipe.read_text(encoding="utf-8"))
+    cfg = load_recipe(raw=read_yaml_mapping(recipe))  # damage of any kind is one ConfigError line
+    if device is not None and not (device in ("auto", "cpu", "cuda") or (device.startswith("cuda:")
+                                                                         and device[5:].isdigit())):
+        raise UserError(f"--device: expected cpu, cuda or cuda:N, got {device!r}")
     dev = resolve_device(device or ("cpu" if cfg.train.device == "auto" else cfg.train.device))
     if dev.type == "cuda" and not torch.cuda.is_available():
         dev = torch.device("cpu")

@@ -13,13 +13,17 @@ from typing import Any
 from asdcli import __version__
 from asdcli.config import RunConfig
 from asdcli.errors import UserError
-from asdcli.recipe import dump_recipe, load_dumped
+from asdcli.recipe import dump_recipe, load_recipe, read_yaml_mapping
 
 
 def atomic_write_text(path: Path, text: str) -> None:
     tmp = path.with_name(f".{path.name}.tmp{os.getpid()}")
-    tmp.write_text(text, encoding="utf-8")
-    os.replace(tmp, path)
+    try:
+        tmp.write_text(text, encoding="utf-8")
+        os.replace(tmp, path)
+    except BaseException:  # a full disk leaves the previous file, not a temp file beside it
+        tmp.unlink(missing_ok=True)
+        raise
 
 
 def prompts_hash(prompts: list[str]) -> str:
@@ -29,20 +33,23 @@ def prompts_hash(prompts: list[str]) -> str:
     return h.hexdigest()[:16]
 
 
-def prepare_run_dir(cfg: RunConfig, resume: bool) -> Path:
-    """Create (or, with resume, check) the run directory. Nothing existing is overwritten."""
+def prepare_run_dir(cfg: RunConfig, resume: bool, create: bool = True) -> Path:
+    """Create (or, with resume, check) the run directory. Nothing existing is overwritten. create=False only
+    checks (nothing is written), so a bad --out fails before any model loads."""
     run = cfg.run_dir
     recipe_file = run / "recipe.yaml"
     if resume:
         if not recipe_file.exists():
             raise UserError(f"--resume: {run} holds no run (no recipe.yaml); drop --resume to start one there")
-        _check_same_recipe(cfg, load_dumped(recipe_file.read_text(encoding="utf-8")), run)
+        _check_same_recipe(cfg, load_recipe(raw=read_yaml_mapping(recipe_file)), run)
         return run
+    if run.exists() and not run.is_dir():
+        raise UserError(f"{run}: exists and is not a directory; choose another --out")
     if run.exists() and any(run.iterdir()):
         raise UserError(f"{run}: run directory exists and is not empty; pass --resume to continue it, "
                         f"or --out NEW_DIR for a new run")
-    if run.exists() and not run.is_dir():
-        raise UserError(f"{run}: exists and is not a directory; choose another --out")
+    if not create:
+        return run
     try:
         run.mkdir(parents=True, exist_ok=True)
     except OSError as exc:

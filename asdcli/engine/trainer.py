@@ -8,6 +8,7 @@ replays the uninterrupted one exactly.
 
 from __future__ import annotations
 
+import shutil
 import signal
 import time
 from dataclasses import dataclass, field
@@ -71,14 +72,15 @@ class Trainer:
         if not self.prompts:
             raise UserError(f"prompts: {len(prompts)} prompt(s) cannot be shared by {self.dist.world_size} ranks")
         self.val_prompts = val_prompts[: cfg.prompts.num_val]
-        self.run_dir = prepare_run_dir(cfg, resume) if self.dist.is_main else cfg.run_dir
-        dist_.barrier(self.dist)
+        if self.dist.is_main:  # check --out / --resume first, but create nothing until every part is built
+            prepare_run_dir(cfg, resume, create=False)
         self.parts = build_train_parts(cfg, self.device)
         dist_.broadcast_parameters([self.parts.generator, self.parts.background], self.dist)
         groups = self.parts.generator.param_groups(cfg.train.lr)
         groups += self.parts.background.param_groups(cfg.train.lr_background)
         self.params = [p for g in groups for p in g["params"]]
         self.optimizer = build_optimizer(cfg.train, groups)
+        self.run_dir = cfg.run_dir
         # fp16 autocast needs loss scaling; bf16 and fp32 do not (the scaler is then a no-op).
         self.scaler = torch.amp.GradScaler("cuda", enabled=self.device.type == "cuda" and cfg.train.precision == "fp16")
         self.gen = torch.Generator().manual_seed(cfg.seed * 1000 + self.dist.rank + 1)
@@ -89,8 +91,12 @@ class Trainer:
         self.steps = StepRunner(cfg, self.parts, self.text, self.device)
         self.metrics = MetricsLog(self.run_dir / "metrics.jsonl", enabled=self.dist.is_main)
         self._stop_signal: int | None = None
-        if resume:
+        if resume and ckpt_io.step_dirs(self.run_dir / "checkpoints"):  # none yet (killed early): from step 0
             self._load(ckpt_io.resolve_checkpoint(self.run_dir))
+        self._created_run_dir = self.dist.is_main and not resume and not self.run_dir.exists()
+        if self.dist.is_main:
+            prepare_run_dir(cfg, resume)
+        dist_.barrier(self.dist)
 
     # ------------------------------------------------------------------------------------------ state
     def _load(self, ckpt: Path) -> None:
@@ -165,6 +171,16 @@ class Trainer:
         return merged
 
     def fit(self) -> FitResult:
+        try:
+            return self._fit()
+        except BaseException:
+            # A run this call created that failed before its first checkpoint holds nothing to resume: remove it
+            # (nothing half-written is left behind; a later checkpoint keeps the run for --resume).
+            if self._created_run_dir and not ckpt_io.step_dirs(self.run_dir / "checkpoints"):
+                shutil.rmtree(self.run_dir, ignore_errors=True)
+            raise
+
+    def _fit(self) -> FitResult:
         cfg, total = self.cfg, self.cfg.train.steps
         old_handler = signal.signal(signal.SIGTERM, self._on_sigterm) if _main_thread() else None
         t0, done0, last = time.perf_counter(), self.state.step, {}
