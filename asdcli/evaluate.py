@@ -47,8 +47,11 @@ def load_clip(model: str | os.PathLike):
     saying what to fetch and where to put it."""
     from transformers import AutoTokenizer, CLIPModel
 
+    from asdcli.shapes.bundled import resolve_bundled
+
     name = str(model)
-    local = Path(name).expanduser()
+    bundled = resolve_bundled(name)
+    local = bundled if bundled is not None else Path(name).expanduser()
     if local.is_dir():
         source = str(local)
     elif _looks_like_path(name):

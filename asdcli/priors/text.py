@@ -166,7 +166,13 @@ def looks_like_path(model: str) -> bool:
 
 def resolve_model_folder(model: str, revision: str | None, needs: tuple[str, ...]) -> Path:
     """A local diffusers folder holding the subfolders `needs`: `model` itself when it is a folder (no
-    network), else a hub snapshot (cache only when HF_HUB_OFFLINE=1). Failures are one-line UserErrors."""
+    network), a bundled model (`bundled:shapes-prior`), else a hub snapshot (cache only when HF_HUB_OFFLINE=1).
+    Failures are one-line UserErrors."""
+    from asdcli.shapes.bundled import resolve_bundled
+
+    bundled = resolve_bundled(model)
+    if bundled is not None:
+        return _check_subfolders(bundled, model, needs)
     path = Path(model).expanduser()
     if path.is_dir():
         return _check_subfolders(path, model, needs)
