@@ -64,6 +64,7 @@ def mesh_query_fn(model: LoadedModel, state, index: int):
         value, rgb = fn(points)
         return density(value, "density", model.cfg.render.inv_std), rgb
 
+    activated.value_only = lambda points: density(fn.value_only(points), "density", model.cfg.render.inv_std)
     return activated
 
 

@@ -117,3 +117,13 @@ def param_count(module_fn):
 def test_paper_parameter_counts(name, make, target):
     n = param_count(make)
     assert abs(n - target) / target < 0.05, (name, n)
+
+
+@pytest.mark.parametrize("kind", sorted(TINY))
+def test_query_value_equals_query(kind):
+    gen = build(kind)
+    text, noise = inputs(gen)
+    with torch.no_grad():
+        state = gen(text, noise)
+        points = torch.rand(2, 64, 3) * 2 - 1
+        torch.testing.assert_close(gen.query_value(state, points), gen.query(state, points).value)

@@ -85,6 +85,11 @@ def query_fn(model: LoadedModel, state: Any, index: int):
         out = model.generator.query(one, points.to(model.device)[None])
         return out.value[0].float(), model.generator.rgb(out.features[0]).float()
 
+    @torch.no_grad()
+    def value_only(points: Tensor) -> Tensor:
+        return model.generator.query_value(one, points.to(model.device)[None])[0].float()
+
+    fn.value_only = value_only  # isosurface grids read this and skip the colour head
     return fn
 
 

@@ -149,7 +149,8 @@ class Trainer:
         dist_.average_gradients(self.params, self.dist)
         self.scaler.unscale_(self.optimizer)
         loss_finite = all(torch.isfinite(torch.tensor(m["loss"])) for m in logs)
-        finite = loss_finite and all(p.grad is None or bool(torch.isfinite(p.grad).all()) for p in self.params)
+        grads = [torch.isfinite(p.grad).all() for p in self.params if p.grad is not None]
+        finite = loss_finite and (not grads or bool(torch.stack(grads).all()))  # one host sync, not one per tensor
         skipped = dist_.any_flag(not finite, self.dist)
         if skipped:
             self.optimizer.zero_grad(set_to_none=True)

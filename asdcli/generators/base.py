@@ -43,6 +43,11 @@ class Generator(nn.Module, abc.ABC):
     def query(self, state: Any, points: Tensor) -> FieldOutput:
         """Field of each prompt at points [P, N, 3] (world units, inside [-radius, radius]^3)."""
 
+    def query_value(self, state: Any, points: Tensor) -> Tensor:
+        """Only the field value [P, N] (isosurface grids need no colour); generators override it to skip their
+        colour head."""
+        return self.query(state, points).value
+
     def rgb(self, features: Tensor) -> Tensor:
         """Colour features [..., F] → RGB [..., 3] in [0, 1]."""
         return features[..., :3].sigmoid()

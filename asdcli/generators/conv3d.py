@@ -205,9 +205,18 @@ class Conv3DNet(Generator):
         """volume [P, C, R, R, R], points [P, N, 3] → sdf [P, N], features [P, N, 3].
 
         grid_sample reads coordinate (x, y, z) as (W, H, D), consistently for every prompt's own volume."""
+        feats = self._sample(state, points)
+        return FieldOutput(self._sdf(feats, points), self.feature_mlp(feats))
+
+    def query_value(self, state: Tensor, points: Tensor) -> Tensor:
+        return self._sdf(self._sample(state, points), points)
+
+    def _sample(self, state: Tensor, points: Tensor) -> Tensor:
+        """Trilinear features [P, N, C] of each prompt's own volume at its points."""
         p, n, _ = points.shape
         grid = (points / self.cfg.radius).view(p, 1, 1, n, 3).to(state.dtype)
         feats = F.grid_sample(state, grid, mode="bilinear", padding_mode="zeros", align_corners=False)
-        feats = feats.view(p, -1, n).transpose(1, 2)  # [P, N, C]
-        sdf = self.sdf_mlp(feats).squeeze(-1) + sphere_sdf(points, self.cfg.sdf_bias_radius)
-        return FieldOutput(sdf, self.feature_mlp(feats))
+        return feats.view(p, -1, n).transpose(1, 2)
+
+    def _sdf(self, feats: Tensor, points: Tensor) -> Tensor:
+        return self.sdf_mlp(feats).squeeze(-1) + sphere_sdf(points, self.cfg.sdf_bias_radius)

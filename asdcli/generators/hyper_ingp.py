@@ -57,7 +57,15 @@ class HyperINGP(Generator):
 
     def query(self, state: list[Tensor], points: Tensor) -> FieldOutput:
         """points [P, N, 3] → sdf [P, N], features [P, N, 3]."""
+        enc = self._encode(points)
+        return FieldOutput(self._sdf(enc, state, points), batched_mlp(enc, state[2:]))
+
+    def query_value(self, state: list[Tensor], points: Tensor) -> Tensor:
+        return self._sdf(self._encode(points), state, points)
+
+    def _encode(self, points: Tensor) -> Tensor:
         p, n, _ = points.shape
-        enc = self.grid((points.reshape(-1, 3) / self.cfg.radius + 1) / 2).view(p, n, -1)
-        sdf = batched_mlp(enc, state[:2]).squeeze(-1) + sphere_sdf(points, self.cfg.sdf_bias_radius)
-        return FieldOutput(sdf, batched_mlp(enc, state[2:]))
+        return self.grid((points.reshape(-1, 3) / self.cfg.radius + 1) / 2).view(p, n, -1)
+
+    def _sdf(self, enc: Tensor, state: list[Tensor], points: Tensor) -> Tensor:
+        return batched_mlp(enc, state[:2]).squeeze(-1) + sphere_sdf(points, self.cfg.sdf_bias_radius)

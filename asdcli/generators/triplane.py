@@ -70,5 +70,10 @@ class TriplaneGenerator(Generator):
     def query(self, state: Tensor, points: Tensor) -> FieldOutput:
         """planes [P, 3, C, R, R], points [P, N, 3] → sdf [P, N], features [P, N, 3]."""
         feats = sample_triplanes(state, points, self.cfg.radius)
-        sdf = self.sdf_head(feats).squeeze(-1) + sphere_sdf(points, self.cfg.sdf_bias_radius)
-        return FieldOutput(sdf, self.feature_head(feats))
+        return FieldOutput(self._sdf(feats, points), self.feature_head(feats))
+
+    def query_value(self, state: Tensor, points: Tensor) -> Tensor:
+        return self._sdf(sample_triplanes(state, points, self.cfg.radius), points)
+
+    def _sdf(self, feats: Tensor, points: Tensor) -> Tensor:
+        return self.sdf_head(feats).squeeze(-1) + sphere_sdf(points, self.cfg.sdf_bias_radius)

@@ -80,5 +80,10 @@ class TriplaneTransformer(Generator):
     def query(self, state: Tensor, points: Tensor) -> FieldOutput:
         """triplanes [P, 3, C, R, R], points [P, N, 3] → sdf [P, N], features [P, N, 3]."""
         feats = sample_triplanes(state, points.to(state.dtype), self.cfg.radius)
-        sdf = self.sdf_mlp(feats).squeeze(-1) + sphere_sdf(points, self.cfg.sdf_bias_radius)
-        return FieldOutput(sdf, self.feature_mlp(feats))
+        return FieldOutput(self._sdf(feats, points), self.feature_mlp(feats))
+
+    def query_value(self, state: Tensor, points: Tensor) -> Tensor:
+        return self._sdf(sample_triplanes(state, points.to(state.dtype), self.cfg.radius), points)
+
+    def _sdf(self, feats: Tensor, points: Tensor) -> Tensor:
+        return self.sdf_mlp(feats).squeeze(-1) + sphere_sdf(points, self.cfg.sdf_bias_radius)

@@ -16,7 +16,7 @@ import numpy as np
 import torch
 from scipy import ndimage
 
-from asdcli.mesh.isosurface import QueryFn, grid_coordinates
+from asdcli.mesh.isosurface import QueryFn, grid_coordinates, values_of
 
 
 def _interp_matrix(fine: int, coarse_idx: np.ndarray) -> np.ndarray:
@@ -34,7 +34,7 @@ def _query_points(query_fn: QueryFn, points: np.ndarray, chunk: int, device) -> 
     out = np.empty(len(points), dtype=np.float32)
     for start in range(0, len(points), chunk):
         pts = torch.from_numpy(points[start:start + chunk]).to(device)
-        value, _ = query_fn(pts)
+        value = values_of(query_fn, pts)
         out[start:start + len(pts)] = value.reshape(-1).float().cpu().numpy()
     return out
 

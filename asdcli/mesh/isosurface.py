@@ -26,6 +26,12 @@ QueryFn = Callable[[Tensor], tuple[Tensor, Tensor]]
 """points [N, 3] (world units) → (value [N], rgb [N, 3] in [0, 1])."""
 
 
+def values_of(query_fn: QueryFn, points: Tensor) -> Tensor:
+    """Field values only: through `query_fn.value_only` when the caller offers it (no colour head)."""
+    value_only = getattr(query_fn, "value_only", None)
+    return value_only(points) if value_only is not None else query_fn(points)[0]
+
+
 class EmptySurfaceError(UserError):
     """The field has no surface at the chosen level inside the box."""
 
@@ -77,7 +83,7 @@ def sample_grid(query_fn: QueryFn, resolution: int, radius: float, chunk: int = 
         idx = torch.arange(start, min(start + chunk, total), device=device)
         ix, iy, iz = idx // (resolution * resolution), (idx // resolution) % resolution, idx % resolution
         points = torch.stack([axis[ix], axis[iy], axis[iz]], dim=-1)
-        value, _ = query_fn(points)
+        value = values_of(query_fn, points)
         values[start:start + len(idx)] = value.reshape(-1).float().cpu().numpy()
     return values.reshape(resolution, resolution, resolution)
 
