@@ -1,21 +1,17 @@
-"""Generator and renderer throughput on CPU (small sizes): a table and bench/results/generators.json.
+"""Generator, hash-grid and renderer throughput: a table and bench/results/generators.json.
 
-Measures, per generator at a small config: one training step's forward (generator + differentiable render
-with analytic normals) + backward, divided by the P·V prompt-views it rendered; the pure-PyTorch hash grid's
-points/s at the paper config (forward, and forward+backward); and rendering rays/s (training path with
-gradients, and the chunked no-grad evaluation path).
+    python bench/bench_generators.py [--quick] [--threads 1] [--gpu] [--res 32] [--samples 32] [--out ...]
 
-Usage: python bench/bench_generators.py [--threads 1] [--repeats 3] [--res 32] [--samples 32]
+Measures, per generator (small CPU configs; paper configs with --gpu): one training step's forward (generator +
+differentiable render with analytic normals) + backward, divided by the P·V prompt-views it rendered; the hash
+grid's points/s at the paper config (pure PyTorch on CPU; tcnn with --gpu when importable), forward and
+forward+backward; and rendering rays/s (training path with gradients, and the chunked no-grad evaluation path).
+Figures are the best of --repeats runs after one warm-up (throughput: the least-disturbed run).
 """
 
 from __future__ import annotations
 
-import argparse
-import json
-import platform
-import time
-from pathlib import Path
-
+import common
 import torch
 
 from asdcli.config import RenderConfig
@@ -45,40 +41,42 @@ SMALL = {
 }
 
 
-def best_time(fn, repeats: int) -> float:
-    fn()  # warm-up
-    times = []
-    for _ in range(repeats):
-        t0 = time.perf_counter()
-        fn()
-        times.append(time.perf_counter() - t0)
-    return min(times)
+def best_time(fn, repeats: int, device: str) -> float:
+    """Least seconds of `repeats` calls after a warm-up, on the primary clock (CPU time on CPU: the least
+    disturbed by other jobs on the shared cores)."""
+    fn()
+    return min(common.time_calls(fn, 1, device)[common.clock(device)] for _ in range(repeats))
 
 
-def bench_generator(make, prompts: int, views: int, res: int, samples: int, repeats: int) -> dict:
+def text_for(gen, prompts: int, device: str) -> TextEmbeddings:
+    dim = getattr(gen.cfg, "text_dim", D)
+    return TextEmbeddings(torch.randn(prompts, 16, dim, device=device), torch.randn(prompts, dim, device=device))
+
+
+def bench_generator(make, prompts: int, views: int, res: int, samples: int, repeats: int, device: str) -> dict:
     torch.manual_seed(0)
-    gen = make()
-    cfg = RenderConfig(samples_per_ray=samples, background="solid")
-    bg = Background("solid")
-    text = TextEmbeddings(torch.randn(prompts, 16, D), torch.randn(prompts, D))
-    cams = orbit_cameras(prompts * views, 15.0, 2.5, 50.0)
+    gen = make().to(device)
+    cfg = RenderConfig(samples_per_ray=samples, background="solid", radius=gen.cfg.radius)
+    bg = Background("solid").to(device)
+    text = text_for(gen, prompts, device)
+    cams = orbit_cameras(prompts * views, 15.0, 2.5 * gen.cfg.radius, 50.0).to(device)
     g = torch.Generator().manual_seed(0)
 
     def step():
-        noise = torch.randn(prompts, gen.noise_dim) if gen.noise_dim else None
+        noise = torch.randn(prompts, gen.noise_dim, device=device) if gen.noise_dim else None
         out = render(gen, gen(text, noise), cams, res, res, cfg, bg, prompts, g)
         loss = out.rgb.mean() + ((out.sdf_grad.norm(dim=-1) - 1) ** 2).mean()
         gen.zero_grad(set_to_none=True)
         loss.backward()
 
-    t = best_time(step, repeats)
+    t = best_time(step, repeats, device)
     return {"params": sum(p.numel() for p in gen.parameters()), "step_s": t,
             "s_per_prompt_view": t / (prompts * views)}
 
 
-def bench_hashgrid(n: int, repeats: int) -> dict:
-    grid = HashGrid(HashGridConfig(backend="torch"))
-    x = torch.rand(n, 3)
+def bench_hashgrid(n: int, repeats: int, device: str) -> dict:
+    grid = HashGrid(HashGridConfig(backend="auto" if device == "cuda" else "torch")).to(device)
+    x = torch.rand(n, 3, device=device)
 
     def fwd():
         with torch.no_grad():
@@ -86,19 +84,20 @@ def bench_hashgrid(n: int, repeats: int) -> dict:
 
     def fwd_bwd():
         grid.zero_grad(set_to_none=True)
-        grid(x).sum().backward()
+        grid(x).float().sum().backward()
 
-    return {"points": n, "forward_points_per_s": n / best_time(fwd, repeats),
-            "forward_backward_points_per_s": n / best_time(fwd_bwd, repeats)}
+    return {"points": n, "backend": getattr(grid, "backend", "torch"),
+            "forward_points_per_s": n / best_time(fwd, repeats, device),
+            "forward_backward_points_per_s": n / best_time(fwd_bwd, repeats, device)}
 
 
-def bench_rays(res: int, samples: int, repeats: int) -> dict:
+def bench_rays(res: int, samples: int, repeats: int, device: str) -> dict:
     torch.manual_seed(0)
-    gen = SMALL["triplane"]()
-    text = TextEmbeddings(torch.randn(1, 16, D), torch.randn(1, D))
+    gen = SMALL["triplane"]().to(device)
+    text = text_for(gen, 1, device)
     cfg = RenderConfig(samples_per_ray=samples, background="solid", chunk_rays=4096)
-    cams = orbit_cameras(4, 15.0, 2.5, 50.0)
-    bg = Background("solid")
+    cams = orbit_cameras(4, 15.0, 2.5, 50.0).to(device)
+    bg = Background("solid").to(device)
     rays = 4 * res * res
 
     def train():
@@ -109,40 +108,47 @@ def bench_rays(res: int, samples: int, repeats: int) -> dict:
         with torch.no_grad():
             render_chunked(gen, gen(text), cams, res, res, cfg, bg, 1)
 
-    return {"samples_per_ray": samples, "train_rays_per_s": rays / best_time(train, repeats),
-            "eval_rays_per_s": rays / best_time(evaluate, repeats)}
+    return {"samples_per_ray": samples, "train_rays_per_s": rays / best_time(train, repeats, device),
+            "eval_rays_per_s": rays / best_time(evaluate, repeats, device)}
 
 
-def main() -> None:
-    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    ap.add_argument("--threads", type=int, default=1)
+def main(argv: list[str] | None = None) -> dict:
+    ap = common.parser(__doc__.splitlines()[0], "generators")
     ap.add_argument("--repeats", type=int, default=3)
-    ap.add_argument("--res", type=int, default=32)
+    ap.add_argument("--res", type=int, default=None, help="render side (default 32; 64 with --gpu)")
     ap.add_argument("--samples", type=int, default=32)
     ap.add_argument("--prompts", type=int, default=2)
     ap.add_argument("--views", type=int, default=2)
-    ap.add_argument("--out", default=str(Path(__file__).parent / "results" / "generators.json"))
-    args = ap.parse_args()
-    torch.set_num_threads(args.threads)
-    gens = {k: bench_generator(m, args.prompts, args.views, args.res, args.samples, args.repeats)
-            for k, m in SMALL.items()}
-    print(f"forward+backward per prompt-view ({args.prompts} prompts × {args.views} views, {args.res}², "
-          f"{args.samples} samples/ray, analytic normals, {args.threads} thread(s))")
-    print(f"{'generator':<22}{'params':>10}{'step s':>10}{'s / prompt-view':>18}")
-    for k, r in gens.items():
-        print(f"{k:<22}{r['params']:>10,}{r['step_s']:>10.3f}{r['s_per_prompt_view']:>18.3f}")
-    grid = bench_hashgrid(1 << 16, args.repeats)
-    print(f"hash grid (paper config, torch): {grid['forward_points_per_s']:,.0f} points/s forward, "
-          f"{grid['forward_backward_points_per_s']:,.0f} points/s forward+backward")
-    rays = bench_rays(args.res, args.samples, args.repeats)
-    print(f"rendering (small triplane, {args.samples} samples/ray): {rays['train_rays_per_s']:,.0f} rays/s "
-          f"training (with normals + backward), {rays['eval_rays_per_s']:,.0f} rays/s evaluation")
-    settings = {k: v for k, v in vars(args).items() if k != "out"}
-    result = {"settings": settings, "torch": torch.__version__, "machine": platform.processor() or
-              platform.machine(), "generators": gens, "hashgrid": grid, "render": rays}
-    Path(args.out).parent.mkdir(parents=True, exist_ok=True)
-    Path(args.out).write_text(json.dumps(result, indent=2))
-    print(f"wrote {args.out}")
+    args = ap.parse_args(argv)
+    device = common.setup(args)
+    if args.quick:
+        args.repeats = 1
+    args.res = args.res or (64 if args.gpu else 32)
+    makers = dict(SMALL)
+    if args.gpu:
+        import paper
+
+        makers = {**paper.paper_generators(), "nerf": lambda: NeRF(NeRFConfig())}
+    gens = {k: bench_generator(m, args.prompts, args.views, args.res, args.samples, args.repeats, device)
+            for k, m in makers.items()}
+    tables = [common.table(
+        f"forward+backward per prompt-view ({args.prompts} prompts x {args.views} views, {args.res}^2, "
+        f"{args.samples} samples/ray, analytic normals, {device}, {args.threads} thread(s); best of "
+        f"{args.repeats}, {common.clock(device)} clock)",
+        ["generator", "params", "step s", "s / prompt-view"],
+        [[k, r["params"], r["step_s"], r["s_per_prompt_view"]] for k, r in gens.items()])]
+    grid = bench_hashgrid(1 << (20 if args.gpu else 16), args.repeats, device)
+    rays = bench_rays(args.res, args.samples, args.repeats, device)
+    tables.append(common.table(
+        f"hash grid (paper config) and renderer (small triplane) throughput ({common.clock(device)} clock)",
+        ["what", "per second"],
+        [[f"hash grid forward, points ({grid['backend']})", grid["forward_points_per_s"]],
+         [f"hash grid forward+backward, points ({grid['backend']})", grid["forward_backward_points_per_s"]],
+         [f"render rays, training (normals + backward, {args.samples} samples)", rays["train_rays_per_s"]],
+         [f"render rays, evaluation (chunked, no grad, {args.samples} samples)", rays["eval_rays_per_s"]]]))
+    result = {"device": device, "generators": gens, "hashgrid": grid, "render": rays, "tables": tables}
+    common.write_result(args.out, "generators", args, result)
+    return result
 
 
 if __name__ == "__main__":

@@ -1,38 +1,32 @@
 """Per-step cost of the score-distillation losses against the prior's unavoidable work.
 
-    python bench/bench_losses.py [--quick] [--device auto|cpu|cuda] [--out bench/results/losses.json]
+    python bench/bench_losses.py [--quick] [--threads 1] [--gpu] [--out bench/results/losses.json]
 
 A tiny-but-real diffusers UNet2DConditionModel serves as a pixel-space prior (no VAE: `encode` resizes the
 render and maps it to [−1, 1]). A fixed random "render" [B, 3, R, R] that requires grad stands in for the
 generator. Each timed step is encode → loss forward → backward to the render. "prior work" is the floor ASD
 cannot go below: encode, ONE batched no-grad UNet call over 3B rows (ASD's batch) and the backward through
-encode. Methods are interleaved within each round (so drifting machine load hits them all alike) and the
-median over rounds is reported. Prints a table plus the VSD/ASD and ASD/prior-work ratios and writes JSON.
+encode. Methods are interleaved within each round (order rotated per round, so drifting machine load hits them all
+alike); times are medians over rounds and ratios medians of per-round ratios. This isolates the loss;
+bench_engine.py measures the same comparison through the whole training step. --gpu: CUDA and larger sizes.
 """
 
 from __future__ import annotations
 
 import argparse
-import json
-import platform
-import statistics
-import sys
-import time
 import zlib
-from pathlib import Path
 
+import common
 import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
-
-from asdcli.config import build_dataclass  # noqa: E402
-from asdcli.losses.asd import ASDConfig, AsynchronousScoreDistillation  # noqa: E402
-from asdcli.losses.csd import ClassifierScoreDistillation, CSDConfig  # noqa: E402
-from asdcli.losses.sds import ScoreDistillationSampling, SDSConfig  # noqa: E402
-from asdcli.losses.vsd import VariationalScoreDistillation, VSDConfig  # noqa: E402
-from asdcli.priors.base import Conditioning, Prior, TextEmbeddings  # noqa: E402
+from asdcli.config import build_dataclass
+from asdcli.losses.asd import ASDConfig, AsynchronousScoreDistillation
+from asdcli.losses.csd import ClassifierScoreDistillation, CSDConfig
+from asdcli.losses.sds import ScoreDistillationSampling, SDSConfig
+from asdcli.losses.vsd import VariationalScoreDistillation, VSDConfig
+from asdcli.priors.base import Conditioning, Prior, TextEmbeddings
 
 TEXT_LEN, TEXT_DIM = 8, 32
 
@@ -104,21 +98,7 @@ def prior_work(prior: Prior, render: Tensor, cond: Conditioning, gen: torch.Gene
     z.backward(eps[:batch])
 
 
-def timed(fn, device: torch.device, iters: int) -> float:
-    """Mean seconds per call of fn over `iters` calls (synchronising CUDA around the timed region)."""
-    if device.type == "cuda":
-        torch.cuda.synchronize(device)
-    start = time.perf_counter()
-    for _ in range(iters):
-        fn()
-    if device.type == "cuda":
-        torch.cuda.synchronize(device)
-    return (time.perf_counter() - start) / iters
-
-
-def run(args: argparse.Namespace) -> dict:
-    device = torch.device("cuda" if args.device == "auto" and torch.cuda.is_available() else
-                          ("cpu" if args.device == "auto" else args.device))
+def run(args: argparse.Namespace, device: str) -> dict:
     torch.manual_seed(0)
     prior = TinyPixelPrior(args.image_size, args.width).to(device)
     losses = build_losses(prior)
@@ -140,54 +120,42 @@ def run(args: argparse.Namespace) -> dict:
         render.grad = None
 
     methods = {"prior work": prior_step, **{k: (lambda loss=v: loss_step(loss)) for k, v in losses.items()}}
-    for fn in methods.values():  # warm-up: allocator, kernels, Adam state of VSD
-        timed(fn, device, args.warmup)
-    samples: dict[str, list[float]] = {k: [] for k in methods}
-    for _ in range(args.rounds):
-        for name, fn in methods.items():
-            samples[name].append(timed(fn, device, args.iters))
-    median_ms = {k: 1000 * statistics.median(v) for k, v in samples.items()}
+    samples = common.interleaved(methods, args.rounds, args.iters, args.warmup, device)
     return {
-        "device": str(device), "torch": torch.__version__, "threads": torch.get_num_threads(),
-        "machine": platform.machine(), "batch": args.batch, "render_size": args.render_size,
-        "image_size": args.image_size, "unet_width": args.width,
-        "unet_params": sum(p.numel() for p in prior.unet.parameters()),
+        "device": device, "batch": args.batch, "render_size": args.render_size, "image_size": args.image_size,
+        "unet_width": args.width, "unet_params": sum(p.numel() for p in prior.unet.parameters()),
         "vsd_trainable_params": sum(p.numel() for p in losses["vsd"].parameters()),
-        "rounds": args.rounds, "iters": args.iters, "median_ms_per_step": median_ms,
-        "ratios": {"vsd/asd": median_ms["vsd"] / median_ms["asd"],
-                   "asd/prior_work": median_ms["asd"] / median_ms["prior work"],
-                   "sds/asd": median_ms["sds"] / median_ms["asd"]},
+        "rounds": args.rounds, "iters": args.iters,
+        **common.summarise(samples, device, {"vsd/asd": ("vsd", "asd"), "asd/prior_work": ("asd", "prior work"),
+                                             "sds/asd": ("sds", "asd"), "csd/asd": ("csd", "asd")}),
+        "samples_s": samples,
     }
 
 
-def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--quick", action="store_true", help="few rounds, small sizes (a smoke run)")
-    parser.add_argument("--device", default="auto")
-    parser.add_argument("--threads", type=int, default=0, help="torch CPU threads (0 = torch default)")
-    parser.add_argument("--out", default=str(Path(__file__).resolve().parent / "results" / "losses.json"))
-    args = parser.parse_args()
-    if args.quick:
+def main(argv: list[str] | None = None) -> dict:
+    parser = common.parser(__doc__.splitlines()[0], "losses")
+    args = parser.parse_args(argv)
+    device = common.setup(args)
+    if args.gpu:
+        sizes = dict(batch=8, render_size=128, image_size=64, width=128, rounds=7, iters=5, warmup=3)
+    elif args.quick:
         sizes = dict(batch=2, render_size=32, image_size=16, width=16, rounds=3, iters=2, warmup=1)
     else:
-        sizes = dict(batch=4, render_size=64, image_size=32, width=32, rounds=7, iters=3, warmup=2)
+        sizes = dict(batch=4, render_size=64, image_size=32, width=32, rounds=5, iters=2, warmup=1)
     for key, value in sizes.items():
         setattr(args, key, value)
-    if args.threads:
-        torch.set_num_threads(args.threads)
-    result = run(args)
-    print(f"device {result['device']}, {result['threads']} threads, B={result['batch']}, "
-          f"UNet {result['unet_params'] / 1e6:.2f} M params at {result['image_size']}², "
-          f"median of {result['rounds']} rounds × {result['iters']} steps")
-    print(f"{'method':<12}{'ms/step':>10}")
-    for name, ms in result["median_ms_per_step"].items():
-        print(f"{name:<12}{ms:>10.2f}")
-    for name, ratio in result["ratios"].items():
-        print(f"{name:<16}{ratio:>6.2f}x")
-    out = Path(args.out)
-    out.parent.mkdir(parents=True, exist_ok=True)
-    out.write_text(json.dumps(result, indent=2) + "\n")
-    print(f"wrote {out}")
+    result = run(args, device)
+    ms = result["ms"]
+    tables = [common.table(
+        f"loss step alone (encode -> loss -> backward to a fixed render), {device}, B={result['batch']}, "
+        f"UNet {result['unet_params'] / 1e6:.2f} M params at {result['image_size']}^2, "
+        f"{result['rounds']} rounds x {result['iters']} steps, {result['clock']} clock",
+        ["method", "ms/step", "ratio"],
+        [["prior work", ms["prior work"], ""], ["asd", ms["asd"], f"{result['ratios']['asd/prior_work']:.2f} x prior"],
+         *[[k, ms[k], f"{result['ratios'][f'{k}/asd']:.2f} x asd"] for k in ("sds", "csd", "vsd")]])]
+    result["tables"] = tables
+    common.write_result(args.out, "losses", args, result)
+    return result
 
 
 if __name__ == "__main__":
