@@ -1,0 +1,146 @@
+"""Training commands for the bundled ShapesWorld models (`python -m asdcli.shapes COMMAND ...`).
+
+  train-prior --out DIR [--steps N] [--resume] [--threads T]   text-to-image prior (diffusers layout)
+  export-prior --from DIR --to FOLDER [--fp32]                   EMA weights → diffusers folder
+  eval-prior --model FOLDER [--prompts N] [--cfg 1 3 7.5]        sample with CFG, score against ground truth
+  train-prior-mv --out DIR [--steps N] [--resume] [--threads T] 4-view camera-conditioned prior (MVDream path)
+  export-prior-mv --from DIR --to FOLDER [--fp32]                EMA weights → MVDreamPrior folder
+  eval-prior-mv --model FOLDER [--prompts N] [--cfg 1 3 7.5]     4-view samples vs GT (mask IoU, CLIP R@1 per view)
+  train-clip --out DIR [--steps N] [--resume] [--threads T]    tiny CLIP (transformers layout)
+  export-clip --from DIR --to FOLDER                            CLIPModel + tokenizer + preprocessor config
+  eval-clip --model FOLDER [--views V]                          R@1 of GT renders of test prompts (asd protocol)
+
+Bad input exits with code 2 and one line on stderr (`UserError`), as the `asd` commands do.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+
+
+def _parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(prog="python -m asdcli.shapes", description=__doc__.splitlines()[0])
+    sub = p.add_subparsers(dest="command", required=True)
+    for name in ("train-prior", "train-clip", "train-prior-mv"):
+        t = sub.add_parser(name)
+        t.add_argument("--out", required=True, help="run directory (checkpoint, metrics.jsonl)")
+        t.add_argument("--steps", type=int, default=None, help="total optimiser steps")
+        t.add_argument("--resume", action="store_true", help="continue from the run directory's checkpoint")
+        t.add_argument("--threads", type=int, default=None, help="torch CPU threads")
+        t.add_argument("--batch", type=int, default=None)
+        t.add_argument("--seed", type=int, default=None)
+        t.add_argument("--config", default=None, help="JSON object of config overrides (new runs only)")
+    for name in ("export-prior", "export-clip", "export-prior-mv"):
+        e = sub.add_parser(name)
+        e.add_argument("--from", dest="src", required=True, help="run directory")
+        e.add_argument("--to", dest="dest", required=True, help="folder to write (replaced atomically)")
+        if name in ("export-prior", "export-prior-mv"):
+            e.add_argument("--fp32", action="store_true", help="store float32 weights (default float16)")
+    ep = sub.add_parser("eval-prior")
+    ep.add_argument("--model", required=True, help="exported diffusers folder")
+    ep.add_argument("--prompts", type=int, default=24, help="prompts per split (half singles, half pairs)")
+    ep.add_argument("--cfg", type=float, nargs="+", default=[1.0, 3.0, 7.5])
+    ep.add_argument("--split", default="test", choices=["train", "val", "test"])
+    ep.add_argument("--steps", type=int, default=50, help="DDIM steps")
+    ep.add_argument("--grid", default=None, help="write a PNG contact sheet of the samples here")
+    ep.add_argument("--threads", type=int, default=None)
+    em = sub.add_parser("eval-prior-mv")
+    em.add_argument("--model", required=True, help="exported 4-view prior folder")
+    em.add_argument("--prompts", type=int, default=16, help="prompts (half singles, half pairs), 4 views each")
+    em.add_argument("--cfg", type=float, nargs="+", default=[1.0, 3.0, 7.5])
+    em.add_argument("--split", default="test", choices=["train", "val", "test"])
+    em.add_argument("--steps", type=int, default=50, help="DDIM steps")
+    em.add_argument("--clip", default="bundled:shapes-clip", help="CLIP for per-view R@1 ('none' to skip)")
+    em.add_argument("--grid", default=None, help="write a PNG contact sheet (per prompt: GT, then each CFG)")
+    em.add_argument("--threads", type=int, default=None)
+    ec = sub.add_parser("eval-clip")
+    ec.add_argument("--model", required=True, help="exported CLIP folder")
+    ec.add_argument("--views", type=int, default=8, help="orbit views per prompt")
+    ec.add_argument("--split", default="test", choices=["train", "val", "test"])
+    ec.add_argument("--threads", type=int, default=None)
+    return p
+
+
+def _config(cls, args):
+    cfg = cls()
+    overrides = json.loads(args.config) if args.config else {}
+    for key in ("batch", "seed"):
+        if getattr(args, key) is not None:
+            overrides[key] = getattr(args, key)
+    data = {**cfg.__dict__, **overrides}
+    unknown = sorted(set(overrides) - set(cfg.__dict__))
+    if unknown:
+        from asdcli.errors import UserError
+
+        raise UserError(f"--config: unknown keys {', '.join(unknown)}; known: {', '.join(cfg.__dict__)}")
+    return cls.from_dict(data)
+
+
+def _dispatch(args) -> None:
+    if args.command == "train-prior":
+        from asdcli.shapes.train_prior import PriorTrainConfig, train_prior
+
+        train_prior(args.out, _config(PriorTrainConfig, args), resume=args.resume, steps=args.steps)
+    elif args.command == "export-prior":
+        from asdcli.shapes.train_prior import export_prior
+
+        print(export_prior(args.src, args.dest, fp16=not args.fp32))
+    elif args.command == "eval-prior":
+        from asdcli.shapes.eval_prior import evaluate_prior
+
+        report = evaluate_prior(args.model, args.prompts, args.cfg, args.split, args.steps, args.grid)
+        print(json.dumps(report, indent=1))
+    elif args.command in ("train-prior-mv", "export-prior-mv", "eval-prior-mv"):
+        _dispatch_mv(args)
+    elif args.command == "train-clip":
+        from asdcli.shapes.train_clip import ClipTrainConfig, train_clip
+
+        train_clip(args.out, _config(ClipTrainConfig, args), resume=args.resume, steps=args.steps)
+    elif args.command == "export-clip":
+        from asdcli.shapes.train_clip import export_clip
+
+        print(export_clip(args.src, args.dest))
+    elif args.command == "eval-clip":
+        from asdcli.shapes.train_clip import evaluate_clip
+
+        print(json.dumps(evaluate_clip(args.model, args.views, args.split), indent=1))
+
+
+def _dispatch_mv(args) -> None:
+    """The 4-view prior's commands (asdcli.shapes.train_prior_mv, eval_prior_mv)."""
+    if args.command == "train-prior-mv":
+        from asdcli.shapes.train_prior_mv import MVPriorTrainConfig, train_prior_mv
+
+        train_prior_mv(args.out, _config(MVPriorTrainConfig, args), resume=args.resume, steps=args.steps)
+    elif args.command == "export-prior-mv":
+        from asdcli.shapes.train_prior_mv import export_prior_mv
+
+        print(export_prior_mv(args.src, args.dest, fp16=not args.fp32))
+    else:
+        from asdcli.shapes.eval_prior_mv import evaluate_prior_mv
+
+        clip = None if args.clip == "none" else args.clip
+        report = evaluate_prior_mv(args.model, args.prompts, args.cfg, args.split, args.steps, clip, args.grid)
+        print(json.dumps(report, indent=1))
+
+
+def main(argv: list[str] | None = None) -> int:
+    from asdcli.errors import UserError
+
+    args = _parser().parse_args(argv)
+    if getattr(args, "threads", None):
+        import torch
+
+        torch.set_num_threads(args.threads)
+    try:
+        _dispatch(args)
+    except UserError as err:
+        print(f"error: {err}", file=sys.stderr)
+        return 2
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,147 @@
+"""Sample quality of an exported ShapesWorld prior, measured against the ground truth.
+
+The prior is loaded exactly as recipes load it (`StableDiffusionPrior`, kind stable-diffusion, model = the
+folder) and conditioned through its own `conditioning` (view suffix from the camera, negative prompt as the
+unconditional branch). Samples: DDIM (η = 0, x̂0 clipped to [−1, 1]) with classifier-free guidance
+ε̂ = ε_u + s·(ε_c − ε_u), the guidance the distillation losses use.
+
+Per sample, with a camera drawn from the training distribution and the GT render of the same prompt from it:
+- `mask_iou`: foreground of the sample (pixels farther than FG_DIST from the background colour, estimated from
+  the image border) vs the GT coverage (> 0.5). The caption fixes the view only to a 90° bucket, so the IoU of
+  a GT render of the same prompt from ANOTHER camera of the same bucket (`ceiling_iou`) is the reachable level,
+  and that of another prompt from the same camera (`other_iou`) is the floor.
+- `color_ok` (single objects): the sample's median foreground colour is nearer the prompt colour than any
+  other grammar colour, each scaled by the GT render's median shading factor (Lambertian is multiplicative).
+- `saturated`: share of foreground pixels with a channel pinned at 0 or 1 (the CFG collapse the first study saw
+  filled the frame with one saturated colour); `fg_fraction` vs the GT's shows frame-filling squares too.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+import torch
+from torch import Tensor
+
+FG_DIST = 0.12
+
+
+@torch.no_grad()
+def ddim_sample(prior: Any, cond: Tensor, uncond: Tensor, scale: float, steps: int, gen: torch.Generator) -> Tensor:
+    """Images [B, 3, S, S] in [0, 1] from a pixel-space prior; cond/uncond [B, L, D]."""
+    a = prior.alphas_cumprod.float()
+    b, s = cond.shape[0], prior.image_size
+    ts = torch.linspace(len(a) - 1, 0, steps).round().long()
+    x = torch.randn(b, 3, s, s, generator=gen)
+    for i, t in enumerate(ts.tolist()):
+        tt = torch.full((2 * b,), t, dtype=torch.long)
+        eu, ec = prior.predict_noise(torch.cat([x, x]), tt, torch.cat([uncond, cond])).chunk(2)
+        eps = eu + scale * (ec - eu)
+        x0 = ((x - (1 - a[t]).sqrt() * eps) / a[t].sqrt()).clamp(-1, 1)
+        eps = (x - a[t].sqrt() * x0) / (1 - a[t]).sqrt()  # consistent with the clipped x̂0
+        a_prev = a[ts[i + 1]] if i + 1 < len(ts) else torch.tensor(1.0)
+        x = a_prev.sqrt() * x0 + (1 - a_prev).sqrt() * eps
+    return ((x + 1) / 2).clamp(0, 1)
+
+
+def foreground(img: Tensor) -> Tensor:
+    """img [B, 3, H, W] in [0, 1] → bool mask [B, H, W]: far from the median colour of the 1-pixel border."""
+    border = torch.cat([img[..., 0, :], img[..., -1, :], img[..., :, 0], img[..., :, -1]], dim=-1)  # [B, 3, 4W]
+    bg = border.median(dim=-1).values
+    return (img - bg[..., None, None]).norm(dim=1) > FG_DIST
+
+
+def mask_iou(a: Tensor, b: Tensor) -> Tensor:
+    inter, union = (a & b).flatten(1).sum(1).float(), (a | b).flatten(1).sum(1).float()
+    return torch.where(union > 0, inter / union.clamp(min=1), torch.ones_like(union))
+
+
+def color_ok(sample: Tensor, fg: Tensor, gt_rgb: Tensor, gt_alpha: Tensor, color: str) -> bool:
+    """sample [3, H, W], fg [H, W] bool, gt_rgb [3, H, W], gt_alpha [H, W]; see the module docstring."""
+    from asdcli.shapes.grammar import COLORS
+
+    if fg.sum() < 3:
+        return False
+    albedo = torch.tensor(COLORS[color])
+    inside = gt_alpha > 0.99
+    shade = (gt_rgb[:, inside] / albedo[:, None]).median(dim=1).values.mean() if inside.any() else torch.tensor(1.)
+    got = sample[:, fg].median(dim=1).values
+    names = list(COLORS)
+    dists = torch.stack([(got - shade * torch.tensor(COLORS[n])).norm() for n in names])
+    return names[int(dists.argmin())] == color
+
+
+def _cameras_same_bucket(cams, gen: torch.Generator, thresholds: tuple[float, float, float]):
+    """For each camera, another training camera whose view suffix is the same (rejection sampling)."""
+    from asdcli.config import CameraConfig
+    from asdcli.priors.perp_neg import view_directions
+    from asdcli.render.cameras import CameraBatch, sample_training_cameras
+
+    want = view_directions(cams.elevation, cams.azimuth, *thresholds)
+    keys = ("c2w", "fovy", "elevation", "azimuth", "distance")
+    out = {k: getattr(cams, k).clone() for k in keys}
+    todo = torch.ones(len(cams), dtype=torch.bool)
+    for _ in range(50):
+        cand = sample_training_cameras(CameraConfig(), len(cams), 1, gen)
+        ok = todo & (view_directions(cand.elevation, cand.azimuth, *thresholds) == want)
+        for k in keys:
+            out[k][ok] = getattr(cand, k)[ok]
+        todo &= ~ok
+        if not todo.any():
+            break
+    return CameraBatch(*(out[k] for k in keys))
+
+
+def _prompts(split: str, n: int) -> list[str]:
+    from asdcli.shapes.train_prior import split_singles_pairs
+
+    singles, pairs = split_singles_pairs(0, split)
+    return singles[: n // 2] + pairs[: n - n // 2]
+
+
+def evaluate_prior(model: str | Path, n_prompts: int = 24, scales=(1.0, 3.0, 7.5), split: str = "test",
+                   steps: int = 50, grid: str | None = None, seed: int = 0) -> dict[str, Any]:
+    """Summary per guidance scale (means over samples): mask_iou, ceiling_iou, other_iou, color_ok (singles),
+    saturated, fg_fraction, gt_fg_fraction. One sample per prompt, cameras from the training distribution."""
+    from asdcli.config import CameraConfig
+    from asdcli.priors.stable_diffusion import StableDiffusionPrior, StableDiffusionPriorConfig
+    from asdcli.render.cameras import sample_training_cameras
+    from asdcli.shapes.grammar import parse_prompt
+    from asdcli.shapes.gt_render import render_scenes
+
+    prior = StableDiffusionPrior(StableDiffusionPriorConfig(model=str(model)))
+    prompts = _prompts(split, n_prompts)
+    gen = torch.Generator().manual_seed(seed)
+    cams = sample_training_cameras(CameraConfig(), len(prompts), 1, gen)
+    th = (prior.cfg.front_threshold, prior.cfg.back_threshold, prior.cfg.overhead_threshold)
+    size = prior.image_size
+    gt = render_scenes(prompts, cams, size, size, supersample=2)
+    other = render_scenes(prompts[1:] + prompts[:1], cams, size, size, supersample=2)
+    ceiling = render_scenes(prompts, _cameras_same_bucket(cams, gen, th), size, size, supersample=2)
+    cond = prior.conditioning(prompts, cams.elevation, cams.azimuth, cams.c2w)
+    gt_mask = gt.alpha > 0.5
+    report: dict[str, Any] = {"model": str(model), "split": split, "prompts": len(prompts), "ddim_steps": steps,
+                              "ceiling_iou": float(mask_iou(gt_mask, ceiling.alpha > 0.5).mean()),
+                              "other_iou": float(mask_iou(gt_mask, other.alpha > 0.5).mean()),
+                              "gt_fg_fraction": float(gt_mask.float().mean())}
+    sheets = []
+    for scale in scales:
+        imgs = ddim_sample(prior, cond.cond, cond.uncond, float(scale), steps, torch.Generator().manual_seed(seed))
+        fg = foreground(imgs)
+        sat = ((imgs < 0.02) | (imgs > 0.98)).any(dim=1) & fg
+        oks = [color_ok(imgs[i], fg[i], gt.rgb[i].permute(2, 0, 1), gt.alpha[i], parse_prompt(p).objects[0].color)
+               for i, p in enumerate(prompts) if len(parse_prompt(p).objects) == 1]
+        report[f"cfg_{scale:g}"] = {
+            "mask_iou": float(mask_iou(fg, gt_mask).mean()),
+            "color_ok": sum(oks) / max(1, len(oks)),
+            "saturated": float(sat.sum() / fg.sum().clamp(min=1)),
+            "fg_fraction": float(fg.float().mean()),
+        }
+        sheets.append(imgs.permute(0, 2, 3, 1))
+    if grid:
+        from asdcli.media import contact_sheet, save_png
+
+        rows = [gt.rgb] + sheets  # row 0: ground truth, then one row per guidance scale
+        save_png(contact_sheet([im for row in rows for im in row], cols=len(prompts)), grid)
+    return report

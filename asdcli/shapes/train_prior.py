@@ -1,0 +1,403 @@
+"""Training of the bundled ShapesWorld text-to-image prior: a pixel-space diffusers UNet + tiny CLIP text encoder.
+
+Data, generated on the fly: ground-truth renders (`gt_render.render_scenes`, Lambertian, 2×2 supersampling) of
+TRAIN-split prompts from the generators' camera distribution (`CameraConfig()`: elevation −10…45°, azimuth ±180°,
+fovy 40…70°, relative distance 1.0…1.4), plus a share of high cameras (elevation 45…85°) so that the ", overhead
+view" caption is learned too. Captions are "{prompt}{view suffix}" with the suffix chosen by
+`asdcli.priors.perp_neg.view_directions` and the thresholds of StableDiffusionPriorConfig (passed through, so
+recipe and training agree); a share of captions is replaced by the negative prompt "" — exactly the text the SD
+path encodes for its unconditional branch. Renders are kept premultiplied in a replay pool (each rendered image
+is reused ≈ batch/fresh times, with a new background, noise and t every time): white backgrounds mostly, random
+solid colours otherwise, as the generators see.
+
+Objective: ε-prediction under a linear-β DDPM schedule (1000 steps), min-SNR-γ weighting, AdamW with warm-up and
+cosine decay, EMA weights (what export writes). Checkpoints (safetensors, temp + rename) hold weights, EMA,
+optimiser moments, the replay pool and the RNG state, so `--resume` continues bit-exactly on CPU.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import os
+import shutil
+import tempfile
+import time
+from dataclasses import asdict, dataclass, fields
+from pathlib import Path
+from typing import Any
+
+import torch
+from torch import Tensor, nn
+
+from asdcli.errors import UserError
+from asdcli.shapes.vocab import MAX_LENGTH, build_tokenizer, token_ids
+
+CHECKPOINT = "checkpoint.safetensors"
+
+
+def checkpoint_path(run_dir: str | Path) -> Path:
+    return Path(run_dir) / CHECKPOINT
+
+
+def optimizer_tensors(opt: torch.optim.Optimizer) -> dict[str, Tensor]:
+    """AdamW moments and step counts as flat tensors "opt.{param}.{slot}" (the param groups are rebuilt)."""
+    return {f"opt.{i}.{k}": v for i, slots in opt.state_dict()["state"].items() for k, v in slots.items()}
+
+
+def load_optimizer(opt: torch.optim.Optimizer, tensors: dict[str, Tensor], meta: dict[str, Any]) -> None:
+    state: dict[int, dict[str, Tensor]] = {}
+    for key, val in tensors.items():
+        if key.startswith("opt."):
+            idx, slot = key[4:].split(".", 1)
+            state.setdefault(int(idx), {})[slot] = val.clone()
+    opt.load_state_dict({"state": state, "param_groups": opt.state_dict()["param_groups"]})
+
+
+def save_checkpoint(run_dir: Path, tensors: dict[str, Tensor], meta: dict[str, Any]) -> Path:
+    """One safetensors file (metadata "meta" = JSON), written to a temp name, fsynced and renamed over the old."""
+    from safetensors.torch import save_file
+
+    from asdcli.media import atomic_output
+
+    with atomic_output(checkpoint_path(run_dir)) as tmp:
+        save_file({k: v.detach().contiguous() for k, v in tensors.items()}, str(tmp),
+                  metadata={"meta": json.dumps(meta)})
+    return checkpoint_path(run_dir)
+
+
+def read_meta(run_dir: str | Path) -> dict[str, Any]:
+    from safetensors import safe_open
+
+    with safe_open(str(checkpoint_path(run_dir)), "pt") as fh:
+        return json.loads(fh.metadata()["meta"])
+
+
+def load_checkpoint(run_dir: str | Path) -> tuple[dict[str, Tensor], dict[str, Any]]:
+    """(tensors, meta) of a run directory's checkpoint; a missing one is a UserError naming the fix."""
+    from safetensors.torch import load_file
+
+    path = checkpoint_path(run_dir)
+    if not path.is_file():
+        raise UserError(f"no checkpoint at {path}: train first (python -m asdcli.shapes train-prior/train-clip "
+                        f"--out {run_dir})")
+    return load_file(str(path)), read_meta(run_dir)
+
+
+def write_folder_atomic(dest: Path, write) -> Path:
+    """Build a folder with write(tmp) next to `dest`, then swap it in (the old one is removed only after)."""
+    dest = Path(dest)
+    dest.parent.mkdir(parents=True, exist_ok=True)
+    tmp = Path(tempfile.mkdtemp(prefix=f".{dest.name}.", dir=dest.parent))
+    try:
+        write(tmp)
+        old = dest.with_name(f".{dest.name}.old")
+        shutil.rmtree(old, ignore_errors=True)
+        if dest.exists():
+            os.replace(dest, old)
+        os.replace(tmp, dest)
+        shutil.rmtree(old, ignore_errors=True)
+    except BaseException:
+        shutil.rmtree(tmp, ignore_errors=True)
+        raise
+    os.chmod(dest, 0o755)  # mkdtemp makes 0700 folders
+    return dest
+
+
+@dataclass
+class PriorTrainConfig:
+    steps: int = 3000
+    batch: int = 64
+    lr: float = 8e-4
+    warmup: int = 200
+    min_lr_ratio: float = 0.05  # cosine decays to lr × this
+    weight_decay: float = 0.01
+    grad_clip: float = 1.0
+    ema: float = 0.999
+    image_size: int = 32
+    channels: tuple[int, ...] = (48, 96, 96)
+    text_dim: int = 64
+    text_layers: int = 2
+    dropout: float = 0.18  # caption → negative prompt ("") rate: trains the unconditional branch
+    snr_gamma: float = 5.0
+    pool: int = 1024  # replay pool of renders
+    fresh: int = 16  # renders replaced per step
+    supersample: int = 2
+    shading: str = "lambertian"
+    white_prob: float = 0.75  # background white; else a uniform random colour
+    overhead_prob: float = 0.12  # share of cameras drawn at elevation 45…85° (overhead captions)
+    single_prob: float = 0.3  # share of single-object prompts (the train split is 97 % pairs)
+    front_threshold: float = 45.0
+    back_threshold: float = 45.0
+    overhead_threshold: float = 60.0
+    negative_prompt: str = ""
+    seed: int = 0
+    split_seed: int = 0
+    checkpoint_every: int = 100  # steps; a checkpoint is also written every checkpoint_seconds
+    checkpoint_seconds: float = 240.0
+
+    @classmethod
+    def from_dict(cls, data: dict[str, Any]) -> PriorTrainConfig:
+        known = {f.name for f in fields(cls)}
+        out = cls(**{k: v for k, v in data.items() if k in known})
+        out.channels = tuple(out.channels)
+        return out
+
+
+def build_models(cfg: PriorTrainConfig) -> tuple[Any, nn.Module, nn.Module]:
+    """(tokenizer, CLIPTextModel, UNet2DConditionModel) with fresh weights from cfg.seed.
+
+    UNet: 3 → 3 channels, one resnet per level, cross-attention at the coarsest level and in the mid block only
+    (attention at 16² halves the speed on CPU); the text also enters every resnet through the time embedding
+    (`addition_embed_type="text"`: attention pooling of the token states), which the SD path feeds unchanged
+    because it is computed from encoder_hidden_states alone."""
+    from diffusers import UNet2DConditionModel
+    from transformers import CLIPTextConfig, CLIPTextModel
+
+    tokenizer = build_tokenizer(MAX_LENGTH)
+    n = len(cfg.channels)
+    with torch.random.fork_rng(devices=[]):
+        torch.manual_seed(cfg.seed)
+        text = CLIPTextModel(CLIPTextConfig(
+            vocab_size=len(tokenizer), hidden_size=cfg.text_dim, intermediate_size=4 * cfg.text_dim,
+            num_hidden_layers=cfg.text_layers, num_attention_heads=4, max_position_embeddings=MAX_LENGTH,
+            bos_token_id=tokenizer.bos_token_id, eos_token_id=tokenizer.eos_token_id,
+            pad_token_id=tokenizer.pad_token_id))
+        unet = UNet2DConditionModel(
+            sample_size=cfg.image_size, in_channels=3, out_channels=3, block_out_channels=tuple(cfg.channels),
+            layers_per_block=1, down_block_types=("DownBlock2D",) * (n - 1) + ("CrossAttnDownBlock2D",),
+            up_block_types=("CrossAttnUpBlock2D",) + ("UpBlock2D",) * (n - 1), cross_attention_dim=cfg.text_dim,
+            attention_head_dim=8, norm_num_groups=16, addition_embed_type="text",
+            addition_embed_type_num_heads=4)
+    return tokenizer, text, unet
+
+
+def build_scheduler() -> Any:
+    """Linear β 1e-4…0.02 over 1000 steps (pixel space: ᾱ_T ≈ 4e-5, so t = T really is pure noise)."""
+    from diffusers import DDPMScheduler
+
+    return DDPMScheduler(num_train_timesteps=1000, beta_schedule="linear", beta_start=1e-4, beta_end=0.02,
+                         prediction_type="epsilon")
+
+
+def split_singles_pairs(split_seed: int, split: str = "train") -> tuple[list[str], list[str]]:
+    """(single-object prompts, pair prompts) of a grammar split, in the split's seeded order."""
+    from asdcli.shapes.grammar import splits
+
+    prompts = splits(split_seed)[split]
+    singles = [p for p in prompts if " on top of " not in p and " next to " not in p]
+    return singles, [p for p in prompts if " on top of " in p or " next to " in p]
+
+
+class PriorData:
+    """Replay pool of premultiplied renders: rgb [N, 3, H, W], alpha [N, 1, H, W] (fp16), prompt id [N], view [N].
+
+    With `gen` the pool is rendered now; without, it is left empty for `load_state` (resuming)."""
+
+    def __init__(self, cfg: PriorTrainConfig, gen: torch.Generator | None):
+        self.cfg = cfg
+        self.singles, self.pairs = split_singles_pairs(cfg.split_seed)
+        self.prompts = self.singles + self.pairs
+        n, s = cfg.pool, cfg.image_size
+        self.rgb = torch.zeros(n, 3, s, s, dtype=torch.float16)
+        self.alpha = torch.zeros(n, 1, s, s, dtype=torch.float16)
+        self.prompt_id, self.view = torch.zeros(n, dtype=torch.long), torch.zeros(n, dtype=torch.long)
+        for start in range(0, n if gen is not None else 0, 256):
+            self._fill(torch.arange(start, min(n, start + 256)), gen)
+
+    def _cameras(self, count: int, gen: torch.Generator):
+        from asdcli.config import CameraConfig
+        from asdcli.render.cameras import CameraBatch, sample_training_cameras
+
+        base = sample_training_cameras(CameraConfig(), count, 1, gen)
+        high = sample_training_cameras(CameraConfig(elevation=(45.0, 85.0)), count, 1, gen)
+        pick = torch.rand(count, generator=gen) < self.cfg.overhead_prob
+        keys = ("c2w", "fovy", "elevation", "azimuth", "distance")
+        return CameraBatch(*(torch.where(pick.view(-1, *[1] * (getattr(base, k).dim() - 1)), getattr(high, k),
+                                         getattr(base, k)) for k in keys))
+
+    def _fill(self, slots: Tensor, gen: torch.Generator) -> None:
+        from asdcli.priors.perp_neg import view_directions
+        from asdcli.shapes.gt_render import render_scenes
+
+        cfg, count = self.cfg, len(slots)
+        single = torch.rand(count, generator=gen) < cfg.single_prob
+        i_single = torch.randint(len(self.singles), (count,), generator=gen)
+        i_pair = torch.randint(len(self.pairs), (count,), generator=gen) + len(self.singles)
+        ids = torch.where(single, i_single, i_pair)
+        cams = self._cameras(count, gen)
+        out = render_scenes([self.prompts[i] for i in ids.tolist()], cams, cfg.image_size, cfg.image_size,
+                            shading=cfg.shading, background=(0.0, 0.0, 0.0), supersample=cfg.supersample)
+        self.rgb[slots] = out.rgb.permute(0, 3, 1, 2).half()
+        self.alpha[slots] = out.alpha[:, None].half()
+        self.prompt_id[slots] = ids
+        self.view[slots] = view_directions(cams.elevation, cams.azimuth, cfg.front_threshold, cfg.back_threshold,
+                                           cfg.overhead_threshold)
+
+    def refresh(self, gen: torch.Generator) -> None:
+        self._fill(torch.randperm(self.cfg.pool, generator=gen)[: self.cfg.fresh], gen)
+
+    def batch(self, gen: torch.Generator) -> tuple[Tensor, list[str]]:
+        """Images [B, 3, H, W] in [−1, 1] over fresh backgrounds and their captions (some dropped to "")."""
+        from asdcli.priors.perp_neg import view_prompt
+
+        cfg = self.cfg
+        idx = torch.randint(cfg.pool, (cfg.batch,), generator=gen)
+        white = torch.rand(cfg.batch, 1, 1, 1, generator=gen) < cfg.white_prob
+        bg = torch.where(white, torch.ones(cfg.batch, 3, 1, 1), torch.rand(cfg.batch, 3, 1, 1, generator=gen))
+        img = self.rgb[idx].float() + (1 - self.alpha[idx].float()) * bg
+        drop = (torch.rand(cfg.batch, generator=gen) < cfg.dropout).tolist()
+        captions = [cfg.negative_prompt if d else view_prompt(self.prompts[p], v)
+                    for d, p, v in zip(drop, self.prompt_id[idx].tolist(), self.view[idx].tolist(), strict=True)]
+        return img * 2 - 1, captions
+
+    def state(self) -> dict[str, Tensor]:
+        return {"pool.rgb": self.rgb, "pool.alpha": self.alpha, "pool.prompt_id": self.prompt_id,
+                "pool.view": self.view}
+
+    def load_state(self, tensors: dict[str, Tensor]) -> None:
+        self.rgb, self.alpha = tensors["pool.rgb"].clone(), tensors["pool.alpha"].clone()
+        self.prompt_id, self.view = tensors["pool.prompt_id"].clone(), tensors["pool.view"].clone()
+
+
+def diffusion_loss(unet: nn.Module, text: nn.Module, ids: Tensor, x0: Tensor, alphas: Tensor, gamma: float,
+                   gen: torch.Generator) -> Tensor:
+    """min-SNR-γ weighted ε-MSE. x0 [B, 3, H, W] in [−1, 1]; ids [B, L] token ids; alphas ᾱ [T]."""
+    b = x0.shape[0]
+    t = torch.randint(len(alphas), (b,), generator=gen)
+    eps = torch.randn(x0.shape, generator=gen)
+    a = alphas[t].view(b, 1, 1, 1)
+    x_t = a.sqrt() * x0 + (1 - a).sqrt() * eps
+    pred = unet(x_t, t, encoder_hidden_states=text(input_ids=ids).last_hidden_state).sample
+    snr = alphas[t] / (1 - alphas[t])
+    weight = snr.clamp(max=gamma) / snr  # ε-prediction form of min-SNR-γ (Hang et al. 2023)
+    return (weight * (pred - eps).square().mean(dim=(1, 2, 3))).mean()
+
+
+def lr_at(cfg: PriorTrainConfig, step: int) -> float:
+    """Linear warm-up over cfg.warmup steps, then cosine from lr to lr·min_lr_ratio at cfg.steps."""
+    if step < cfg.warmup:
+        return cfg.lr * (step + 1) / cfg.warmup
+    p = min(1.0, (step - cfg.warmup) / max(1, cfg.steps - cfg.warmup))
+    return cfg.lr * (cfg.min_lr_ratio + (1 - cfg.min_lr_ratio) * 0.5 * (1 + math.cos(math.pi * p)))
+
+
+class PriorTrainer:
+    """Models, EMA, optimiser, data and RNG of one run directory; `run()` trains to cfg.steps."""
+
+    def __init__(self, out: Path, cfg: PriorTrainConfig):
+        self.out, self.cfg = Path(out), cfg
+        self.tokenizer, self.text, self.unet = build_models(cfg)
+        self.model = nn.ModuleDict({"unet": self.unet, "text": self.text})
+        self.ema = {k: v.detach().clone() for k, v in self.model.state_dict().items()}
+        self.opt = torch.optim.AdamW(self.model.parameters(), lr=cfg.lr, weight_decay=cfg.weight_decay)
+        self.alphas = build_scheduler().alphas_cumprod.float()
+        self.gen = torch.Generator().manual_seed(cfg.seed)
+        self.step = 0
+        self.data: PriorData | None = None
+
+    def save(self) -> Path:
+        tensors = {f"model.{k}": v for k, v in self.model.state_dict().items()}
+        tensors.update({f"ema.{k}": v for k, v in self.ema.items()})
+        tensors.update(optimizer_tensors(self.opt))
+        tensors.update(self.data.state())
+        tensors["rng"] = self.gen.get_state()
+        return save_checkpoint(self.out, tensors, {"step": self.step, "config": asdict(self.cfg)})
+
+    def load(self) -> None:
+        tensors, meta = load_checkpoint(self.out)
+        self.model.load_state_dict({k[6:]: v for k, v in tensors.items() if k.startswith("model.")})
+        self.ema = {k[4:]: v.clone() for k, v in tensors.items() if k.startswith("ema.")}
+        load_optimizer(self.opt, tensors, meta)
+        self.data = PriorData(self.cfg, None)  # the pool comes from the checkpoint, not from rendering
+        self.data.load_state(tensors)
+        self.gen.set_state(tensors["rng"])
+        self.step = int(meta["step"])
+
+    def train_step(self) -> float:
+        cfg = self.cfg
+        self.data.refresh(self.gen)
+        x0, captions = self.data.batch(self.gen)
+        ids = token_ids(self.tokenizer, captions, MAX_LENGTH)
+        for group in self.opt.param_groups:
+            group["lr"] = lr_at(cfg, self.step)
+        loss = diffusion_loss(self.unet, self.text, ids, x0, self.alphas, cfg.snr_gamma, self.gen)
+        self.opt.zero_grad(set_to_none=True)
+        loss.backward()
+        nn.utils.clip_grad_norm_(self.model.parameters(), cfg.grad_clip)
+        self.opt.step()
+        self.step += 1
+        decay = min(cfg.ema, (1 + self.step) / (10 + self.step))  # short EMA memory early on
+        with torch.no_grad():
+            for k, v in self.model.state_dict().items():
+                self.ema[k].lerp_(v, 1 - decay) if v.is_floating_point() else self.ema[k].copy_(v)
+        return float(loss.detach())
+
+    def run(self, log=print, stop_after: int | None = None) -> None:
+        """Train to cfg.steps (or stop at step `stop_after`: an interruption, the schedule is unchanged)."""
+        cfg = self.cfg
+        end = min(cfg.steps, stop_after or cfg.steps)
+        if self.data is None:
+            self.data = PriorData(cfg, self.gen)
+        last_save, t0, start, losses = time.time(), time.time(), self.step, []
+        while self.step < end:
+            losses.append(self.train_step())
+            due = self.step % cfg.checkpoint_every == 0 or time.time() - last_save > cfg.checkpoint_seconds
+            if due or self.step == end:
+                self.save()
+                last_save = time.time()
+            if self.step % 25 == 0 or self.step == end:
+                rate = (self.step - start) / (time.time() - t0)
+                eta = (cfg.steps - self.step) / max(rate, 1e-9)
+                record = {"step": self.step, "loss": sum(losses) / len(losses), "lr": lr_at(cfg, self.step - 1),
+                          "steps_per_s": rate, "eta_min": eta / 60, "time": time.time()}
+                with open(self.out / "metrics.jsonl", "a") as fh:
+                    fh.write(json.dumps(record) + "\n")
+                log(f"step {self.step}/{cfg.steps} loss {record['loss']:.4f} lr {record['lr']:.2e} "
+                    f"{rate:.2f} it/s eta {eta / 60:.1f} min")
+                losses = []
+
+
+def train_prior(out: str | Path, cfg: PriorTrainConfig | None = None, resume: bool = False,
+                steps: int | None = None, log=print,
+                stop_after: int | None = None) -> PriorTrainer:
+    """Train (or with resume, continue) the prior in run directory `out`. A resumed run takes its config from
+    the checkpoint; `steps` may extend it (which changes the cosine schedule from there on)."""
+    out = Path(out)
+    if resume and checkpoint_path(out).exists():
+        cfg = PriorTrainConfig.from_dict(read_meta(out)["config"])
+        if steps is not None:
+            cfg.steps = steps
+        trainer = PriorTrainer(out, cfg)
+        trainer.load()
+        log(f"resumed {out} at step {trainer.step}")
+    else:
+        cfg = cfg or PriorTrainConfig()
+        if steps is not None:
+            cfg.steps = steps
+        out.mkdir(parents=True, exist_ok=True)
+        trainer = PriorTrainer(out, cfg)
+    trainer.run(log, stop_after)
+    return trainer
+
+
+def export_prior(run_dir: str | Path, dest: str | Path, fp16: bool = True) -> Path:
+    """Write the EMA weights of `run_dir`'s checkpoint as a diffusers folder (unet/, text_encoder/, tokenizer/,
+    scheduler/; no vae/ = pixel space) at `dest`, built in a temp folder and renamed into place."""
+    tensors, meta = load_checkpoint(run_dir)
+    cfg = PriorTrainConfig.from_dict(meta["config"])
+    tokenizer, text, unet = build_models(cfg)
+    model = nn.ModuleDict({"unet": unet, "text": text})
+    model.load_state_dict({k[4:]: v for k, v in tensors.items() if k.startswith("ema.")})
+
+    def write(tmp: Path) -> None:
+        (unet.half() if fp16 else unet).save_pretrained(str(tmp / "unet"), safe_serialization=True)
+        # The SD path loads the text encoder in fp32 whatever the file holds; fp16 storage halves its size.
+        (text.half() if fp16 else text).save_pretrained(str(tmp / "text_encoder"), safe_serialization=True)
+        tokenizer.save_pretrained(str(tmp / "tokenizer"))
+        build_scheduler().save_pretrained(str(tmp / "scheduler"))
+        info = {"trained_steps": meta["step"], "config": meta["config"], "weights": "ema",
+                "dtype": "float16" if fp16 else "float32"}
+        (tmp / "shapesworld_prior.json").write_text(json.dumps(info, indent=1) + "\n")
+
+    return write_folder_atomic(Path(dest), write)

@@ -1,0 +1,150 @@
+"""Training of the bundled ShapesWorld models: tokenizer, prior and CLIP trainers (exact resume, export loads
+through the real code paths), and the bundled-asset lookups."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+
+from asdcli.errors import UserError
+from asdcli.shapes import bundled
+from asdcli.shapes.grammar import VOCABULARY, all_prompts
+from asdcli.shapes.vocab import MAX_LENGTH, build_tokenizer, token_ids
+
+
+@pytest.fixture(scope="module")
+def tokenizer():
+    return build_tokenizer()
+
+
+def test_every_grammar_word_is_one_token(tokenizer):
+    for word in sorted(VOCABULARY | {"view"}):
+        ids = tokenizer(word, add_special_tokens=False)["input_ids"]
+        assert len(ids) == 1, (word, tokenizer.convert_ids_to_tokens(ids))
+        assert tokenizer.decode(ids).strip() == word
+    assert len(tokenizer(",", add_special_tokens=False)["input_ids"]) == 1
+    longest = max(all_prompts(), key=len) + ", overhead view"
+    assert len(tokenizer(longest)["input_ids"]) <= MAX_LENGTH
+
+
+def test_unknown_words_fall_back_to_bytes(tokenizer):
+    ids = tokenizer("a giraffe, Zebra! ☃ 😀")["input_ids"]
+    assert ids[0] == tokenizer.bos_token_id and ids[-1] == tokenizer.eos_token_id
+    assert tokenizer.unk_token_id not in ids[1:-1] or tokenizer.unk_token_id is None
+    assert len(ids) > 6  # byte pieces, not one token per word
+    assert tokenizer.eos_token_id == len(tokenizer) - 1  # highest id, as CLIPTextModel's pooling expects
+
+
+def test_token_ids_match_the_prior_text_encoder(tokenizer):
+    from transformers import CLIPTextConfig, CLIPTextModel
+
+    from asdcli.priors.text import TextEncoder
+
+    model = CLIPTextModel(CLIPTextConfig(vocab_size=len(tokenizer), hidden_size=8, intermediate_size=16,
+                                         num_hidden_layers=1, num_attention_heads=2,
+                                         max_position_embeddings=MAX_LENGTH))
+    enc = TextEncoder(tokenizer, model, "t")
+    texts = ["", "a red cube, front view", "an orange cylinder on top of an orange cylinder, overhead view"]
+    assert torch.equal(token_ids(tokenizer, texts, MAX_LENGTH), enc.tokenize(texts))
+
+
+def _prior_cfg(**kw):
+    from asdcli.shapes.train_prior import PriorTrainConfig
+
+    base = dict(pool=8, fresh=2, batch=4, channels=(16, 32), text_dim=16, text_layers=1, image_size=16,
+                supersample=1, steps=4, warmup=2, checkpoint_every=2)
+    return PriorTrainConfig(**{**base, **kw})
+
+
+def test_prior_resume_is_exact_and_export_loads(tmp_path):
+    from asdcli.priors.stable_diffusion import StableDiffusionPrior, StableDiffusionPriorConfig
+    from asdcli.shapes.train_prior import export_prior, load_checkpoint, train_prior
+
+    quiet = dict(log=lambda *a: None)
+    train_prior(tmp_path / "a", _prior_cfg(), **quiet)
+    train_prior(tmp_path / "b", _prior_cfg(), stop_after=2, **quiet)
+    assert load_checkpoint(tmp_path / "b")[1]["step"] == 2
+    train_prior(tmp_path / "b", resume=True, **quiet)
+    a, b = load_checkpoint(tmp_path / "a")[0], load_checkpoint(tmp_path / "b")[0]
+    assert a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a)
+
+    folder = export_prior(tmp_path / "a", tmp_path / "prior")
+    prior = StableDiffusionPrior(StableDiffusionPriorConfig(model=str(folder)))
+    assert prior.vae is None and prior.image_size == 16
+    cond = prior.conditioning(["a red cube", "a blue sphere next to a red cone"], torch.tensor([10.0, 70.0]),
+                              torch.tensor([0.0, 120.0]), torch.eye(4).repeat(2, 1, 1))
+    z = prior.encode(torch.rand(2, 3, 32, 32))
+    eps = prior.predict_noise(z, torch.tensor([10, 900]), cond.cond)
+    assert eps.shape == (2, 3, 16, 16) and eps.dtype == torch.float32 and torch.isfinite(eps).all()
+
+    from asdcli.shapes.eval_prior import evaluate_prior
+
+    report = evaluate_prior(folder, n_prompts=2, scales=(1.0, 7.5), steps=2)
+    assert set(report["cfg_7.5"]) == {"mask_iou", "color_ok", "saturated", "fg_fraction"}
+    assert 0.0 <= report["cfg_1"]["mask_iou"] <= 1.0
+
+
+def test_clip_resume_is_exact_and_export_loads_in_clip_scorer(tmp_path):
+    from asdcli.evaluate import ClipScorer
+    from asdcli.shapes.train_clip import ClipTrainConfig, export_clip, train_clip
+    from asdcli.shapes.train_prior import load_checkpoint
+
+    cfg = dict(pool=8, fresh=2, batch=4, width=32, vision_layers=1, text_layers=1, projection=16, image_size=16,
+               steps=4, warmup=2, checkpoint_every=2, hard_negatives=2)
+    quiet = dict(log=lambda *a: None)
+    train_clip(tmp_path / "a", ClipTrainConfig(**cfg), **quiet)
+    train_clip(tmp_path / "b", ClipTrainConfig(**cfg), stop_after=2, **quiet)
+    train_clip(tmp_path / "b", resume=True, **quiet)
+    a, b = load_checkpoint(tmp_path / "a")[0], load_checkpoint(tmp_path / "b")[0]
+    assert all(torch.equal(a[k], b[k]) for k in a)
+
+    scorer = ClipScorer(export_clip(tmp_path / "a", tmp_path / "clip"))
+    out = scorer.score(["a red cube", "a blue sphere on top of a red cone"], torch.rand(2, 3, 24, 24, 3))
+    assert out["r_at_1"].shape == (2,) and torch.isfinite(out["clip_similarity"]).all()
+
+    from asdcli.shapes.train_clip import evaluate_clip
+
+    report = evaluate_clip(tmp_path / "clip", views=2, limit=4)
+    assert report["prompts"] == 4 and 0.0 <= report["r_at_1"] <= report["r_at_1_scene"] <= 1.0
+
+
+def test_hard_negatives_are_other_scenes_without_held_out_objects():
+    import random
+
+    from asdcli.shapes.grammar import held_out_combinations, parse_prompt
+    from asdcli.shapes.train_clip import hard_negatives, scene_key
+
+    held = held_out_combinations(0)
+    rng = random.Random(0)
+    for prompt in ["a red cube on top of a blue sphere", "a green cone next to a pink torus", "a large cyan cube"]:
+        for neg in hard_negatives(prompt, 5, rng, held):
+            spec = parse_prompt(neg)
+            assert scene_key(spec) != scene_key(parse_prompt(prompt))
+            assert not any((o.shape, o.color) in held for o in spec.objects)
+    swapped = (parse_prompt("a red cube next to a blue sphere"), parse_prompt("a blue sphere next to a red cube"))
+    assert scene_key(swapped[0]) == scene_key(swapped[1])
+
+
+def test_bundled_errors_name_the_fix(tmp_path, monkeypatch):
+    monkeypatch.setattr(bundled, "assets_dir", lambda: tmp_path)
+    for fn, fix in ((bundled.bundled_prior, "export-prior"), (bundled.bundled_clip, "export-clip"),
+                    (bundled.bundled_checkpoint, "asd train")):
+        with pytest.raises(UserError, match=fix):
+            fn()
+    with pytest.raises(UserError, match="export-prior"):
+        bundled.resolve_bundled("bundled:shapes-prior")
+    with pytest.raises(UserError, match="bundled:shapes-clip"):
+        bundled.resolve_bundled("bundled:nope")
+    assert bundled.resolve_bundled("stabilityai/stable-diffusion-2-1-base") is None
+    (tmp_path / "clip").mkdir()
+    for name in ("config.json", "model.safetensors", "preprocessor_config.json"):
+        (tmp_path / "clip" / name).write_text("{}")
+    assert bundled.resolve_bundled("bundled:shapes-clip") == tmp_path / "clip"
+
+
+def test_cli_reports_a_missing_run_as_one_line(tmp_path, capsys):
+    from asdcli.shapes.__main__ import main
+
+    assert main(["export-prior", "--from", str(tmp_path / "none"), "--to", str(tmp_path / "x")]) == 2
+    err = capsys.readouterr().err.strip()
+    assert err.count("\n") == 0 and "train-prior" in err
