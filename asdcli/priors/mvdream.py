@@ -149,6 +149,17 @@ def fetch_checkpoint(cfg: Any) -> Path:
         raise UserError(f"prior.model: {cfg.model!r} ({cfg.checkpoint_file}) {where}; {fix}") from None
 
 
+def noise_schedule(path: Path) -> Any:
+    """The DDPM schedule: the folder's scheduler/ when it has one (the ShapesWorld 4-view prior's linear
+    betas), else MVDream's: LDM "linear" betas = SD's scaled_linear 0.00085 → 0.012 over 1000 steps."""
+    from diffusers import DDPMScheduler
+
+    if path.is_dir() and (path / "scheduler" / "scheduler_config.json").is_file():
+        return DDPMScheduler.from_pretrained(str(path / "scheduler"))
+    return DDPMScheduler(num_train_timesteps=1000, beta_schedule="scaled_linear", beta_start=0.00085,
+                         beta_end=0.012)
+
+
 class MVDreamPrior(StableDiffusionPrior):
     """Frozen MVDream: multi-view UNet (camera MLP + cross-view self-attention), SD2.1 VAE + text encoder."""
 
@@ -165,9 +176,12 @@ class MVDreamPrior(StableDiffusionPrior):
         return load_clip_text(folder, str(cfg.text_model), device)
 
     def _load_components(self, cfg: Any, device: torch.device, dtype: torch.dtype) -> Components:
-        from diffusers import AutoencoderKL, DDPMScheduler
+        from diffusers import AutoencoderKL
 
-        path = Path(cfg.model).expanduser()
+        from asdcli.shapes.bundled import resolve_bundled
+
+        bundled = resolve_bundled(cfg.model)  # bundled:shapes-mv-prior → the package's folder
+        path = bundled if bundled is not None else Path(cfg.model).expanduser()
         if path.is_file():
             unet, vae = load_checkpoint(path, cfg)
         elif path.is_dir():
@@ -177,15 +191,15 @@ class MVDreamPrior(StableDiffusionPrior):
                             f"diffusers MVDream UNet folder, or the hub repo MVDream/MVDream")
         else:
             unet, vae = load_checkpoint(fetch_checkpoint(cfg), cfg)
-        needs = ("text_encoder", "tokenizer") + (("vae",) if vae is None else ())
+        # A 3-channel UNet that brings no VAE denoises images directly: a pixel-space prior (the bundled
+        # ShapesWorld 4-view prior), so the text model folder need not hold a vae/.
+        pixel = vae is None and int(unet.config.in_channels) == 3
+        needs = ("text_encoder", "tokenizer") + (("vae",) if vae is None and not pixel else ())
         folder = resolve_model_folder(cfg.text_model, None, needs=needs)
         text = load_clip_text(folder, str(cfg.text_model), device)
-        if vae is None:
+        if vae is None and not pixel:
             vae = AutoencoderKL.from_pretrained(str(folder / "vae"))
-        # MVDream's schedule: LDM "linear" betas = SD's scaled_linear 0.00085 → 0.012 over 1000 steps.
-        sched = DDPMScheduler(num_train_timesteps=1000, beta_schedule="scaled_linear", beta_start=0.00085,
-                              beta_end=0.012)
-        return Components(text, unet, sched.alphas_cumprod, vae)
+        return Components(text, unet, noise_schedule(path).alphas_cumprod, vae)
 
     def unet_forward(self, unet: nn.Module, z_t: Tensor, t: Tensor, text: Tensor,
                      cameras: Tensor | None = None) -> Tensor:

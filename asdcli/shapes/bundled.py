@@ -2,10 +2,13 @@
 error saying how to (re)build one that is missing.
 
   prior/      pixel-space text-to-image prior, diffusers layout (unet/, text_encoder/, tokenizer/, scheduler/)
+  mv_prior/   pixel-space 4-view camera-conditioned prior, MVDream path (unet/, text_encoder/, tokenizer/,
+              scheduler/)
   clip/       CLIP for `asd eval`, transformers layout (config.json, model.safetensors, tokenizer, preprocessor)
   generator/  an `asd train` run directory (recipe.yaml + checkpoints/step_N/generator.safetensors)
 
-Recipes spell the first two `bundled:shapes-prior` and `bundled:shapes-clip` (`resolve_bundled`).
+Recipes spell the priors and the CLIP `bundled:shapes-prior`, `bundled:shapes-mv-prior` and `bundled:shapes-clip`
+(`resolve_bundled`).
 """
 
 from __future__ import annotations
@@ -18,6 +21,8 @@ from asdcli.errors import UserError
 PREFIX = "bundled:"
 PRIOR_FIX = ("rebuild it with `python -m asdcli.shapes train-prior --out RUN` then `python -m asdcli.shapes "
              "export-prior --from RUN --to {path}`")
+MV_PRIOR_FIX = ("rebuild it with `python -m asdcli.shapes train-prior-mv --out RUN` then `python -m asdcli.shapes "
+                "export-prior-mv --from RUN --to {path}`")
 CLIP_FIX = ("rebuild it with `python -m asdcli.shapes train-clip --out RUN` then `python -m asdcli.shapes "
             "export-clip --from RUN --to {path}`")
 GENERATOR_FIX = ("train one with `asd train recipes/shapes_asd.yaml --out RUN` and copy RUN/recipe.yaml and "
@@ -43,6 +48,12 @@ def bundled_prior() -> Path:
                                              "scheduler/scheduler_config.json"), "prior", PRIOR_FIX)
 
 
+def bundled_mv_prior() -> Path:
+    """The bundled 4-view prior folder (load with MVDreamPrior, model = text_model = this path)."""
+    return _require(assets_dir() / "mv_prior", ("unet/config.json", "text_encoder/config.json", "tokenizer",
+                                                "scheduler/scheduler_config.json"), "4-view prior", MV_PRIOR_FIX)
+
+
 def bundled_clip() -> Path:
     """The bundled CLIP folder (load with asdcli.evaluate.ClipScorer)."""
     return _require(assets_dir() / "clip", ("config.json", "model.safetensors", "preprocessor_config.json"),
@@ -59,7 +70,8 @@ def bundled_checkpoint() -> Path:
     return run
 
 
-BUNDLED = {"shapes-prior": bundled_prior, "shapes-clip": bundled_clip, "shapes-generator": bundled_checkpoint}
+BUNDLED = {"shapes-prior": bundled_prior, "shapes-mv-prior": bundled_mv_prior, "shapes-clip": bundled_clip,
+           "shapes-generator": bundled_checkpoint}
 
 
 def resolve_bundled(model: str) -> Path | None:
