@@ -202,3 +202,18 @@ def test_text_cache_serves_every_step_without_the_text_encoder(tmp_path, monkeyp
     logs = trainer.train_step()
     assert logs["skipped"] == 0 and logs["loss"] == logs["loss"]
     assert len(list((tmp_path / "cache").rglob("*.safetensors"))) >= 1
+
+
+def test_tensorboard_events_mirror_metrics(tmp_path):
+    pytest.importorskip("tensorboard")
+    from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+
+    from asdcli.engine.rundir import MetricsLog
+
+    log = MetricsLog(tmp_path / "metrics.jsonl")
+    log.write({"step": 3, "loss": 0.5, "t": 400.0, "time": 1.0})
+    log.write({"step": 4, "loss": 0.25, "t": 300.0, "time": 2.0})
+    events = EventAccumulator(str(tmp_path / "tensorboard"))
+    events.Reload()
+    assert [(e.step, e.value) for e in events.Scalars("loss")] == [(3, 0.5), (4, 0.25)]
+    assert "time" not in events.Tags()["scalars"]

@@ -92,12 +92,32 @@ def write_meta(run: Path, cfg: RunConfig, step: int, prompts: list[str], extra: 
 
 
 class MetricsLog:
-    """metrics.jsonl: one JSON object per logged step (appended; a resumed run continues the file)."""
+    """metrics.jsonl: one JSON object per logged step (appended; a resumed run continues the file), mirrored to
+    TensorBoard event files in RUN/tensorboard/ when the `tensorboard` package is installed."""
 
     def __init__(self, path: Path, enabled: bool = True):
         self.path, self.enabled = path, enabled
+        self._tb: Any = None  # created at the first write, so a failed start leaves no event files behind
+
+    def _tensorboard(self) -> Any:
+        if self._tb is None:
+            try:
+                from torch.utils.tensorboard import SummaryWriter
+            except ImportError:  # optional: metrics.jsonl is the log of record
+                self._tb = False
+            else:
+                self._tb = SummaryWriter(log_dir=str(self.path.parent / "tensorboard"))
+        return self._tb
 
     def write(self, record: dict) -> None:
-        if self.enabled:
-            with open(self.path, "a", encoding="utf-8") as fh:
-                fh.write(json.dumps(record) + "\n")
+        if not self.enabled:
+            return
+        with open(self.path, "a", encoding="utf-8") as fh:
+            fh.write(json.dumps(record) + "\n")
+        tb = self._tensorboard()
+        if tb:
+            step = int(record.get("step", 0))
+            for key, value in record.items():
+                if key not in ("step", "time") and isinstance(value, (int, float)):
+                    tb.add_scalar(key, value, step)
+            tb.flush()
