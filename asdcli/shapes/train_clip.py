@@ -38,7 +38,7 @@ from asdcli.shapes.train_prior import (
     split_singles_pairs,
     write_folder_atomic,
 )
-from asdcli.shapes.vocab import MAX_LENGTH, build_tokenizer
+from asdcli.shapes.vocab import MAX_LENGTH, build_tokenizer, write_vocab
 
 
 @dataclass
@@ -329,6 +329,7 @@ def export_clip(run_dir: str | Path, dest: str | Path) -> Path:
     def write(tmp: Path) -> None:
         model.save_pretrained(str(tmp), safe_serialization=True)
         tokenizer.save_pretrained(str(tmp))
+        write_vocab(tmp)  # vocab.json + merges.txt: what transformers 4's slow CLIPTokenizer reads
         pre = {"image_processor_type": "CLIPImageProcessor", "do_resize": True,
                "size": {"shortest_edge": cfg.image_size}, "resample": 2, "do_center_crop": True,
                "crop_size": {"height": cfg.image_size, "width": cfg.image_size}, "do_rescale": True,

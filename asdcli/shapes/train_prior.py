@@ -31,7 +31,7 @@ import torch
 from torch import Tensor, nn
 
 from asdcli.errors import UserError
-from asdcli.shapes.vocab import MAX_LENGTH, build_tokenizer, token_ids
+from asdcli.shapes.vocab import MAX_LENGTH, build_tokenizer, token_ids, write_vocab
 
 CHECKPOINT = "checkpoint.safetensors"
 
@@ -395,6 +395,7 @@ def export_prior(run_dir: str | Path, dest: str | Path, fp16: bool = True) -> Pa
         # The SD path loads the text encoder in fp32 whatever the file holds; fp16 storage halves its size.
         (text.half() if fp16 else text).save_pretrained(str(tmp / "text_encoder"), safe_serialization=True)
         tokenizer.save_pretrained(str(tmp / "tokenizer"))
+        write_vocab(tmp / "tokenizer")  # vocab.json + merges.txt: what transformers 4's slow CLIPTokenizer reads
         build_scheduler().save_pretrained(str(tmp / "scheduler"))
         info = {"trained_steps": meta["step"], "config": meta["config"], "weights": "ema",
                 "dtype": "float16" if fp16 else "float32"}
