@@ -363,20 +363,24 @@ def train_prior(out: str | Path, cfg: PriorTrainConfig | None = None, resume: bo
                 stop_after: int | None = None) -> PriorTrainer:
     """Train (or with resume, continue) the prior in run directory `out`. A resumed run takes its config from
     the checkpoint; `steps` may extend it (which changes the cosine schedule from there on)."""
+    return run_training(out, PriorTrainer, PriorTrainConfig, cfg, resume, steps, log, stop_after)
+
+
+def run_training(out: str | Path, trainer_cls: type, config_cls: type, cfg: Any, resume: bool,
+                 steps: int | None, log, stop_after: int | None) -> Any:
+    """Start or resume a prior trainer of `trainer_cls` (2D or 4-view) in `out` and run it."""
     out = Path(out)
     if resume and checkpoint_path(out).exists():
-        cfg = PriorTrainConfig.from_dict(read_meta(out)["config"])
-        if steps is not None:
-            cfg.steps = steps
-        trainer = PriorTrainer(out, cfg)
+        cfg = config_cls.from_dict(read_meta(out)["config"])
+    else:
+        cfg = cfg or config_cls()
+        out.mkdir(parents=True, exist_ok=True)
+    if steps is not None:
+        cfg.steps = steps
+    trainer = trainer_cls(out, cfg)
+    if resume and checkpoint_path(out).exists():
         trainer.load()
         log(f"resumed {out} at step {trainer.step}")
-    else:
-        cfg = cfg or PriorTrainConfig()
-        if steps is not None:
-            cfg.steps = steps
-        out.mkdir(parents=True, exist_ok=True)
-        trainer = PriorTrainer(out, cfg)
     trainer.run(log, stop_after)
     return trainer
 

@@ -50,7 +50,7 @@ from asdcli.shapes.train_prior import (
     load_checkpoint,
     load_optimizer,
     lr_at,
-    read_meta,
+    run_training,
     split_singles_pairs,
     write_folder_atomic,
 )
@@ -278,22 +278,7 @@ def train_prior_mv(out: str | Path, cfg: MVPriorTrainConfig | None = None, resum
                    steps: int | None = None, log=print, stop_after: int | None = None) -> MVPriorTrainer:
     """Train (or with resume, continue) the 4-view prior in run directory `out`. A resumed run takes its config
     from the checkpoint; `steps` may extend it (which changes the cosine schedule from there on)."""
-    out = Path(out)
-    if resume and checkpoint_path(out).exists():
-        cfg = MVPriorTrainConfig.from_dict(read_meta(out)["config"])
-        if steps is not None:
-            cfg.steps = steps
-        trainer = MVPriorTrainer(out, cfg)
-        trainer.load()
-        log(f"resumed {out} at step {trainer.step}")
-    else:
-        cfg = cfg or MVPriorTrainConfig()
-        if steps is not None:
-            cfg.steps = steps
-        out.mkdir(parents=True, exist_ok=True)
-        trainer = MVPriorTrainer(out, cfg)
-    trainer.run(log, stop_after)
-    return trainer
+    return run_training(out, MVPriorTrainer, MVPriorTrainConfig, cfg, resume, steps, log, stop_after)
 
 
 def prior_config(folder: str | Path, **overrides: Any) -> Any:
