@@ -285,6 +285,8 @@ def lr_at(cfg: PriorTrainConfig, step: int) -> float:
 class PriorTrainer:
     """Models, EMA, optimiser, data and RNG of one run directory; `run()` trains to cfg.steps."""
 
+    data_cls = PriorData  # the training-image pool (the 4-view trainer swaps in its own)
+
     def __init__(self, out: Path, cfg: PriorTrainConfig):
         self.out, self.cfg = Path(out), cfg
         self.tokenizer, self.text, self.unet = build_models(cfg)
@@ -309,19 +311,18 @@ class PriorTrainer:
         self.model.load_state_dict({k[6:]: v for k, v in tensors.items() if k.startswith("model.")})
         self.ema = {k[4:]: v.clone() for k, v in tensors.items() if k.startswith("ema.")}
         load_optimizer(self.opt, tensors, meta)
-        self.data = PriorData(self.cfg, None)  # the pool comes from the checkpoint, not from rendering
+        self.data = self.data_cls(self.cfg, None)  # the pool comes from the checkpoint, not from rendering
         self.data.load_state(tensors)
         self.gen.set_state(tensors["rng"])
         self.step = int(meta["step"])
 
     def train_step(self) -> float:
+        """One optimiser step on a fresh batch: AdamW with the warm-up/cosine lr, clipping, then the EMA."""
         cfg = self.cfg
         self.data.refresh(self.gen)
-        x0, captions = self.data.batch(self.gen)
-        ids = token_ids(self.tokenizer, captions, MAX_LENGTH)
         for group in self.opt.param_groups:
             group["lr"] = lr_at(cfg, self.step)
-        loss = diffusion_loss(self.unet, self.text, ids, x0, self.alphas, cfg.snr_gamma, self.gen)
+        loss = self.batch_loss()
         self.opt.zero_grad(set_to_none=True)
         loss.backward()
         nn.utils.clip_grad_norm_(self.model.parameters(), cfg.grad_clip)
@@ -333,12 +334,18 @@ class PriorTrainer:
                 self.ema[k].lerp_(v, 1 - decay) if v.is_floating_point() else self.ema[k].copy_(v)
         return float(loss.detach())
 
+    def batch_loss(self) -> Tensor:
+        """The denoising loss of one batch drawn from the pool (the 4-view trainer overrides this)."""
+        x0, captions = self.data.batch(self.gen)
+        ids = token_ids(self.tokenizer, captions, MAX_LENGTH)
+        return diffusion_loss(self.unet, self.text, ids, x0, self.alphas, self.cfg.snr_gamma, self.gen)
+
     def run(self, log=print, stop_after: int | None = None) -> None:
         """Train to cfg.steps (or stop at step `stop_after`: an interruption, the schedule is unchanged)."""
         cfg = self.cfg
         end = min(cfg.steps, stop_after or cfg.steps)
         if self.data is None:
-            self.data = PriorData(cfg, self.gen)
+            self.data = self.data_cls(cfg, self.gen)
         last_save, t0, start, losses = time.time(), time.time(), self.step, []
         while self.step < end:
             losses.append(self.train_step())

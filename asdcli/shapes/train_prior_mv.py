@@ -48,8 +48,6 @@ from asdcli.shapes.train_prior import (
     build_scheduler,
     checkpoint_path,
     load_checkpoint,
-    load_optimizer,
-    lr_at,
     run_training,
     split_singles_pairs,
     write_folder_atomic,
@@ -227,6 +225,8 @@ def mv_diffusion_loss(unet: nn.Module, text: nn.Module, ids: Tensor, x0: Tensor,
 class MVPriorTrainer(PriorTrainer):
     """The 2D trainer's run loop, checkpoint writing and metrics log, with the 4-view models, data and loss."""
 
+    data_cls = MVPriorData
+
     def __init__(self, out: Path, cfg: MVPriorTrainConfig):  # replaces (does not extend) the 2D model set-up
         self.out, self.cfg = Path(out), cfg
         self.tokenizer, self.text, self.unet = build_mv_models(cfg)
@@ -238,40 +238,12 @@ class MVPriorTrainer(PriorTrainer):
         self.step = 0
         self.data: MVPriorData | None = None
 
-    def load(self) -> None:
-        tensors, meta = load_checkpoint(self.out)
-        self.model.load_state_dict({k[6:]: v for k, v in tensors.items() if k.startswith("model.")})
-        self.ema = {k[4:]: v.clone() for k, v in tensors.items() if k.startswith("ema.")}
-        load_optimizer(self.opt, tensors, meta)
-        self.data = MVPriorData(self.cfg, None)  # the pool comes from the checkpoint, not from rendering
-        self.data.load_state(tensors)
-        self.gen.set_state(tensors["rng"])
-        self.step = int(meta["step"])
-
-    def train_step(self) -> float:
-        cfg = self.cfg
-        self.data.refresh(self.gen)
+    def batch_loss(self) -> Tensor:
+        """Denoising loss of 4-view samples: one t per object, the views see each other and their cameras."""
         x0, cams, captions, _ = self.data.batch(self.gen)
         ids = token_ids(self.tokenizer, captions, MAX_LENGTH)
-        for group in self.opt.param_groups:
-            group["lr"] = lr_at(cfg, self.step)
-        loss = mv_diffusion_loss(self.unet, self.text, ids, x0, cams, self.alphas, cfg.snr_gamma, cfg.views,
-                                 self.gen)
-        self.opt.zero_grad(set_to_none=True)
-        loss.backward()
-        nn.utils.clip_grad_norm_(self.model.parameters(), cfg.grad_clip)
-        self.opt.step()
-        self.step += 1
-        decay = min(cfg.ema, (1 + self.step) / (10 + self.step))  # short EMA memory early on
-        with torch.no_grad():
-            for k, v in self.model.state_dict().items():
-                self.ema[k].lerp_(v, 1 - decay) if v.is_floating_point() else self.ema[k].copy_(v)
-        return float(loss.detach())
-
-    def run(self, log=print, stop_after: int | None = None) -> None:
-        if self.data is None:  # rendered here so the 2D loop never builds its own (single-view) pool
-            self.data = MVPriorData(self.cfg, self.gen)
-        super().run(log, stop_after)
+        return mv_diffusion_loss(self.unet, self.text, ids, x0, cams, self.alphas, self.cfg.snr_gamma,
+                                 self.cfg.views, self.gen)
 
 
 def train_prior_mv(out: str | Path, cfg: MVPriorTrainConfig | None = None, resume: bool = False,
