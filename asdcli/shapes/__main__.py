@@ -38,23 +38,20 @@ def _parser() -> argparse.ArgumentParser:
         e.add_argument("--to", dest="dest", required=True, help="folder to write (replaced atomically)")
         if name in ("export-prior", "export-prior-mv"):
             e.add_argument("--fp32", action="store_true", help="store float32 weights (default float16)")
-    ep = sub.add_parser("eval-prior")
-    ep.add_argument("--model", required=True, help="exported diffusers folder")
-    ep.add_argument("--prompts", type=int, default=24, help="prompts per split (half singles, half pairs)")
-    ep.add_argument("--cfg", type=float, nargs="+", default=[1.0, 3.0, 7.5])
-    ep.add_argument("--split", default="test", choices=["train", "val", "test"])
-    ep.add_argument("--steps", type=int, default=50, help="DDIM steps")
-    ep.add_argument("--grid", default=None, help="write a PNG contact sheet of the samples here")
-    ep.add_argument("--threads", type=int, default=None)
-    em = sub.add_parser("eval-prior-mv")
-    em.add_argument("--model", required=True, help="exported 4-view prior folder")
-    em.add_argument("--prompts", type=int, default=16, help="prompts (half singles, half pairs), 4 views each")
-    em.add_argument("--cfg", type=float, nargs="+", default=[1.0, 3.0, 7.5])
-    em.add_argument("--split", default="test", choices=["train", "val", "test"])
-    em.add_argument("--steps", type=int, default=50, help="DDIM steps")
-    em.add_argument("--clip", default="bundled:shapes-clip", help="CLIP for per-view R@1 ('none' to skip)")
-    em.add_argument("--grid", default=None, help="write a PNG contact sheet (per prompt: GT, then each CFG)")
-    em.add_argument("--threads", type=int, default=None)
+    for name, model_help, prompts, grid_help in (
+            ("eval-prior", "exported diffusers folder", 24, "write a PNG contact sheet of the samples here"),
+            ("eval-prior-mv", "exported 4-view prior folder", 16,
+             "write a PNG contact sheet (per prompt: GT, then each CFG)")):
+        ep = sub.add_parser(name)
+        ep.add_argument("--model", required=True, help=model_help)
+        ep.add_argument("--prompts", type=int, default=prompts, help="prompts (half singles, half pairs)")
+        ep.add_argument("--cfg", type=float, nargs="+", default=[1.0, 3.0, 7.5])
+        ep.add_argument("--split", default="test", choices=["train", "val", "test"])
+        ep.add_argument("--steps", type=int, default=50, help="DDIM steps")
+        ep.add_argument("--grid", default=None, help=grid_help)
+        ep.add_argument("--threads", type=int, default=None)
+        if name == "eval-prior-mv":
+            ep.add_argument("--clip", default="bundled:shapes-clip", help="CLIP for per-view R@1 ('none' to skip)")
     ec = sub.add_parser("eval-clip")
     ec.add_argument("--model", required=True, help="exported CLIP folder")
     ec.add_argument("--views", type=int, default=8, help="orbit views per prompt")
