@@ -17,6 +17,7 @@ the memory-mapped cache pages that the kernel can drop).
 
 from __future__ import annotations
 
+import argparse
 import json
 import subprocess
 import sys
@@ -210,7 +211,7 @@ def report(results: dict[str, dict]) -> str:
 def main(argv: list[str] | None = None) -> dict | None:
     ap = common.parser(__doc__.splitlines()[0], "corpus")
     ap.add_argument("--sizes", type=int, nargs="+", default=list(SIZES))
-    ap.add_argument("--child", nargs="+", help=argparse_suppress())
+    ap.add_argument("--child", nargs="+", help=argparse.SUPPRESS)
     args = ap.parse_args(argv)
     device = common.setup(args)
     if args.child:
@@ -228,12 +229,6 @@ def main(argv: list[str] | None = None) -> dict | None:
     result = {"device": device, "corpora": results, "tables": [text]}
     common.write_result(args.out, "corpus", args, result)
     return result
-
-
-def argparse_suppress() -> str:
-    import argparse
-
-    return argparse.SUPPRESS
 
 
 if __name__ == "__main__":

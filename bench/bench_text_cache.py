@@ -11,6 +11,7 @@ bench_corpus.py measures the cache through the training engine.
 
 from __future__ import annotations
 
+import argparse
 import json
 import subprocess
 import sys
@@ -94,7 +95,7 @@ def report(results: dict) -> str:
 def main(argv: list[str] | None = None) -> dict | None:
     parser = common.parser(__doc__.splitlines()[0], "text_cache")
     parser.add_argument("--sizes", type=int, nargs="+", default=[1000, 10_000, 100_000])
-    parser.add_argument("--child", nargs=3, help=argparse_suppress())
+    parser.add_argument("--child", nargs=3, help=argparse.SUPPRESS)
     args = parser.parse_args(argv)
     device = common.setup(args)
     if args.child:
@@ -111,12 +112,6 @@ def main(argv: list[str] | None = None) -> dict | None:
     result = {"device": device, "sizes": {str(k): v for k, v in results.items()}, "tables": [text]}
     common.write_result(args.out, "text_cache", args, result)
     return result
-
-
-def argparse_suppress() -> str:
-    import argparse
-
-    return argparse.SUPPRESS
 
 
 if __name__ == "__main__":
