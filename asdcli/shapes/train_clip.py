@@ -29,11 +29,10 @@ from torch import Tensor, nn
 from asdcli.clip_model import CLIP_MEAN, CLIP_STD
 from asdcli.shapes.grammar import COLORS, SHAPES, SIZES, ObjectSpec, SceneSpec, held_out_combinations, parse_prompt
 from asdcli.shapes.train_prior import (
-    checkpoint_path,
     load_checkpoint,
     load_optimizer,
     optimizer_tensors,
-    read_meta,
+    run_training,
     save_checkpoint,
     split_singles_pairs,
     write_folder_atomic,
@@ -303,20 +302,7 @@ def train_clip(out: str | Path, cfg: ClipTrainConfig | None = None, resume: bool
                steps: int | None = None, log=print,
                stop_after: int | None = None) -> ClipTrainer:
     """Train (or with resume, continue; config from the checkpoint, `steps` may extend it) in run dir `out`."""
-    out = Path(out)
-    if resume and checkpoint_path(out).exists():
-        cfg = ClipTrainConfig.from_dict(read_meta(out)["config"])
-        cfg.steps = steps or cfg.steps
-        trainer = ClipTrainer(out, cfg)
-        trainer.load()
-        log(f"resumed {out} at step {trainer.step}")
-    else:
-        cfg = cfg or ClipTrainConfig()
-        cfg.steps = steps or cfg.steps
-        out.mkdir(parents=True, exist_ok=True)
-        trainer = ClipTrainer(out, cfg)
-    trainer.run(log, stop_after)
-    return trainer
+    return run_training(out, ClipTrainer, ClipTrainConfig, cfg, resume, steps, log, stop_after)
 
 
 def export_clip(run_dir: str | Path, dest: str | Path) -> Path:

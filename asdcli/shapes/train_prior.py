@@ -375,7 +375,7 @@ def train_prior(out: str | Path, cfg: PriorTrainConfig | None = None, resume: bo
 
 def run_training(out: str | Path, trainer_cls: type, config_cls: type, cfg: Any, resume: bool,
                  steps: int | None, log, stop_after: int | None) -> Any:
-    """Start or resume a prior trainer of `trainer_cls` (2D or 4-view) in `out` and run it."""
+    """Start or resume a trainer of `trainer_cls` (2D prior, 4-view prior or CLIP) in `out` and run it."""
     out = Path(out)
     if resume and checkpoint_path(out).exists():
         cfg = config_cls.from_dict(read_meta(out)["config"])
