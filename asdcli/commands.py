@@ -224,8 +224,6 @@ def _default_clip() -> str:
 
 def _ground_truth_metrics(model, prompts: list[str]) -> dict:
     """ShapesWorld prompts have analytic scenes: IoU, blob baseline, shape_r@1, colour error."""
-    try:
-        from asdcli.shapes.evaluation import ground_truth_metrics
-    except ImportError:
-        return {}
+    from asdcli.shapes.evaluation import ground_truth_metrics
+
     return ground_truth_metrics(model, prompts)
