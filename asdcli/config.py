@@ -68,6 +68,7 @@ class RenderConfig:
     background_color: tuple[float, float, float] = (1.0, 1.0, 1.0)  # solid colour (and eval colour of random)
     background_random_prob: float | None = None  # chance an env-map image gets a random colour (None: reference)
     shading: Literal["albedo", "lambertian"] = "albedo"
+    light: Literal["random", "camera"] = "random"  # lambertian training light: random, or fixed in the camera frame
     chunk_rays: int = 16384  # rays per chunk when rendering without gradients
     camera: CameraConfig = field(default_factory=CameraConfig)
 

@@ -79,9 +79,11 @@ def test_prior_resume_is_exact_and_export_loads(tmp_path):
 
     from asdcli.shapes.eval_prior import evaluate_prior
 
-    report = evaluate_prior(folder, n_prompts=2, scales=(1.0, 7.5), steps=2)
-    assert set(report["cfg_7.5"]) == {"mask_iou", "color_ok", "saturated", "fg_fraction"}
+    report = evaluate_prior(folder, n_prompts=2, scales=(1.0, 7.5), steps=2, clip="bundled:shapes-clip")
+    assert set(report["cfg_7.5"]) == {"mask_iou", "color_ok", "saturated", "fg_fraction", "clip_r_at_1",
+                                      "clip_r_at_1_scene"}
     assert 0.0 <= report["cfg_1"]["mask_iou"] <= 1.0
+    assert report["gt_clip_r_at_1"] == 1.0  # the bundled CLIP tells a single object from a pair in its GT render
 
 
 def test_clip_resume_is_exact_and_export_loads_in_clip_scorer(tmp_path):
@@ -106,6 +108,17 @@ def test_clip_resume_is_exact_and_export_loads_in_clip_scorer(tmp_path):
 
     report = evaluate_clip(tmp_path / "clip", views=2, limit=4)
     assert report["prompts"] == 4 and 0.0 <= report["r_at_1"] <= report["r_at_1_scene"] <= 1.0
+
+
+def test_scene_r_at_1_counts_the_next_to_twin_only():
+    from asdcli.shapes.train_clip import scene_r_at_1
+
+    prompts = ["a red cube next to a blue sphere", "a blue sphere next to a red cube",
+               "a red cube on top of a blue sphere", "a blue sphere on top of a red cube"]
+    text = torch.eye(4)
+    # image 0 retrieves its twin (same scene turned 180°), image 2 retrieves the swapped stack (another scene)
+    image = torch.stack([text[1], text[1], text[3], text[3]])[:, None]  # [P, 1, D]
+    assert scene_r_at_1(image, text, prompts) == 0.75
 
 
 def test_hard_negatives_are_other_scenes_without_held_out_objects():

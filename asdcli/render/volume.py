@@ -25,7 +25,8 @@ from asdcli.render.background import Background, uniform
 from asdcli.render.cameras import CameraBatch, get_rays
 
 AMBIENT, DIFFUSE = 0.3, 0.7  # Lambertian shading: albedo·(AMBIENT + DIFFUSE·max(0, n·l))
-EVAL_LIGHT = (0.3, 0.5, 1.0)  # light direction in the camera frame at evaluation: above-right of the camera
+CAMERA_LIGHT = (0.4, 0.6, 1.0)  # light direction in the camera frame (right, up, towards the viewer): the
+# ShapesWorld ground truth and the bundled prior's training images use it, and every evaluation render does
 
 
 @dataclass
@@ -169,15 +170,17 @@ def _march(generator: Generator, state: object, origins: Tensor, dirs: Tensor, p
     return out
 
 
-def light_directions(cams: CameraBatch, training: bool, gen: torch.Generator | None) -> Tensor:
-    """Unit directions towards the light [B, 3] (world): random in the camera's front hemisphere while
-    training, a fixed camera-frame direction at evaluation (so turntables are lit consistently)."""
+def light_directions(cams: CameraBatch, training: bool, gen: torch.Generator | None,
+                     mode: str = "random") -> Tensor:
+    """Unit directions towards the light [B, 3] (world): with mode "random", random in the camera's front
+    hemisphere while training; otherwise (and always at evaluation) CAMERA_LIGHT in the camera frame, so
+    turntables are lit consistently and a prior trained under one light sees that light."""
     b, device = len(cams), cams.c2w.device
-    if training:
+    if training and mode == "random":
         u = uniform((b, 3), gen, device) * 2 - 1
         local = torch.cat([u[:, :2], u[:, 2:].abs() + 0.5], dim=-1)  # +z of the camera frame faces the viewer
     else:
-        local = torch.tensor(EVAL_LIGHT, device=device).expand(b, 3)
+        local = torch.tensor(CAMERA_LIGHT, device=device).expand(b, 3)
     return F.normalize(torch.einsum("bij,bj->bi", cams.c2w[:, :3, :3], local), dim=-1)
 
 
@@ -197,7 +200,7 @@ def render(generator: Generator, state: object, cams: CameraBatch, height: int, 
     _check(cams, prompts_per_step)
     b = len(cams)
     origins, dirs = get_rays(cams, height, width)
-    lights = light_directions(cams, training, gen) if cfg.shading == "lambertian" else None
+    lights = light_directions(cams, training, gen, cfg.light) if cfg.shading == "lambertian" else None
     normals = "graph" if need_normals or lights is not None else "none"
     out = _march(generator, state, origins, dirs, prompts_per_step, cfg, gen, stratified, normals, lights)
     bg = background(dirs, training, gen, text=None if text is None else text.pooled)

@@ -2,7 +2,7 @@
 
   train-prior --out DIR [--steps N] [--resume] [--threads T]   text-to-image prior (diffusers layout)
   export-prior --from DIR --to FOLDER [--fp32]                   EMA weights → diffusers folder
-  eval-prior --model FOLDER [--prompts N] [--cfg 1 3 7.5]        sample with CFG, score against ground truth
+  eval-prior --model FOLDER [--prompts N] [--cfg 1 3 7.5]        sample with CFG, score vs GT (+ CLIP R@1)
   train-prior-mv --out DIR [--steps N] [--resume] [--threads T] 4-view camera-conditioned prior (MVDream path)
   export-prior-mv --from DIR --to FOLDER [--fp32]                EMA weights → MVDreamPrior folder
   eval-prior-mv --model FOLDER [--prompts N] [--cfg 1 3 7.5]     4-view samples vs GT (mask IoU, CLIP R@1 per view)
@@ -50,8 +50,7 @@ def _parser() -> argparse.ArgumentParser:
         ep.add_argument("--steps", type=int, default=50, help="DDIM steps")
         ep.add_argument("--grid", default=None, help=grid_help)
         ep.add_argument("--threads", type=int, default=None)
-        if name == "eval-prior-mv":
-            ep.add_argument("--clip", default="bundled:shapes-clip", help="CLIP for per-view R@1 ('none' to skip)")
+        ep.add_argument("--clip", default="bundled:shapes-clip", help="CLIP for R@1 of the samples ('none' to skip)")
     ec = sub.add_parser("eval-clip")
     ec.add_argument("--model", required=True, help="exported CLIP folder")
     ec.add_argument("--views", type=int, default=8, help="orbit views per prompt")
@@ -87,7 +86,8 @@ def _dispatch(args) -> None:
     elif args.command == "eval-prior":
         from asdcli.shapes.eval_prior import evaluate_prior
 
-        report = evaluate_prior(args.model, args.prompts, args.cfg, args.split, args.steps, args.grid)
+        report = evaluate_prior(args.model, args.prompts, args.cfg, args.split, args.steps, args.grid,
+                                clip=None if args.clip == "none" else args.clip)
         print(json.dumps(report, indent=1))
     elif args.command in ("train-prior-mv", "export-prior-mv", "eval-prior-mv"):
         _dispatch_mv(args)

@@ -100,10 +100,28 @@ def _prompts(split: str, n: int) -> list[str]:
     return singles[: n // 2] + pairs[: n - n // 2]
 
 
+def _clip_retrieval(clip: str | Path, prompts: list[str]):
+    """→ fn(images [N, H, W, 3] in [0, 1], one per prompt) → {clip_r_at_1, clip_r_at_1_scene} among `prompts`."""
+    from asdcli.evaluate import ClipScorer, clip_metrics
+    from asdcli.shapes.train_clip import scene_r_at_1
+
+    scorer = ClipScorer(str(clip))
+    text = scorer.text_embeddings(prompts)
+
+    def retrieval(images: Tensor) -> dict[str, float]:
+        emb = scorer.image_embeddings(images)[:, None]  # [N, 1, D]
+        return {"clip_r_at_1": float(clip_metrics(emb, text)["r_at_1"].mean()),
+                "clip_r_at_1_scene": scene_r_at_1(emb, text, prompts)}
+    return retrieval
+
+
 def evaluate_prior(model: str | Path, n_prompts: int = 24, scales=(1.0, 3.0, 7.5), split: str = "test",
-                   steps: int = 50, grid: str | None = None, seed: int = 0) -> dict[str, Any]:
+                   steps: int = 50, grid: str | None = None, seed: int = 0,
+                   clip: str | Path | None = None) -> dict[str, Any]:
     """Summary per guidance scale (means over samples): mask_iou, ceiling_iou, other_iou, color_ok (singles),
-    saturated, fg_fraction, gt_fg_fraction. One sample per prompt, cameras from the training distribution."""
+    saturated, fg_fraction, gt_fg_fraction; with `clip`, the CLIP R@1 of the samples against the evaluated
+    prompts (`clip_r_at_1`, and `clip_r_at_1_scene` counting the "next to" twin) and that of the GT renders
+    from the same cameras beside them. One sample per prompt, cameras from the training distribution."""
     from asdcli.config import CameraConfig
     from asdcli.priors.stable_diffusion import StableDiffusionPrior, StableDiffusionPriorConfig
     from asdcli.render.cameras import sample_training_cameras
@@ -125,6 +143,9 @@ def evaluate_prior(model: str | Path, n_prompts: int = 24, scales=(1.0, 3.0, 7.5
                               "ceiling_iou": float(mask_iou(gt_mask, ceiling.alpha > 0.5).mean()),
                               "other_iou": float(mask_iou(gt_mask, other.alpha > 0.5).mean()),
                               "gt_fg_fraction": float(gt_mask.float().mean())}
+    retrieval = _clip_retrieval(clip, prompts) if clip else None
+    if retrieval:
+        report.update({f"gt_{k}": v for k, v in retrieval(gt.rgb).items()})
     sheets = []
     for scale in scales:
         imgs = ddim_sample(prior, cond.cond, cond.uncond, float(scale), steps, torch.Generator().manual_seed(seed))
@@ -137,6 +158,7 @@ def evaluate_prior(model: str | Path, n_prompts: int = 24, scales=(1.0, 3.0, 7.5
             "color_ok": sum(oks) / max(1, len(oks)),
             "saturated": float(sat.sum() / fg.sum().clamp(min=1)),
             "fg_fraction": float(fg.float().mean()),
+            **(retrieval(imgs.permute(0, 2, 3, 1)) if retrieval else {}),
         }
         sheets.append(imgs.permute(0, 2, 3, 1))
     if grid:

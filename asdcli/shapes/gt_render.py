@@ -15,14 +15,13 @@ import torch
 from torch import Tensor
 
 from asdcli.render.cameras import CameraBatch, get_rays
+from asdcli.render.volume import AMBIENT, CAMERA_LIGHT
 from asdcli.shapes.grammar import SceneSpec, parse_prompt
 from asdcli.shapes.scenes import SceneBatch
 
 ITERATIONS = 64
 HIT_EPS = 1e-3  # scene units
 LATE_HIT_EPS = 5e-3  # rays still marching after the last iteration count as hits below this distance
-AMBIENT = 0.3
-LIGHT_CAM = (0.4, 0.6, 1.0)  # light direction in the camera frame (right, up, backward): upper right, frontal
 NORMAL_EPS = 1e-3
 COMPACT_EVERY = 4
 
@@ -103,7 +102,7 @@ def _shade_rays(scenes: SceneBatch, cams: CameraBatch, cam_ids: Tensor, cam_scen
     if albedo_only:
         rgb[idx] = albedo
     else:
-        light = torch.nn.functional.normalize(torch.tensor(LIGHT_CAM, device=o.device), dim=0)
+        light = torch.nn.functional.normalize(torch.tensor(CAMERA_LIGHT, device=o.device), dim=0)
         light_world = sub.c2w[:, :3, :3] @ light  # [b, 3]
         normals = scenes.normals(pts, _gather(scene, idx), NORMAL_EPS)
         lambert = (normals * light_world[ray_cam[idx]]).sum(-1).clamp(min=0)

@@ -353,9 +353,15 @@ def evaluate_clip(model: str | Path, views: int = 8, split: str = "test", size: 
         emb.append(scorer.image_embeddings(rgb).view(len(chunk), views, -1))
     image_emb, text_emb = torch.cat(emb), scorer.text_embeddings(prompts)
     metrics = clip_metrics(image_emb, text_emb)
-    keys = [scene_key(parse_prompt(p)) for p in prompts]
-    retrieved = torch.einsum("pvd,qd->pvq", image_emb, text_emb).argmax(dim=-1)  # [P, V]
-    scene_hit = torch.tensor([[keys[q] == keys[p] for q in row] for p, row in enumerate(retrieved.tolist())])
     return {"split": split, "prompts": len(prompts), "views": views,
-            "r_at_1": float(metrics["r_at_1"].mean()), "r_at_1_scene": float(scene_hit.float().mean()),
+            "r_at_1": float(metrics["r_at_1"].mean()), "r_at_1_scene": scene_r_at_1(image_emb, text_emb, prompts),
             "clip_similarity": float(metrics["clip_similarity"].mean())}
+
+
+def scene_r_at_1(image_emb: Tensor, text_emb: Tensor, prompts: list[str]) -> float:
+    """R@1 where a retrieved caption of the same scene counts ("A next to B" for "B next to A": one scene turned
+    180°, which no single view can tell apart). image_emb [P, V, D], text_emb [P, D] of `prompts`."""
+    keys = [scene_key(parse_prompt(p)) for p in prompts]
+    retrieved = torch.einsum("pvd,qd->pvq", image_emb.float(), text_emb.float()).argmax(dim=-1)  # [P, V]
+    hits = [[keys[q] == keys[p] for q in row] for p, row in enumerate(retrieved.tolist())]
+    return float(torch.tensor(hits, dtype=torch.float32).mean())
