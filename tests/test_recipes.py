@@ -99,6 +99,7 @@ TINY = {  # recipe → overrides that shrink it to a CPU toy (MVDREAM marks the 
     "shapes_sds": [TINY_SD, "generator.text_dim=32", "prompts.library=shapesworld:16"],
     "shapes_csd": [TINY_SD, "generator.text_dim=32", "prompts.library=shapesworld:16"],
     "shapes_vsd": [TINY_SD, "generator.text_dim=32", "prompts.library=shapesworld:16"],
+    "shapes_generator": [TINY_SD, "generator.text_dim=32", "prompts.library=shapesworld:16"],
     "shapes_mv_triplane": ["MVDREAM", "generator.text_dim=32", "generator.inner_dim=16", "generator.num_layers=1",
                            "generator.num_heads=2", "generator.low_res=4", "generator.high_res=8",
                            "generator.triplane_dim=4", "generator.mlp_hidden=8", "prompts.library=shapesworld:16"],
