@@ -151,7 +151,8 @@ def test_default_distill_recipe_runs_on_cpu(tmp_path):
     from asdcli.commands import default_distill_recipe
 
     cfg = load_recipe(default_distill_recipe())
-    assert cfg.prior.kind == "tiny-random" and cfg.generator.kind == "nerf" and cfg.train.steps >= 100
+    assert (cfg.prior.kind, cfg.prior.model, cfg.generator.kind) == ("stable-diffusion", "bundled:shapes-prior", "nerf")
+    assert cfg.train.steps >= 100
     out = tmp_path / "distill"
     res = invoke("distill", "a red cube", "--steps", 2, "--out", out, "--quiet")
     assert res.exit_code == 0, res.output
