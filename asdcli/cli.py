@@ -4,6 +4,7 @@ so `asd --help` never imports torch."""
 from __future__ import annotations
 
 import errno
+import os
 import sys
 from pathlib import Path
 from typing import Optional
@@ -70,6 +71,8 @@ def run_guarded(debug: bool, fn, *args, **kwargs):
     """Run a command body: bad input → one line + exit 2; an internal error → one line + exit 1."""
     from asdcli.errors import UserError
 
+    if kwargs.get("quiet"):  # also the Hugging Face download / weight-loading bars (read when they are imported)
+        os.environ["HF_HUB_DISABLE_PROGRESS_BARS"] = "1"
     try:
         return fn(*args, **kwargs)
     except UserError as exc:

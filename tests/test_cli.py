@@ -101,3 +101,13 @@ def test_asd_help_wall_time():
     t0 = time.perf_counter()
     subprocess.run([sys.executable, "-m", "asdcli", "--help"], capture_output=True, env=env, check=True)
     assert time.perf_counter() - t0 < 2.0
+
+
+def test_quiet_prints_nothing_while_loading_the_bundled_prior(tmp_path):
+    """-q: no progress bars at all, the weight-loading bar of transformers/diffusers included."""
+    env = {**os.environ, "OMP_NUM_THREADS": "1", "HF_HUB_OFFLINE": "1"}
+    env.pop("HF_HUB_DISABLE_PROGRESS_BARS", None)
+    res = subprocess.run([sys.executable, "-m", "asdcli", "distill", "a red cube", "--steps", "1", "-q",
+                          "--out", str(tmp_path / "run")], capture_output=True, text=True, env=env, cwd=tmp_path)
+    assert res.returncode == 0, res.stderr
+    assert res.stdout == "" and res.stderr == ""
