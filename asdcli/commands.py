@@ -136,13 +136,10 @@ def generate_command(prompt: str, out: Path, *, checkpoint, resolution, threshol
 
 def _warn_vocabulary(model, prompts: list[str]) -> None:
     """A bundled ShapesWorld model knows a small vocabulary: name the words outside it (no crash)."""
-    vocab_check = getattr(model, "unknown_words", None)
-    if vocab_check is None:
-        return
     import warnings
 
     for prompt in prompts:
-        unknown = vocab_check(prompt)
+        unknown = model.unknown_words(prompt)
         if unknown:
             warnings.warn(f"words outside the model's vocabulary: {', '.join(unknown)} (in {prompt!r})",
                           stacklevel=2)

@@ -5,7 +5,7 @@ truth on train prompts and on held-out test prompts (DESIGN §8, the paper's cor
                           [--set KEY=VALUE ...] [--seed S] [--runs DIR] [--out DIR] [--clip MODEL|none]
 
 Arms. Reduced grid (default): ASD, SDS × shapesworld:16, :256 at 1000 steps. `--full`: ASD, SDS, CSD, VSD ×
-:16, :256, :4096 at 3000 steps (recipes/shapes_asd.yaml's). `--ablation` adds the Δt ablation on :256 with ASD:
+:16, :256, :4096 at 3000 steps. `--ablation` adds the Δt ablation on :256 with ASD:
 η = 0 (t⁺ = t), fixed η·(t − t_min) with η = 0.1 (`shift_random: false`), random η = 0.1 (the grid's asd-256),
 random η = 0.2. Every arm is recipes/shapes_{method}.yaml (identical but for the loss) with the same generator,
 steps, seed and overrides (`--set`), trained with the engine behind `asd train` (`asdcli.engine.trainer.fit`).

@@ -28,6 +28,16 @@ class LoadedModel:
     checkpoint: Path
     device: torch.device
 
+    def unknown_words(self, prompt: str) -> list[str]:
+        """Words of `prompt` outside the vocabulary of a bundled ShapesWorld prior (its tokenizer spells them in
+        bytes the generator never saw); [] for any other prior."""
+        model = getattr(self.cfg.prior, "model", None)
+        if not (isinstance(model, str) and model.startswith("bundled:shapes")):
+            return []
+        from asdcli.shapes.grammar import unknown_words
+
+        return unknown_words(prompt)
+
 
 def load_text_encoder(cfg: RunConfig, device: torch.device):
     """The prior's text side only (no UNet/VAE): what the generator was trained on."""
