@@ -285,11 +285,12 @@ def lr_at(cfg: PriorTrainConfig, step: int) -> float:
 class PriorTrainer:
     """Models, EMA, optimiser, data and RNG of one run directory; `run()` trains to cfg.steps."""
 
-    data_cls = PriorData  # the training-image pool (the 4-view trainer swaps in its own)
+    data_cls = PriorData  # the training-image pool (the 4-view trainer swaps in its own, and its models)
+    build_models = staticmethod(build_models)  # cfg → tokenizer, text encoder, UNet
 
     def __init__(self, out: Path, cfg: PriorTrainConfig):
         self.out, self.cfg = Path(out), cfg
-        self.tokenizer, self.text, self.unet = build_models(cfg)
+        self.tokenizer, self.text, self.unet = self.build_models(cfg)
         self.model = nn.ModuleDict({"unet": self.unet, "text": self.text})
         self.ema = {k: v.detach().clone() for k, v in self.model.state_dict().items()}
         self.opt = torch.optim.AdamW(self.model.parameters(), lr=cfg.lr, weight_decay=cfg.weight_decay)

@@ -226,17 +226,7 @@ class MVPriorTrainer(PriorTrainer):
     """The 2D trainer's run loop, checkpoint writing and metrics log, with the 4-view models, data and loss."""
 
     data_cls = MVPriorData
-
-    def __init__(self, out: Path, cfg: MVPriorTrainConfig):  # replaces (does not extend) the 2D model set-up
-        self.out, self.cfg = Path(out), cfg
-        self.tokenizer, self.text, self.unet = build_mv_models(cfg)
-        self.model = nn.ModuleDict({"unet": self.unet, "text": self.text})
-        self.ema = {k: v.detach().clone() for k, v in self.model.state_dict().items()}
-        self.opt = torch.optim.AdamW(self.model.parameters(), lr=cfg.lr, weight_decay=cfg.weight_decay)
-        self.alphas = build_scheduler().alphas_cumprod.float()
-        self.gen = torch.Generator().manual_seed(cfg.seed)
-        self.step = 0
-        self.data: MVPriorData | None = None
+    build_models = staticmethod(build_mv_models)
 
     def batch_loss(self) -> Tensor:
         """Denoising loss of 4-view samples: one t per object, the views see each other and their cameras."""
