@@ -73,14 +73,14 @@ def read_meta(run_dir: str | Path) -> dict[str, Any]:
         return json.loads(fh.metadata()["meta"])
 
 
-def load_checkpoint(run_dir: str | Path) -> tuple[dict[str, Tensor], dict[str, Any]]:
+def load_checkpoint(run_dir: str | Path, command: str = "train-prior/train-clip") -> tuple[dict[str, Tensor],
+                                                                                          dict[str, Any]]:
     """(tensors, meta) of a run directory's checkpoint; a missing one is a UserError naming the fix."""
     from safetensors.torch import load_file
 
     path = checkpoint_path(run_dir)
     if not path.is_file():
-        raise UserError(f"no checkpoint at {path}: train first (python -m asdcli.shapes train-prior/train-clip "
-                        f"--out {run_dir})")
+        raise UserError(f"no checkpoint at {path}: train first (python -m asdcli.shapes {command} --out {run_dir})")
     return load_file(str(path)), read_meta(run_dir)
 
 
@@ -396,21 +396,30 @@ def run_training(out: str | Path, trainer_cls: type, config_cls: type, cfg: Any,
 def export_prior(run_dir: str | Path, dest: str | Path, fp16: bool = True) -> Path:
     """Write the EMA weights of `run_dir`'s checkpoint as a diffusers folder (unet/, text_encoder/, tokenizer/,
     scheduler/; no vae/ = pixel space) at `dest`, built in a temp folder and renamed into place."""
-    tensors, meta = load_checkpoint(run_dir)
-    cfg = PriorTrainConfig.from_dict(meta["config"])
-    tokenizer, text, unet = build_models(cfg)
+    return export_ema_folder(run_dir, dest, PriorTrainConfig, build_models, fp16, "shapesworld_prior.json",
+                             "train-prior")
+
+
+def export_ema_folder(run_dir: str | Path, dest: str | Path, config_cls: type, build, fp16: bool, info_file: str,
+                      command: str, extra_info=None) -> Path:
+    """The shared export of the prior trainers: the checkpoint's EMA weights loaded into `build(cfg)`'s models,
+    written as unet/, text_encoder/, tokenizer/ (+ vocab.json, merges.txt), scheduler/ and `info_file`
+    (`extra_info(cfg)` adds keys to it)."""
+    tensors, meta = load_checkpoint(run_dir, command)
+    cfg = config_cls.from_dict(meta["config"])
+    tokenizer, text, unet = build(cfg)
     model = nn.ModuleDict({"unet": unet, "text": text})
     model.load_state_dict({k[4:]: v for k, v in tensors.items() if k.startswith("ema.")})
 
     def write(tmp: Path) -> None:
         (unet.half() if fp16 else unet).save_pretrained(str(tmp / "unet"), safe_serialization=True)
-        # The SD path loads the text encoder in fp32 whatever the file holds; fp16 storage halves its size.
+        # Text encoders are loaded in fp32 whatever the file holds; fp16 storage halves the size.
         (text.half() if fp16 else text).save_pretrained(str(tmp / "text_encoder"), safe_serialization=True)
         tokenizer.save_pretrained(str(tmp / "tokenizer"))
         write_vocab(tmp / "tokenizer")  # vocab.json + merges.txt: what transformers 4's slow CLIPTokenizer reads
         build_scheduler().save_pretrained(str(tmp / "scheduler"))
-        info = {"trained_steps": meta["step"], "config": meta["config"], "weights": "ema",
-                "dtype": "float16" if fp16 else "float32"}
-        (tmp / "shapesworld_prior.json").write_text(json.dumps(info, indent=1) + "\n")
+        info = {"trained_steps": meta["step"], "config": asdict(cfg), "weights": "ema",
+                "dtype": "float16" if fp16 else "float32", **(extra_info(cfg) if extra_info else {})}
+        (tmp / info_file).write_text(json.dumps(info, indent=1) + "\n")
 
     return write_folder_atomic(Path(dest), write)

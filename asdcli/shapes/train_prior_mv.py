@@ -35,22 +35,18 @@ spread across the views, and the bundled CLIP's R@1 per view.
 from __future__ import annotations
 
 import json
-from dataclasses import asdict, dataclass, fields
+from dataclasses import dataclass, fields
 from pathlib import Path
 from typing import Any
 
 import torch
 from torch import Tensor, nn
 
-from asdcli.errors import UserError
 from asdcli.shapes.train_prior import (
     PriorTrainer,
-    build_scheduler,
-    checkpoint_path,
-    load_checkpoint,
+    export_ema_folder,
     run_training,
     split_singles_pairs,
-    write_folder_atomic,
 )
 from asdcli.shapes.vocab import MAX_LENGTH, build_tokenizer, token_ids
 
@@ -258,26 +254,11 @@ def export_prior_mv(run_dir: str | Path, dest: str | Path, fp16: bool = True) ->
     """Write the EMA weights of `run_dir`'s checkpoint at `dest` (built in a temp folder, renamed into place):
     unet/ (the multi-view UNet: MVDreamPrior re-installs the cross-view attention on load), text_encoder/,
     tokenizer/, scheduler/ (linear β, read by the MVDream path when present) and no vae/ (pixel space)."""
-    if not checkpoint_path(run_dir).is_file():
-        raise UserError(f"no checkpoint at {checkpoint_path(run_dir)}: train first "
-                        f"(python -m asdcli.shapes train-prior-mv --out {run_dir})")
-    tensors, meta = load_checkpoint(run_dir)
-    cfg = MVPriorTrainConfig.from_dict(meta["config"])
-    tokenizer, text, unet = build_mv_models(cfg)
-    model = nn.ModuleDict({"unet": unet, "text": text})
-    model.load_state_dict({k[4:]: v for k, v in tensors.items() if k.startswith("ema.")})
 
-    def write(tmp: Path) -> None:
-        (unet.half() if fp16 else unet).save_pretrained(str(tmp / "unet"), safe_serialization=True)
-        # Text encoders are loaded in fp32 whatever the file holds; fp16 storage halves the size.
-        (text.half() if fp16 else text).save_pretrained(str(tmp / "text_encoder"), safe_serialization=True)
-        tokenizer.save_pretrained(str(tmp / "tokenizer"))
-        build_scheduler().save_pretrained(str(tmp / "scheduler"))
-        info = {"trained_steps": meta["step"], "config": asdict(cfg), "weights": "ema",
-                "dtype": "float16" if fp16 else "float32",
-                # the recipe's prior section, with model = text_model = this folder (or bundled:shapes-mv-prior)
-                "load": {"kind": "mvdream", "num_views": cfg.views, "image_size": cfg.image_size,
+    def load_section(cfg: MVPriorTrainConfig) -> dict[str, Any]:
+        # the recipe's prior section, with model = text_model = this folder (or bundled:shapes-mv-prior)
+        return {"load": {"kind": "mvdream", "num_views": cfg.views, "image_size": cfg.image_size,
                          "negative_prompt": cfg.negative_prompt, "dtype": "float32"}}
-        (tmp / INFO_FILE).write_text(json.dumps(info, indent=1) + "\n")
 
-    return write_folder_atomic(Path(dest), write)
+    return export_ema_folder(run_dir, dest, MVPriorTrainConfig, build_mv_models, fp16, INFO_FILE,
+                             "train-prior-mv", load_section)
