@@ -69,6 +69,11 @@ def test_prior_resume_is_exact_and_export_loads(tmp_path):
     assert a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a)
 
     folder = export_prior(tmp_path / "a", tmp_path / "prior")
+    from asdcli.shapes.bundled import is_shapesworld_prior
+
+    # generators trained on this folder warn about words outside its vocabulary; other folders and hub ids don't
+    assert is_shapesworld_prior(str(folder)) and is_shapesworld_prior("bundled:shapes-prior")
+    assert not is_shapesworld_prior(str(tmp_path / "a")) and not is_shapesworld_prior("stabilityai/sd-2-1-base")
     prior = StableDiffusionPrior(StableDiffusionPriorConfig(model=str(folder)))
     assert prior.vae is None and prior.image_size == 16
     cond = prior.conditioning(["a red cube", "a blue sphere next to a red cone"], torch.tensor([10.0, 70.0]),

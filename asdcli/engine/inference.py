@@ -4,6 +4,7 @@ one text encoding, one generator forward, chunked field queries and orbit render
 from __future__ import annotations
 
 from dataclasses import dataclass
+from functools import cached_property
 from pathlib import Path
 from typing import Any
 
@@ -28,11 +29,17 @@ class LoadedModel:
     checkpoint: Path
     device: torch.device
 
+    @cached_property
+    def shapesworld(self) -> bool:
+        """Trained against a ShapesWorld prior, whose tokenizer knows only the ShapesWorld vocabulary."""
+        from asdcli.shapes.bundled import is_shapesworld_prior
+
+        return is_shapesworld_prior(getattr(self.cfg.prior, "model", None))
+
     def unknown_words(self, prompt: str) -> list[str]:
-        """Words of `prompt` outside the vocabulary of a bundled ShapesWorld prior (its tokenizer spells them in
-        bytes the generator never saw); [] for any other prior."""
-        model = getattr(self.cfg.prior, "model", None)
-        if not (isinstance(model, str) and model.startswith("bundled:shapes")):
+        """Words of `prompt` outside the vocabulary of a ShapesWorld prior (its tokenizer spells them in bytes
+        the generator never saw); [] for any other prior."""
+        if not self.shapesworld:
             return []
         from asdcli.shapes.grammar import unknown_words
 

@@ -84,3 +84,15 @@ def resolve_bundled(model: str) -> Path | None:
         raise UserError(f"unknown bundled model {model!r}; choose one of "
                         f"{', '.join(PREFIX + n for n in BUNDLED)}")
     return BUNDLED[name]()
+
+
+SHAPESWORLD_PRIOR_INFO = ("shapesworld_prior.json", "shapesworld_mv_prior.json")  # written by the prior exports
+
+
+def is_shapesworld_prior(model: object) -> bool:
+    """True for a prior trained on ShapesWorld: a bundled one, or a local folder written by export-prior or
+    export-prior-mv (hub ids are never looked up)."""
+    if not isinstance(model, str):
+        return False
+    folder = resolve_bundled(model) or Path(model).expanduser()
+    return any((folder / name).is_file() for name in SHAPESWORLD_PRIOR_INFO)

@@ -31,6 +31,7 @@ import torch
 from torch import Tensor, nn
 
 from asdcli.errors import UserError
+from asdcli.shapes.bundled import SHAPESWORLD_PRIOR_INFO
 from asdcli.shapes.vocab import MAX_LENGTH, build_tokenizer, token_ids, write_vocab
 
 CHECKPOINT = "checkpoint.safetensors"
@@ -396,7 +397,7 @@ def run_training(out: str | Path, trainer_cls: type, config_cls: type, cfg: Any,
 def export_prior(run_dir: str | Path, dest: str | Path, fp16: bool = True) -> Path:
     """Write the EMA weights of `run_dir`'s checkpoint as a diffusers folder (unet/, text_encoder/, tokenizer/,
     scheduler/; no vae/ = pixel space) at `dest`, built in a temp folder and renamed into place."""
-    return export_ema_folder(run_dir, dest, PriorTrainConfig, build_models, fp16, "shapesworld_prior.json",
+    return export_ema_folder(run_dir, dest, PriorTrainConfig, build_models, fp16, SHAPESWORLD_PRIOR_INFO[0],
                              "train-prior")
 
 

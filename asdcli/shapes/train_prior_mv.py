@@ -42,6 +42,7 @@ from typing import Any
 import torch
 from torch import Tensor, nn
 
+from asdcli.shapes.bundled import SHAPESWORLD_PRIOR_INFO
 from asdcli.shapes.train_prior import (
     PriorTrainer,
     export_ema_folder,
@@ -50,7 +51,7 @@ from asdcli.shapes.train_prior import (
 )
 from asdcli.shapes.vocab import MAX_LENGTH, build_tokenizer, token_ids
 
-INFO_FILE = "shapesworld_mv_prior.json"
+INFO_FILE = SHAPESWORLD_PRIOR_INFO[1]
 
 
 @dataclass
