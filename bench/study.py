@@ -102,7 +102,8 @@ def train_arm(arm: Arm, run: Path, args, steps: int) -> dict[str, Any]:
 
     overrides = [f"prompts.library=shapesworld:{arm.corpus}", "train.val_every=0", f"seed={args.seed}",
                  *args.set, *arm.overrides]
-    cfg = load_recipe(arm.recipe, overrides, {"train.steps": steps, "output.dir": str(run), "train.device": "cpu"})
+    cfg = load_recipe(arm.recipe, overrides, {"train.steps": steps, "output.dir": str(run),
+                                                 "train.device": args.device})
     lib = read_library(cfg.prompts.library)
     meta = run / "meta.json"
     if meta.is_file() and json.loads(meta.read_text()).get("step") == steps:
@@ -121,7 +122,7 @@ def last_metrics(run: Path) -> dict[str, Any]:
     return json.loads(lines[-1]) if lines else {}
 
 
-def collapse_stats(run: Path, prompts: list[str], res: int = 32) -> dict[str, Any]:
+def collapse_stats(run: Path, prompts: list[str], args, res: int = 32) -> dict[str, Any]:
     """Occupancy fill per prompt and shape diversity on `prompts` (see the module docstring)."""
     import torch
 
@@ -130,7 +131,7 @@ def collapse_stats(run: Path, prompts: list[str], res: int = 32) -> dict[str, An
     from asdcli.shapes.grammar import parse_prompt
     from asdcli.shapes.metrics import gt_occupancy, iou_matrix
 
-    model = load_model(run, "cpu")
+    model = load_model(run, args.device)
     occs = []
     for start in range(0, len(prompts), 8):
         state, _ = field_state(model, prompts[start:start + 8], seed=model.cfg.seed)
@@ -159,7 +160,7 @@ def score(run: Path, folder: Path, split: str, prompts: list[str], args) -> dict
     clip = None if args.clip == "none" else args.clip
     eval_command(checkpoint=run, prompts=file, split="test", clip_score=clip is not None, clip_model=clip,
                  views=args.views, resolution=args.resolution, json_path=out, csv_path=None,
-                 sheet=folder / f"sheet_{split}.png", device="cpu", quiet=True)
+                 sheet=folder / f"sheet_{split}.png", device=args.device, quiet=True)
     return json.loads(out.read_text())["summary"]
 
 
@@ -183,7 +184,8 @@ def run_arm(arm: Arm, root: Path, args, steps: int) -> dict[str, Any]:
         test_prompts = sample_prompts(None, "test", args.test_sample, args.seed)
         result.update(train=score(run, folder, "train", sample_prompts(arm.corpus, "train", args.train_sample,
                                                                        args.seed), args),
-                      test=score(run, folder, "test", test_prompts, args), collapse=collapse_stats(run, test_prompts))
+                      test=score(run, folder, "test", test_prompts, args),
+                      collapse=collapse_stats(run, test_prompts, args))
     write_json(result_file, result)
     return result
 
@@ -316,6 +318,7 @@ def parse(argv: list[str] | None) -> argparse.Namespace:
     ap.add_argument("--runs", default=str(common.RESULTS / "study_runs"), help="folder of the arms' runs")
     ap.add_argument("--out", default=str(common.RESULTS), help="folder of study.json, study.md and the plots")
     ap.add_argument("--quiet", action="store_true", help="no training progress bars")
+    ap.add_argument("--device", default="cpu", help="cpu, cuda or cuda:N: where arms train and are scored")
     ap.add_argument("--no-report", action="store_true", help=argparse.SUPPRESS)  # child processes of --jobs
     return ap.parse_args(argv)
 
@@ -334,7 +337,7 @@ def child_command(arm: Arm, args, steps: int) -> list[str]:
            "--steps", str(steps), "--threads", str(args.threads), "--seed", str(args.seed),
            "--train-sample", str(args.train_sample), "--test-sample", str(args.test_sample),
            "--views", str(args.views), "--resolution", str(args.resolution), "--clip", args.clip,
-           "--runs", args.runs]
+           "--runs", args.runs, "--device", args.device]
     cmd += ["--full"] * args.full + ["--ablation"] * args.ablation
     return cmd + [part for s in args.set for part in ("--set", s)]
 

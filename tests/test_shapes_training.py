@@ -166,3 +166,17 @@ def test_cli_reports_a_missing_run_as_one_line(tmp_path, capsys):
     assert main(["export-prior", "--from", str(tmp_path / "none"), "--to", str(tmp_path / "x")]) == 2
     err = capsys.readouterr().err.strip()
     assert err.count("\n") == 0 and "train-prior" in err
+
+
+@pytest.mark.parametrize("command", ["train-prior", "train-prior-mv", "train-clip"])
+def test_cli_checks_the_device_before_building_anything(tmp_path, capsys, command):
+    from asdcli.shapes.__main__ import main
+
+    run = tmp_path / "run"
+    assert main([command, "--out", str(run), "--device", "gpu"]) == 2
+    err = capsys.readouterr().err.strip()
+    assert err.count("\n") == 0 and "expected cpu, cuda or cuda:N" in err and "'gpu'" in err
+    if not torch.cuda.is_available():
+        assert main([command, "--out", str(run), "--device", "cuda:0"]) == 2
+        assert "sees no CUDA device; use --device cpu" in capsys.readouterr().err
+    assert not run.exists()  # nothing was written for a refused command

@@ -24,6 +24,7 @@ from torch import Tensor, nn
 
 from asdcli.generators.base import FieldOutput, Generator
 from asdcli.generators.mlp import VanillaMLP, sphere_sdf
+from asdcli.generators.sampling import grid_sample
 from asdcli.priors.base import TextEmbeddings
 
 
@@ -215,7 +216,7 @@ class Conv3DNet(Generator):
         """Trilinear features [P, N, C] of each prompt's own volume at its points."""
         p, n, _ = points.shape
         grid = (points / self.cfg.radius).view(p, 1, 1, n, 3).to(state.dtype)
-        feats = F.grid_sample(state, grid, mode="bilinear", padding_mode="zeros", align_corners=False)
+        feats = grid_sample(state, grid)
         return feats.view(p, -1, n).transpose(1, 2)
 
     def _sdf(self, feats: Tensor, points: Tensor) -> Tensor:

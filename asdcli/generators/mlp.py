@@ -6,6 +6,8 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
+from asdcli.generators.sampling import grid_sample
+
 
 class VanillaMLP(nn.Module):
     """in → hidden (ReLU) ×n_hidden_layers → out, without biases (the reference's decoder heads).
@@ -94,8 +96,7 @@ def sample_triplanes(planes: Tensor, points: Tensor, radius: float) -> Tensor:
     p, _, c, r, _ = planes.shape
     x = points / radius
     coords = torch.stack([x[..., [0, 1]], x[..., [0, 2]], x[..., [2, 1]]], dim=1)  # [P, 3, N, 2]
-    feats = F.grid_sample(planes.reshape(p * 3, c, r, r), coords.reshape(p * 3, 1, -1, 2), mode="bilinear",
-                          padding_mode="zeros", align_corners=False)  # [P·3, C, 1, N]
+    feats = grid_sample(planes.reshape(p * 3, c, r, r), coords.reshape(p * 3, 1, -1, 2))  # [P·3, C, 1, N]
     return feats.view(p, 3, c, -1).permute(0, 3, 1, 2).reshape(p, -1, 3 * c)
 
 

@@ -1,12 +1,12 @@
 """Training commands for the bundled ShapesWorld models (`python -m asdcli.shapes COMMAND ...`).
 
-  train-prior --out DIR [--steps N] [--resume] [--threads T]   text-to-image prior (diffusers layout)
+  train-prior --out DIR [--steps N] [--resume] [--threads T] [--device D]   text-to-image prior (diffusers)
   export-prior --from DIR --to FOLDER [--fp32]                   EMA weights → diffusers folder
   eval-prior --model FOLDER [--prompts N] [--cfg 1 3 7.5]        sample with CFG, score vs GT (+ CLIP R@1)
-  train-prior-mv --out DIR [--steps N] [--resume] [--threads T] 4-view camera-conditioned prior (MVDream path)
+  train-prior-mv --out DIR [--steps N] [--resume] [--device D]  4-view camera-conditioned prior (MVDream path)
   export-prior-mv --from DIR --to FOLDER [--fp32]                EMA weights → MVDreamPrior folder
   eval-prior-mv --model FOLDER [--prompts N] [--cfg 1 3 7.5]     4-view samples vs GT (mask IoU, CLIP R@1 per view)
-  train-clip --out DIR [--steps N] [--resume] [--threads T]    tiny CLIP (transformers layout)
+  train-clip --out DIR [--steps N] [--resume] [--device D]     tiny CLIP (transformers layout)
   export-clip --from DIR --to FOLDER                            CLIPModel + tokenizer + preprocessor config
   eval-clip --model FOLDER [--views V]                          R@1 of GT renders of test prompts (asd protocol)
 
@@ -32,6 +32,8 @@ def _parser() -> argparse.ArgumentParser:
         t.add_argument("--batch", type=int, default=None)
         t.add_argument("--seed", type=int, default=None)
         t.add_argument("--config", default=None, help="JSON object of config overrides (new runs only)")
+        t.add_argument("--device", default="cpu", help="cpu, cuda or cuda:N for the models (renders stay on "
+                                                     "the CPU; --resume is bit-exact on the CPU only)")
     for name in ("export-prior", "export-clip", "export-prior-mv"):
         e = sub.add_parser(name)
         e.add_argument("--from", dest="src", required=True, help="run directory")
@@ -74,11 +76,25 @@ def _config(cls, args):
     return cls.from_dict(data)
 
 
+def _device(name: str) -> str:
+    """--device checked before any model is built: cpu, cuda or cuda:N, and CUDA must be there."""
+    from asdcli.errors import UserError
+
+    if not (name in ("cpu", "cuda") or (name.startswith("cuda:") and name[5:].isdigit())):
+        raise UserError(f"--device: expected cpu, cuda or cuda:N, got {name!r}")
+    import torch
+
+    if name != "cpu" and not torch.cuda.is_available():
+        raise UserError(f"--device {name}: torch {torch.__version__} sees no CUDA device; use --device cpu")
+    return name
+
+
 def _dispatch(args) -> None:
     if args.command == "train-prior":
         from asdcli.shapes.train_prior import PriorTrainConfig, train_prior
 
-        train_prior(args.out, _config(PriorTrainConfig, args), resume=args.resume, steps=args.steps)
+        train_prior(args.out, _config(PriorTrainConfig, args), resume=args.resume, steps=args.steps,
+                    device=_device(args.device))
     elif args.command == "export-prior":
         from asdcli.shapes.train_prior import export_prior
 
@@ -94,7 +110,8 @@ def _dispatch(args) -> None:
     elif args.command == "train-clip":
         from asdcli.shapes.train_clip import ClipTrainConfig, train_clip
 
-        train_clip(args.out, _config(ClipTrainConfig, args), resume=args.resume, steps=args.steps)
+        train_clip(args.out, _config(ClipTrainConfig, args), resume=args.resume, steps=args.steps,
+                   device=_device(args.device))
     elif args.command == "export-clip":
         from asdcli.shapes.train_clip import export_clip
 
@@ -110,7 +127,8 @@ def _dispatch_mv(args) -> None:
     if args.command == "train-prior-mv":
         from asdcli.shapes.train_prior_mv import MVPriorTrainConfig, train_prior_mv
 
-        train_prior_mv(args.out, _config(MVPriorTrainConfig, args), resume=args.resume, steps=args.steps)
+        train_prior_mv(args.out, _config(MVPriorTrainConfig, args), resume=args.resume, steps=args.steps,
+                       device=_device(args.device))
     elif args.command == "export-prior-mv":
         from asdcli.shapes.train_prior_mv import export_prior_mv
 

@@ -210,16 +210,17 @@ def contrastive_loss(model: nn.Module, tokenizer: Any, pixels: Tensor, prompts: 
                      k: int) -> tuple[Tensor, Tensor]:
     """InfoNCE over B images vs B prompts (+ B·k hard negatives on the image side). pixels [B, 3, S, S].
     Returns (loss, image→text top-1 accuracy on the batch)."""
-    b = len(prompts)
+    b, dev = len(prompts), pixels.device
     img = F.normalize(_features(model.get_image_features(pixel_values=pixels)), dim=-1)
-    txt = F.normalize(_features(model.get_text_features(**tokenize(tokenizer, prompts + negatives))), dim=-1)
+    tokens = {k: v.to(dev) for k, v in tokenize(tokenizer, prompts + negatives).items()}
+    txt = F.normalize(_features(model.get_text_features(**tokens)), dim=-1)
     logits = model.logit_scale.exp().clamp(max=100) * img @ txt.T  # [B, B(1 + k)]
     keys = [scene_key(parse_prompt(p)) for p in prompts + negatives]
-    same = torch.tensor([[keys[i] == kj for kj in keys] for i in range(b)])  # [B, B(1+k)]
+    same = torch.tensor([[keys[i] == kj for kj in keys] for i in range(b)], device=dev)  # [B, B(1+k)]
     own = torch.zeros_like(same)
     own[torch.arange(b), torch.arange(b)] = True
     logits_i = logits.masked_fill(same & ~own, float("-inf"))  # the same scene under another caption is no negative
-    target = torch.arange(b)
+    target = torch.arange(b, device=dev)
     logits_t = logits[:, :b].T.masked_fill((same[:, :b] & ~own[:, :b]).T, float("-inf"))
     loss = 0.5 * (F.cross_entropy(logits_i, target) + F.cross_entropy(logits_t, target))
     return loss, (logits_i.argmax(dim=1) == target).float().mean()
@@ -228,9 +229,10 @@ def contrastive_loss(model: nn.Module, tokenizer: Any, pixels: Tensor, prompts: 
 class ClipTrainer:
     """Model, optimiser, pool and RNGs of one run directory; `run()` trains to cfg.steps."""
 
-    def __init__(self, out: Path, cfg: ClipTrainConfig):
-        self.out, self.cfg = Path(out), cfg
+    def __init__(self, out: Path, cfg: ClipTrainConfig, device: str = "cpu"):
+        self.out, self.cfg, self.device = Path(out), cfg, torch.device(device)
         self.tokenizer, self.model = build_clip(cfg)
+        self.model.to(self.device)  # the pool, its renders and the RNGs stay on the CPU
         self.opt = torch.optim.AdamW(self.model.parameters(), lr=cfg.lr, weight_decay=cfg.weight_decay)
         self.gen = torch.Generator().manual_seed(cfg.seed)
         self.rng = random.Random(cfg.seed)  # hard-negative edits
@@ -266,7 +268,8 @@ class ClipTrainer:
         cosine = 0.5 * (1 + torch.cos(torch.tensor(torch.pi * self.step / max(1, cfg.steps)))).item()
         for group in self.opt.param_groups:
             group["lr"] = cfg.lr * warm * (0.05 + 0.95 * cosine)
-        loss, acc = contrastive_loss(self.model, self.tokenizer, pixels, prompts, negatives, cfg.hard_negatives)
+        loss, acc = contrastive_loss(self.model, self.tokenizer, pixels.to(self.device), prompts, negatives,
+                                     cfg.hard_negatives)
         self.opt.zero_grad(set_to_none=True)
         loss.backward()
         nn.utils.clip_grad_norm_(self.model.parameters(), 1.0)
@@ -300,9 +303,9 @@ class ClipTrainer:
 
 def train_clip(out: str | Path, cfg: ClipTrainConfig | None = None, resume: bool = False,
                steps: int | None = None, log=print,
-               stop_after: int | None = None) -> ClipTrainer:
+               stop_after: int | None = None, device: str = "cpu") -> ClipTrainer:
     """Train (or with resume, continue; config from the checkpoint, `steps` may extend it) in run dir `out`."""
-    return run_training(out, ClipTrainer, ClipTrainConfig, cfg, resume, steps, log, stop_after)
+    return run_training(out, ClipTrainer, ClipTrainConfig, cfg, resume, steps, log, stop_after, device)
 
 
 def export_clip(run_dir: str | Path, dest: str | Path) -> Path:

@@ -62,7 +62,7 @@ def save_checkpoint(run_dir: Path, tensors: dict[str, Tensor], meta: dict[str, A
     from asdcli.media import atomic_output
 
     with atomic_output(checkpoint_path(run_dir)) as tmp:
-        save_file({k: v.detach().contiguous() for k, v in tensors.items()}, str(tmp),
+        save_file({k: v.detach().contiguous().cpu() for k, v in tensors.items()}, str(tmp),
                   metadata={"meta": json.dumps(meta)})
     return checkpoint_path(run_dir)
 
@@ -265,8 +265,9 @@ def diffusion_loss(unet: nn.Module, text: nn.Module, ids: Tensor, x0: Tensor, al
                    gen: torch.Generator) -> Tensor:
     """min-SNR-γ weighted ε-MSE. x0 [B, 3, H, W] in [−1, 1]; ids [B, L] token ids; alphas ᾱ [T]."""
     b = x0.shape[0]
-    t = torch.randint(len(alphas), (b,), generator=gen)
-    eps = torch.randn(x0.shape, generator=gen)
+    # t and ε come from the CPU generator (the same draws on every device), then move to the images' device
+    t = torch.randint(len(alphas), (b,), generator=gen).to(x0.device)
+    eps = torch.randn(x0.shape, generator=gen).to(x0.device)
     a = alphas[t].view(b, 1, 1, 1)
     x_t = a.sqrt() * x0 + (1 - a).sqrt() * eps
     pred = unet(x_t, t, encoder_hidden_states=text(input_ids=ids).last_hidden_state).sample
@@ -289,13 +290,14 @@ class PriorTrainer:
     data_cls = PriorData  # the training-image pool (the 4-view trainer swaps in its own, and its models)
     build_models = staticmethod(build_models)  # cfg → tokenizer, text encoder, UNet
 
-    def __init__(self, out: Path, cfg: PriorTrainConfig):
-        self.out, self.cfg = Path(out), cfg
+    def __init__(self, out: Path, cfg: PriorTrainConfig, device: str = "cpu"):
+        self.out, self.cfg, self.device = Path(out), cfg, torch.device(device)
         self.tokenizer, self.text, self.unet = self.build_models(cfg)
-        self.model = nn.ModuleDict({"unet": self.unet, "text": self.text})
+        # The data pool, its renders and the RNG stay on the CPU; the models, EMA and optimiser on `device`.
+        self.model = nn.ModuleDict({"unet": self.unet, "text": self.text}).to(self.device)
         self.ema = {k: v.detach().clone() for k, v in self.model.state_dict().items()}
         self.opt = torch.optim.AdamW(self.model.parameters(), lr=cfg.lr, weight_decay=cfg.weight_decay)
-        self.alphas = build_scheduler().alphas_cumprod.float()
+        self.alphas = build_scheduler().alphas_cumprod.float().to(self.device)
         self.gen = torch.Generator().manual_seed(cfg.seed)
         self.step = 0
         self.data: PriorData | None = None
@@ -311,7 +313,7 @@ class PriorTrainer:
     def load(self) -> None:
         tensors, meta = load_checkpoint(self.out)
         self.model.load_state_dict({k[6:]: v for k, v in tensors.items() if k.startswith("model.")})
-        self.ema = {k[4:]: v.clone() for k, v in tensors.items() if k.startswith("ema.")}
+        self.ema = {k[4:]: v.to(self.device, copy=True) for k, v in tensors.items() if k.startswith("ema.")}
         load_optimizer(self.opt, tensors, meta)
         self.data = self.data_cls(self.cfg, None)  # the pool comes from the checkpoint, not from rendering
         self.data.load_state(tensors)
@@ -339,8 +341,8 @@ class PriorTrainer:
     def batch_loss(self) -> Tensor:
         """The denoising loss of one batch drawn from the pool (the 4-view trainer overrides this)."""
         x0, captions = self.data.batch(self.gen)
-        ids = token_ids(self.tokenizer, captions, MAX_LENGTH)
-        return diffusion_loss(self.unet, self.text, ids, x0, self.alphas, self.cfg.snr_gamma, self.gen)
+        ids = token_ids(self.tokenizer, captions, MAX_LENGTH).to(self.device)
+        return diffusion_loss(self.unet, self.text, ids, x0.to(self.device), self.alphas, self.cfg.snr_gamma, self.gen)
 
     def run(self, log=print, stop_after: int | None = None) -> None:
         """Train to cfg.steps (or stop at step `stop_after`: an interruption, the schedule is unchanged)."""
@@ -369,14 +371,14 @@ class PriorTrainer:
 
 def train_prior(out: str | Path, cfg: PriorTrainConfig | None = None, resume: bool = False,
                 steps: int | None = None, log=print,
-                stop_after: int | None = None) -> PriorTrainer:
+                stop_after: int | None = None, device: str = "cpu") -> PriorTrainer:
     """Train (or with resume, continue) the prior in run directory `out`. A resumed run takes its config from
     the checkpoint; `steps` may extend it (which changes the cosine schedule from there on)."""
-    return run_training(out, PriorTrainer, PriorTrainConfig, cfg, resume, steps, log, stop_after)
+    return run_training(out, PriorTrainer, PriorTrainConfig, cfg, resume, steps, log, stop_after, device)
 
 
 def run_training(out: str | Path, trainer_cls: type, config_cls: type, cfg: Any, resume: bool,
-                 steps: int | None, log, stop_after: int | None) -> Any:
+                 steps: int | None, log, stop_after: int | None, device: str = "cpu") -> Any:
     """Start or resume a trainer of `trainer_cls` (2D prior, 4-view prior or CLIP) in `out` and run it."""
     out = Path(out)
     if resume and checkpoint_path(out).exists():
@@ -386,7 +388,7 @@ def run_training(out: str | Path, trainer_cls: type, config_cls: type, cfg: Any,
         out.mkdir(parents=True, exist_ok=True)
     if steps is not None:
         cfg.steps = steps
-    trainer = trainer_cls(out, cfg)
+    trainer = trainer_cls(out, cfg, device)
     if resume and checkpoint_path(out).exists():
         trainer.load()
         log(f"resumed {out} at step {trainer.step}")

@@ -208,8 +208,8 @@ def mv_diffusion_loss(unet: nn.Module, text: nn.Module, ids: Tensor, x0: Tensor,
     [B·V, 16], ids [B, L] token ids (one caption per object), alphas ᾱ [T]. One t per object, shared by its
     views (as the MVDream path samples it); independent noise per view."""
     b = ids.shape[0]
-    t = torch.randint(len(alphas), (b,), generator=gen).repeat_interleave(views)
-    eps = torch.randn(x0.shape, generator=gen)
+    t = torch.randint(len(alphas), (b,), generator=gen).repeat_interleave(views).to(x0.device)
+    eps = torch.randn(x0.shape, generator=gen).to(x0.device)
     a = alphas[t].view(-1, 1, 1, 1)
     x_t = a.sqrt() * x0 + (1 - a).sqrt() * eps
     states = text(input_ids=ids).last_hidden_state.repeat_interleave(views, dim=0)  # [B·V, L, D]
@@ -228,16 +228,18 @@ class MVPriorTrainer(PriorTrainer):
     def batch_loss(self) -> Tensor:
         """Denoising loss of 4-view samples: one t per object, the views see each other and their cameras."""
         x0, cams, captions, _ = self.data.batch(self.gen)
-        ids = token_ids(self.tokenizer, captions, MAX_LENGTH)
+        ids = token_ids(self.tokenizer, captions, MAX_LENGTH).to(self.device)
+        x0, cams = x0.to(self.device), cams.to(self.device)
         return mv_diffusion_loss(self.unet, self.text, ids, x0, cams, self.alphas, self.cfg.snr_gamma,
                                  self.cfg.views, self.gen)
 
 
 def train_prior_mv(out: str | Path, cfg: MVPriorTrainConfig | None = None, resume: bool = False,
-                   steps: int | None = None, log=print, stop_after: int | None = None) -> MVPriorTrainer:
+                   steps: int | None = None, log=print, stop_after: int | None = None,
+                   device: str = "cpu") -> MVPriorTrainer:
     """Train (or with resume, continue) the 4-view prior in run directory `out`. A resumed run takes its config
     from the checkpoint; `steps` may extend it (which changes the cosine schedule from there on)."""
-    return run_training(out, MVPriorTrainer, MVPriorTrainConfig, cfg, resume, steps, log, stop_after)
+    return run_training(out, MVPriorTrainer, MVPriorTrainConfig, cfg, resume, steps, log, stop_after, device)
 
 
 def prior_config(folder: str | Path, **overrides: Any) -> Any:
