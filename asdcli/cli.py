@@ -153,6 +153,8 @@ def generate(
     max_faces: Optional[int] = typer.Option(None, "--max-faces", help="Decimate to at most this many faces."),
     device: Optional[str] = DEVICE,
     verbose: bool = typer.Option(False, "--verbose", "-v", help="Print the time split."),
+    quiet: bool = typer.Option(False, "--quiet", "-q", help="No weight-loading bars; warnings and errors still "
+                               "go to stderr, the written file's line to stdout."),
     debug: bool = DEBUG,
 ) -> None:
     """Prompt → mesh through a trained generator, in about a second."""
@@ -160,7 +162,7 @@ def generate(
 
     run_guarded(debug, generate_command, prompt, out, checkpoint=checkpoint, resolution=resolution,
                 threshold=threshold, seed=seed, turntable=turntable, views_png=views_png, views=views,
-                max_faces=max_faces, device=device, verbose=verbose)
+                max_faces=max_faces, device=device, verbose=verbose, quiet=quiet)
 
 
 @app.command()

@@ -98,7 +98,8 @@ def dry_run_report(cfg, prompts: list[str], json_out: bool) -> None:
 
 
 def generate_command(prompt: str, out: Path, *, checkpoint, resolution, threshold, seed, turntable, views_png,
-                     views, max_faces, device, verbose) -> None:
+                     views, max_faces, device, verbose, quiet=False) -> None:
+    del quiet  # read by run_guarded: it silences the Hugging Face weight-loading bars before they are imported
     import time
 
     from asdcli.engine.inference import load_model

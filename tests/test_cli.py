@@ -111,3 +111,14 @@ def test_quiet_prints_nothing_while_loading_the_bundled_prior(tmp_path):
                           "--out", str(tmp_path / "run")], capture_output=True, text=True, env=env, cwd=tmp_path)
     assert res.returncode == 0, res.stderr
     assert res.stdout == "" and res.stderr == ""
+
+
+def test_generate_quiet_prints_only_the_written_file(tmp_path):
+    env = {**os.environ, "OMP_NUM_THREADS": "1", "HF_HUB_OFFLINE": "1"}
+    env.pop("HF_HUB_DISABLE_PROGRESS_BARS", None)
+    out = tmp_path / "cube.glb"
+    res = subprocess.run([sys.executable, "-m", "asdcli", "generate", "a red cube", "--out", str(out), "-q",
+                          "--resolution", "32"], capture_output=True, text=True, env=env, cwd=tmp_path)
+    assert res.returncode == 0, res.stderr
+    assert res.stderr == "" and res.stdout.startswith("wrote ") and res.stdout.count("\n") == 1
+    assert out.stat().st_size > 0
