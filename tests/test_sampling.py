@@ -39,7 +39,11 @@ def test_gather_sample_second_derivative_matches_cpu_grid_sample(dims):
     results = []
     for fn in (gather_sample, _reference):
         (g_grid,) = torch.autograd.grad(fn(inp, grid).square().sum(), grid, create_graph=True)
-        results.append(torch.autograd.grad(g_grid.sin().sum(), inp))
+        try:
+            results.append(torch.autograd.grad(g_grid.sin().sum(), inp))
+        except RuntimeError as exc:  # e.g. torch 2.11's CPU grid_sampler_3d has no double backward
+            assert fn is _reference, exc
+            pytest.skip(f"this torch's grid_sample has no second derivative here: {exc}")
     torch.testing.assert_close(results[0], results[1])
 
 
@@ -48,9 +52,13 @@ def test_gather_sample_gradgradcheck():
     assert torch.autograd.gradgradcheck(lambda a, b: gather_sample(a, b), (inp[:1, :1], grid[:1, :, :6]))
 
 
-def test_grid_sample_keeps_the_fused_kernel_on_cpu():
+def test_grid_sample_uses_the_fused_kernel_only_without_coordinate_gradients():
     inp, grid = _inputs(2)
-    torch.testing.assert_close(grid_sample(inp, grid), _reference(inp, grid), rtol=0, atol=0)
+    with torch.no_grad():
+        assert torch.equal(grid_sample(inp, grid), _reference(inp, grid))
+    fixed = grid.detach()
+    assert grid_sample(inp, fixed).grad_fn.name().startswith("GridSampler")
+    assert not grid_sample(inp, grid).grad_fn.name().startswith("GridSampler")  # gathers: twice differentiable
 
 
 @pytest.mark.gpu
@@ -60,7 +68,7 @@ def test_cuda_sampling_supports_the_eikonal_second_derivative():
     inp, grid = (t.detach().float().cuda().requires_grad_() for t in _inputs(3))
     (g_grid,) = torch.autograd.grad(grid_sample(inp, grid).square().sum(), grid, create_graph=True)
     (g_inp,) = torch.autograd.grad(g_grid.sin().sum(), inp)
-    cpu_inp, cpu_grid = (t.detach().cpu().requires_grad_() for t in (inp, grid))
-    (c_grid,) = torch.autograd.grad(_reference(cpu_inp, cpu_grid).square().sum(), cpu_grid, create_graph=True)
+    cpu_inp, cpu_grid = (t.detach().cpu().double().requires_grad_() for t in (inp, grid))
+    (c_grid,) = torch.autograd.grad(gather_sample(cpu_inp, cpu_grid).square().sum(), cpu_grid, create_graph=True)
     (c_inp,) = torch.autograd.grad(c_grid.sin().sum(), cpu_inp)
-    torch.testing.assert_close(g_inp.cpu(), c_inp, atol=1e-4, rtol=1e-4)
+    torch.testing.assert_close(g_inp.cpu().double(), c_inp, atol=1e-4, rtol=1e-4)

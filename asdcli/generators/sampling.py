@@ -1,10 +1,12 @@
-"""Bilinear/trilinear feature sampling that can be differentiated twice on every device.
+"""Bilinear/trilinear feature sampling that can be differentiated twice on every device and torch version.
 
 The eikonal and orientation regularisers train the field through its gradient (create_graph=True), so the
-generators' feature lookups need a second derivative. PyTorch's CPU grid_sample has one; its CUDA kernel does not
-("derivative for aten::grid_sampler_2d_backward is not implemented"), which stopped every SDF generator on a GPU.
-`grid_sample` below keeps F.grid_sample where it works (CPU, or no autograd) and otherwise computes the same
-interpolation from gathers and products, which autograd differentiates as often as asked.
+generators' feature lookups need a second derivative. PyTorch's grid_sample does not always have one: CUDA's
+kernels lack it ("derivative for aten::grid_sampler_2d_backward is not implemented" stopped every SDF generator
+on a GPU), and so does the CPU 3D kernel of torch 2.11. `grid_sample` below therefore computes the interpolation
+from gathers and products whenever the sample coordinates carry a gradient (autograd differentiates that as often
+as asked; on one CPU thread it is also a little faster than the fused kernel for forward + double backward), and
+keeps F.grid_sample otherwise (rendering without regularisers, `asd generate`).
 """
 
 from __future__ import annotations
@@ -22,7 +24,7 @@ def grid_sample(inp: Tensor, grid: Tensor) -> Tensor:
 
     inp [B, C, H, W] with grid [B, h, w, 2], or inp [B, C, D, H, W] with grid [B, d, h, w, 3]; grid holds
     (x, y[, z]) in [-1, 1] indexing (W, H[, D]). → [B, C, *grid.shape[1:-1]]."""
-    if not inp.is_cuda or not torch.is_grad_enabled():
+    if not (grid.requires_grad and torch.is_grad_enabled()):
         return F.grid_sample(inp, grid, mode="bilinear", padding_mode="zeros", align_corners=False)
     return gather_sample(inp, grid)
 
