@@ -30,6 +30,11 @@ def did_you_mean(name: str, candidates: Iterable[str]) -> str:
     return f"; did you mean {close[0]!r}?" if close else ""
 
 
+def is_device_name(name: str, auto: bool = True) -> bool:
+    """cpu, cuda or cuda:N (and `auto` where a recipe may leave the choice to the machine)."""
+    return name in ("cpu", "cuda") or (auto and name == "auto") or (name.startswith("cuda:") and name[5:].isdigit())
+
+
 # ------------------------------------------------------------------------------------------- run sections
 @dataclass(frozen=True)
 class PromptsConfig:

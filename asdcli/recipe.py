@@ -8,7 +8,7 @@ from typing import Any
 
 import yaml
 
-from asdcli.config import SCHEMA_VERSION, RunConfig, build_dataclass, to_plain
+from asdcli.config import SCHEMA_VERSION, RunConfig, build_dataclass, is_device_name, to_plain
 from asdcli.errors import ConfigError
 
 
@@ -148,7 +148,7 @@ def validate(cfg: RunConfig) -> None:
         raise ConfigError(f"train.betas: each must be in [0, 1), got {list(cfg.train.betas)}")
     _check_render(cfg.render)
     dev = cfg.train.device
-    if not (dev in ("auto", "cpu", "cuda") or (dev.startswith("cuda:") and dev[5:].isdigit())):
+    if not is_device_name(dev):
         raise ConfigError(f"train.device: expected auto, cpu, cuda or cuda:N, got {dev!r}")
     if cfg.prompts.library is None and not cfg.prompts.items:
         raise ConfigError("prompts: give prompts.library (a JSON or text file) or prompts.items (a list)")

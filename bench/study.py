@@ -122,7 +122,7 @@ def last_metrics(run: Path) -> dict[str, Any]:
     return json.loads(lines[-1]) if lines else {}
 
 
-def collapse_stats(run: Path, prompts: list[str], args, res: int = 32) -> dict[str, Any]:
+def collapse_stats(run: Path, prompts: list[str], device: str, res: int = 32) -> dict[str, Any]:
     """Occupancy fill per prompt and shape diversity on `prompts` (see the module docstring)."""
     import torch
 
@@ -131,7 +131,7 @@ def collapse_stats(run: Path, prompts: list[str], args, res: int = 32) -> dict[s
     from asdcli.shapes.grammar import parse_prompt
     from asdcli.shapes.metrics import gt_occupancy, iou_matrix
 
-    model = load_model(run, args.device)
+    model = load_model(run, device)
     occs = []
     for start in range(0, len(prompts), 8):
         state, _ = field_state(model, prompts[start:start + 8], seed=model.cfg.seed)
@@ -185,7 +185,7 @@ def run_arm(arm: Arm, root: Path, args, steps: int) -> dict[str, Any]:
         result.update(train=score(run, folder, "train", sample_prompts(arm.corpus, "train", args.train_sample,
                                                                        args.seed), args),
                       test=score(run, folder, "test", test_prompts, args),
-                      collapse=collapse_stats(run, test_prompts, args))
+                      collapse=collapse_stats(run, test_prompts, args.device))
     write_json(result_file, result)
     return result
 

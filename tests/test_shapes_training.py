@@ -178,5 +178,5 @@ def test_cli_checks_the_device_before_building_anything(tmp_path, capsys, comman
     assert err.count("\n") == 0 and "expected cpu, cuda or cuda:N" in err and "'gpu'" in err
     if not torch.cuda.is_available():
         assert main([command, "--out", str(run), "--device", "cuda:0"]) == 2
-        assert "sees no CUDA device; use --device cpu" in capsys.readouterr().err
+        assert "CUDA is not available on this machine; use --device cpu" in capsys.readouterr().err
     assert not run.exists()  # nothing was written for a refused command

@@ -78,14 +78,13 @@ def _config(cls, args):
 
 def _device(name: str) -> str:
     """--device checked before any model is built: cpu, cuda or cuda:N, and CUDA must be there."""
+    from asdcli.config import is_device_name
+    from asdcli.engine.components import resolve_device
     from asdcli.errors import UserError
 
-    if not (name in ("cpu", "cuda") or (name.startswith("cuda:") and name[5:].isdigit())):
+    if not is_device_name(name, auto=False):
         raise UserError(f"--device: expected cpu, cuda or cuda:N, got {name!r}")
-    import torch
-
-    if name != "cpu" and not torch.cuda.is_available():
-        raise UserError(f"--device {name}: torch {torch.__version__} sees no CUDA device; use --device cpu")
+    resolve_device(name)  # a UserError naming the fix when CUDA is missing
     return name
 
 
