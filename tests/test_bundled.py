@@ -3,12 +3,14 @@ without --checkpoint."""
 
 import json
 import os
+import shutil
 import subprocess
 import sys
 from pathlib import Path
 
 import numpy as np
 import pytest
+import torch
 
 from asdcli.shapes.bundled import assets_dir
 
@@ -69,3 +71,20 @@ def test_mv_triplane_recipe_trains_on_the_bundled_4view_prior(tmp_path):
     assert all(np.isfinite(r["loss_distill"]) and r["loss_distill"] > 0 for r in records)
     recipe = (tmp_path / "run" / "recipe.yaml").read_text()
     assert "kind: mvdream" in recipe and "bundled:shapes-mv-prior" in recipe and "views_per_prompt: 4" in recipe
+
+
+@pytest.mark.skipif(torch.cuda.is_available(), reason="checks the fallback of a CUDA-less machine")
+def test_a_run_trained_on_a_gpu_generates_on_a_cpu_without_device(tmp_path):
+    """recipe.yaml of a GPU run says train.device: cuda; without --device, generate uses the CPU here."""
+
+    run = tmp_path / "gpu_run"
+    shutil.copytree(assets_dir() / "generator", run)
+    recipe = (run / "recipe.yaml").read_text()
+    assert "  device: auto\n" in recipe
+    (run / "recipe.yaml").write_text(recipe.replace("  device: auto\n", "  device: cuda\n"))
+    res = asd("generate", "a red cube", "--checkpoint", run, "--out", "cube.glb", "--resolution", 32, "-q",
+              cwd=tmp_path)
+    assert res.returncode == 0, res.stderr
+    assert (tmp_path / "cube.glb").stat().st_size > 0
+    res = asd("generate", "a red cube", "--checkpoint", run, "--out", "x.glb", "--device", "cuda", cwd=tmp_path)
+    assert res.returncode == 2 and "use --device cpu" in res.stderr  # an explicit request is not corrected

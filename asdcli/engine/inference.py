@@ -11,7 +11,7 @@ from typing import Any
 import torch
 from torch import Tensor
 
-from asdcli.config import RunConfig
+from asdcli.config import RunConfig, is_device_name
 from asdcli.engine import checkpoint as ckpt_io
 from asdcli.engine.components import build_background, build_generator, resolve_device
 from asdcli.errors import UserError
@@ -65,12 +65,12 @@ def load_model(checkpoint: str | Path | None, device: str | None = None) -> Load
     if not recipe.exists():
         raise UserError(f"{ckpt}: no recipe.yaml in its run directory {recipe.parent}; pass the run directory")
     cfg = load_recipe(raw=read_yaml_mapping(recipe))  # damage of any kind is one ConfigError line
-    if device is not None and not (device in ("auto", "cpu", "cuda") or (device.startswith("cuda:")
-                                                                         and device[5:].isdigit())):
+    if device is not None and not is_device_name(device):
         raise UserError(f"--device: expected cpu, cuda or cuda:N, got {device!r}")
-    dev = resolve_device(device or ("cpu" if cfg.train.device == "auto" else cfg.train.device))
-    if dev.type == "cuda" and not torch.cuda.is_available():
-        dev = torch.device("cpu")
+    if device is None:  # the GPU the run trained on when this machine has one; else the CPU, which always works
+        trained = cfg.train.device
+        device = trained if trained.startswith("cuda") and torch.cuda.is_available() else "cpu"
+    dev = resolve_device(device)
     text = load_text_encoder(cfg, dev)
     text_dim = int(text.encode([""]).tokens.shape[-1])
     generator = build_generator(cfg, text_dim, dev)
