@@ -85,8 +85,8 @@ def test_prior_resume_is_exact_and_export_loads(tmp_path):
     from asdcli.shapes.eval_prior import evaluate_prior
 
     report = evaluate_prior(folder, n_prompts=2, scales=(1.0, 7.5), steps=2, clip="bundled:shapes-clip")
-    assert set(report["cfg_7.5"]) == {"mask_iou", "color_ok", "saturated", "fg_fraction", "clip_r_at_1",
-                                      "clip_r_at_1_scene"}
+    assert set(report["cfg_7.5"]) == {"mask_iou", "color_ok", "pair_color_ok", "saturated", "fg_fraction",
+                                      "clip_r_at_1", "clip_r_at_1_scene"}
     assert 0.0 <= report["cfg_1"]["mask_iou"] <= 1.0
     assert report["gt_clip_r_at_1"] == 1.0  # the bundled CLIP tells a single object from a pair in its GT render
 
@@ -124,6 +124,33 @@ def test_scene_r_at_1_counts_the_next_to_twin_only():
     # image 0 retrieves its twin (same scene turned 180°), image 2 retrieves the swapped stack (another scene)
     image = torch.stack([text[1], text[1], text[3], text[3]])[:, None]  # [P, 1, D]
     assert scene_r_at_1(image, text, prompts) == 0.75
+
+
+def test_pair_color_ok_fails_one_colour_and_swapped_pairs():
+    from asdcli.render.cameras import cameras_from_angles
+    from asdcli.shapes.eval_prior import _binding_cases, foreground, pair_color_ok
+    from asdcli.shapes.gt_render import render_scenes
+
+    prompts = ["a red cube on top of a blue sphere", "a red cube next to a blue sphere"]
+    ones = torch.ones(2)
+    cams = cameras_from_angles(15.0 * ones, torch.tensor([0.0, 0.0]), 3.0 * ones, 40.0 * ones)
+    lit = render_scenes(prompts, cams, 32, 32, supersample=2)
+    flat = render_scenes(prompts, cams, 32, 32, shading="albedo", supersample=2)
+    for i in range(2):
+        rgb, albedo, alpha = lit.rgb[i].permute(2, 0, 1), flat.rgb[i].permute(2, 0, 1), lit.alpha[i]
+        fg = foreground(rgb[None])[0]
+        assert pair_color_ok(rgb, fg, rgb, albedo, alpha, ("red", "blue"))
+        red, blue = torch.tensor([0.85, 0.15, 0.15])[:, None, None], torch.tensor([0.15, 0.3, 0.85])[:, None, None]
+        shade = (rgb / albedo.clamp(min=1e-3)).mean(0)
+        is_red = (albedo - red).abs().amax(0) < 1e-3
+        swapped = torch.where(alpha > 0.5, torch.where(is_red, blue, red) * shade, rgb)
+        one_colour = torch.where(alpha > 0.5, red * shade, rgb)
+        assert not pair_color_ok(swapped, fg, rgb, albedo, alpha, ("red", "blue"))
+        assert not pair_color_ok(one_colour, fg, rgb, albedo, alpha, ("red", "blue"))
+    side = cameras_from_angles(15.0 * ones, torch.tensor([90.0, 90.0]), 3.0 * ones, 40.0 * ones)
+    assert _binding_cases(prompts, cams, (45.0, 45.0, 60.0)) == [0, 1]
+    assert _binding_cases(prompts, side, (45.0, 45.0, 60.0)) == [0]  # a side view does not fix left and right
+    assert _binding_cases(["a red cube on top of a red sphere"], cams, (45.0, 45.0, 60.0)) == []
 
 
 def test_hard_negatives_are_other_scenes_without_held_out_objects():

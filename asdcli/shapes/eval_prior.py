@@ -12,6 +12,10 @@ Per sample, with a camera drawn from the training distribution and the GT render
   and that of another prompt from the same camera (`other_iou`) is the floor.
 - `color_ok` (single objects): the sample's median foreground colour is nearer the prompt colour than any
   other grammar colour, each scaled by the GT render's median shading factor (Lambertian is multiplicative).
+- `pair_color_ok` (attribute binding; pairs of two colours, "next to" only in front/back views, which fix the
+  left-right order; `pair_cases` of them): inside each object's GT region the sample has that object's colour.
+  A small text encoder tends to paint both objects one colour. `gt_pair_color_ok` (the GT renders judged the
+  same way) is the ceiling.
 - `saturated`: share of foreground pixels with a channel pinned at 0 or 1 (the CFG collapse the first study saw
   filled the frame with one saturated colour); `fg_fraction` vs the GT's shows frame-filling squares too.
 """
@@ -57,6 +61,15 @@ def mask_iou(a: Tensor, b: Tensor) -> Tensor:
     return torch.where(union > 0, inter / union.clamp(min=1), torch.ones_like(union))
 
 
+def _nearest_color(got: Tensor, shade: Tensor) -> str:
+    """The grammar colour whose albedo, times the GT shading factor `shade`, is nearest RGB `got` [3]."""
+    from asdcli.shapes.grammar import COLORS
+
+    names = list(COLORS)
+    dists = torch.stack([(got - shade * torch.tensor(COLORS[n])).norm() for n in names])
+    return names[int(dists.argmin())]
+
+
 def color_ok(sample: Tensor, fg: Tensor, gt_rgb: Tensor, gt_alpha: Tensor, color: str) -> bool:
     """sample [3, H, W], fg [H, W] bool, gt_rgb [3, H, W], gt_alpha [H, W]; see the module docstring."""
     from asdcli.shapes.grammar import COLORS
@@ -66,10 +79,70 @@ def color_ok(sample: Tensor, fg: Tensor, gt_rgb: Tensor, gt_alpha: Tensor, color
     albedo = torch.tensor(COLORS[color])
     inside = gt_alpha > 0.99
     shade = (gt_rgb[:, inside] / albedo[:, None]).median(dim=1).values.mean() if inside.any() else torch.tensor(1.)
-    got = sample[:, fg].median(dim=1).values
-    names = list(COLORS)
-    dists = torch.stack([(got - shade * torch.tensor(COLORS[n])).norm() for n in names])
-    return names[int(dists.argmin())] == color
+    return _nearest_color(sample[:, fg].median(dim=1).values, shade) == color
+
+
+def pair_color_ok(sample: Tensor, fg: Tensor, gt_rgb: Tensor, gt_albedo: Tensor, gt_alpha: Tensor,
+                  colors: tuple[str, str]) -> bool:
+    """Attribute binding of a pair with two different colours. sample [3, H, W], fg [H, W] bool; gt_rgb and
+    gt_albedo [3, H, W]: the Lambertian and albedo GT renders from the sample's camera, gt_alpha [H, W].
+    True when, inside each object's GT region, the sample's foreground is that object's colour (its median,
+    by `_nearest_color` with the region's shading): a prior that paints both objects one colour, or swaps
+    them, fails."""
+    from asdcli.shapes.grammar import COLORS
+
+    inside = gt_alpha > 0.99
+    for color in colors:
+        albedo = torch.tensor(COLORS[color])
+        region = inside & ((gt_albedo - albedo[:, None, None]).abs().amax(dim=0) < 1e-3)
+        seen = region & fg
+        if seen.sum() < 3:
+            return False
+        shade = (gt_rgb[:, region] / albedo[:, None]).median(dim=1).values.mean()
+        if _nearest_color(sample[:, seen].median(dim=1).values, shade) != color:
+            return False
+    return True
+
+
+def _binding_cases(prompts: list[str], cams, thresholds: tuple[float, float, float]) -> list[int]:
+    """Indices of the samples that `pair_color_ok` can judge: pairs of two colours, and for "next to" only
+    front and back views (a side or overhead caption does not say which object is nearer or left)."""
+    from asdcli.priors.perp_neg import BACK, FRONT, view_directions
+    from asdcli.shapes.grammar import parse_prompt
+
+    views = view_directions(cams.elevation, cams.azimuth, *thresholds).tolist()
+    keep = []
+    for i, p in enumerate(prompts):
+        spec = parse_prompt(p)
+        if len(spec.objects) != 2 or spec.objects[0].color == spec.objects[1].color:
+            continue
+        if spec.relation == "next to" and views[i] not in (FRONT, BACK):
+            continue
+        keep.append(i)
+    return keep
+
+
+def _binding_judge(prompts: list[str], cams, gt, thresholds: tuple[float, float, float]):
+    """→ (the judged sample indices, fn(images [N, 3, H, W], fg [N, H, W]) → mean pair_color_ok over them)."""
+    from asdcli.shapes.gt_render import render_scenes
+
+    size = gt.rgb.shape[1]
+    albedo = render_scenes(prompts, cams, size, size, shading="albedo", supersample=2)
+    cases = _binding_cases(prompts, cams, thresholds)
+    refs = [(gt.rgb[i].permute(2, 0, 1), albedo.rgb[i].permute(2, 0, 1), gt.alpha[i], _colors(prompts[i]))
+            for i in cases]
+
+    def binding(imgs: Tensor, fg: Tensor) -> float:
+        oks = [pair_color_ok(imgs[i], fg[i], *ref) for i, ref in zip(cases, refs, strict=True)]
+        return sum(oks) / max(1, len(oks))
+    return cases, binding
+
+
+def _colors(prompt: str) -> tuple[str, str]:
+    from asdcli.shapes.grammar import parse_prompt
+
+    a, b = parse_prompt(prompt).objects
+    return a.color, b.color
 
 
 def _cameras_same_bucket(cams, gen: torch.Generator, thresholds: tuple[float, float, float]):
@@ -119,9 +192,10 @@ def evaluate_prior(model: str | Path, n_prompts: int = 24, scales=(1.0, 3.0, 7.5
                    steps: int = 50, grid: str | None = None, seed: int = 0,
                    clip: str | Path | None = None) -> dict[str, Any]:
     """Summary per guidance scale (means over samples): mask_iou, ceiling_iou, other_iou, color_ok (singles),
-    saturated, fg_fraction, gt_fg_fraction; with `clip`, the CLIP R@1 of the samples against the evaluated
-    prompts (`clip_r_at_1`, and `clip_r_at_1_scene` counting the "next to" twin) and that of the GT renders
-    from the same cameras beside them. One sample per prompt, cameras from the training distribution."""
+    pair_color_ok (pairs), saturated, fg_fraction, gt_fg_fraction; with `clip`, the CLIP R@1 of the samples
+    against the evaluated prompts (`clip_r_at_1`, and `clip_r_at_1_scene` counting the "next to" twin) and that
+    of the GT renders from the same cameras beside them. One sample per prompt, cameras from the training
+    distribution."""
     from asdcli.config import CameraConfig
     from asdcli.priors.stable_diffusion import StableDiffusionPrior, StableDiffusionPriorConfig
     from asdcli.render.cameras import sample_training_cameras
@@ -139,10 +213,13 @@ def evaluate_prior(model: str | Path, n_prompts: int = 24, scales=(1.0, 3.0, 7.5
     ceiling = render_scenes(prompts, _cameras_same_bucket(cams, gen, th), size, size, supersample=2)
     cond = prior.conditioning(prompts, cams.elevation, cams.azimuth, cams.c2w)
     gt_mask = gt.alpha > 0.5
+    cases, binding = _binding_judge(prompts, cams, gt, th)
     report: dict[str, Any] = {"model": str(model), "split": split, "prompts": len(prompts), "ddim_steps": steps,
                               "ceiling_iou": float(mask_iou(gt_mask, ceiling.alpha > 0.5).mean()),
                               "other_iou": float(mask_iou(gt_mask, other.alpha > 0.5).mean()),
-                              "gt_fg_fraction": float(gt_mask.float().mean())}
+                              "gt_fg_fraction": float(gt_mask.float().mean()), "pair_cases": len(cases)}
+    gt_chw = gt.rgb.permute(0, 3, 1, 2)
+    report["gt_pair_color_ok"] = binding(gt_chw, foreground(gt_chw))  # the metric's ceiling (1 unless broken)
     retrieval = _clip_retrieval(clip, prompts) if clip else None
     if retrieval:
         report.update({f"gt_{k}": v for k, v in retrieval(gt.rgb).items()})
@@ -156,6 +233,7 @@ def evaluate_prior(model: str | Path, n_prompts: int = 24, scales=(1.0, 3.0, 7.5
         report[f"cfg_{scale:g}"] = {
             "mask_iou": float(mask_iou(fg, gt_mask).mean()),
             "color_ok": sum(oks) / max(1, len(oks)),
+            "pair_color_ok": binding(imgs, fg),
             "saturated": float(sat.sum() / fg.sum().clamp(min=1)),
             "fg_fraction": float(fg.float().mean()),
             **(retrieval(imgs.permute(0, 2, 3, 1)) if retrieval else {}),
