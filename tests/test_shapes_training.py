@@ -148,9 +148,9 @@ def test_pair_color_ok_fails_one_colour_and_swapped_pairs():
         assert not pair_color_ok(swapped, fg, rgb, albedo, alpha, ("red", "blue"))
         assert not pair_color_ok(one_colour, fg, rgb, albedo, alpha, ("red", "blue"))
     side = cameras_from_angles(15.0 * ones, torch.tensor([90.0, 90.0]), 3.0 * ones, 40.0 * ones)
-    assert _binding_cases(prompts, cams, (45.0, 45.0, 60.0)) == [0, 1]
-    assert _binding_cases(prompts, side, (45.0, 45.0, 60.0)) == [0]  # a side view does not fix left and right
-    assert _binding_cases(["a red cube on top of a red sphere"], cams, (45.0, 45.0, 60.0)) == []
+    assert _binding_cases(prompts, cams, (45.0, 45.0, 60.0)) == {0: ("red", "blue"), 1: ("red", "blue")}
+    assert list(_binding_cases(prompts, side, (45.0, 45.0, 60.0))) == [0]  # a side view fixes no left and right
+    assert _binding_cases(["a red cube on top of a red sphere"], cams, (45.0, 45.0, 60.0)) == {}
 
 
 def test_hard_negatives_are_other_scenes_without_held_out_objects():

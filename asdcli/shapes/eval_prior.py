@@ -70,15 +70,21 @@ def _nearest_color(got: Tensor, shade: Tensor) -> str:
     return names[int(dists.argmin())]
 
 
-def color_ok(sample: Tensor, fg: Tensor, gt_rgb: Tensor, gt_alpha: Tensor, color: str) -> bool:
-    """sample [3, H, W], fg [H, W] bool, gt_rgb [3, H, W], gt_alpha [H, W]; see the module docstring."""
+def _shade(gt_rgb: Tensor, where: Tensor, color: str) -> Tensor:
+    """Median Lambertian shading factor of the GT render gt_rgb [3, H, W] over mask `where` [H, W] painted in
+    `color` (1 where the mask is empty)."""
     from asdcli.shapes.grammar import COLORS
 
+    if not where.any():
+        return torch.tensor(1.0)
+    return (gt_rgb[:, where] / torch.tensor(COLORS[color])[:, None]).median(dim=1).values.mean()
+
+
+def color_ok(sample: Tensor, fg: Tensor, gt_rgb: Tensor, gt_alpha: Tensor, color: str) -> bool:
+    """sample [3, H, W], fg [H, W] bool, gt_rgb [3, H, W], gt_alpha [H, W]; see the module docstring."""
     if fg.sum() < 3:
         return False
-    albedo = torch.tensor(COLORS[color])
-    inside = gt_alpha > 0.99
-    shade = (gt_rgb[:, inside] / albedo[:, None]).median(dim=1).values.mean() if inside.any() else torch.tensor(1.)
+    shade = _shade(gt_rgb, gt_alpha > 0.99, color)
     return _nearest_color(sample[:, fg].median(dim=1).values, shade) == color
 
 
@@ -98,27 +104,27 @@ def pair_color_ok(sample: Tensor, fg: Tensor, gt_rgb: Tensor, gt_albedo: Tensor,
         seen = region & fg
         if seen.sum() < 3:
             return False
-        shade = (gt_rgb[:, region] / albedo[:, None]).median(dim=1).values.mean()
-        if _nearest_color(sample[:, seen].median(dim=1).values, shade) != color:
+        if _nearest_color(sample[:, seen].median(dim=1).values, _shade(gt_rgb, region, color)) != color:
             return False
     return True
 
 
-def _binding_cases(prompts: list[str], cams, thresholds: tuple[float, float, float]) -> list[int]:
-    """Indices of the samples that `pair_color_ok` can judge: pairs of two colours, and for "next to" only
-    front and back views (a side or overhead caption does not say which object is nearer or left)."""
+def _binding_cases(prompts: list[str], cams, thresholds: tuple[float, float, float]) -> dict[int, tuple[str, str]]:
+    """{sample index: its two colours} for the samples that `pair_color_ok` can judge: pairs of two colours, and
+    for "next to" only front and back views (a side or overhead caption does not say which object is nearer or
+    left)."""
     from asdcli.priors.perp_neg import BACK, FRONT, view_directions
     from asdcli.shapes.grammar import parse_prompt
 
     views = view_directions(cams.elevation, cams.azimuth, *thresholds).tolist()
-    keep = []
+    keep = {}
     for i, p in enumerate(prompts):
         spec = parse_prompt(p)
         if len(spec.objects) != 2 or spec.objects[0].color == spec.objects[1].color:
             continue
         if spec.relation == "next to" and views[i] not in (FRONT, BACK):
             continue
-        keep.append(i)
+        keep[i] = (spec.objects[0].color, spec.objects[1].color)
     return keep
 
 
@@ -129,20 +135,13 @@ def _binding_judge(prompts: list[str], cams, gt, thresholds: tuple[float, float,
     size = gt.rgb.shape[1]
     albedo = render_scenes(prompts, cams, size, size, shading="albedo", supersample=2)
     cases = _binding_cases(prompts, cams, thresholds)
-    refs = [(gt.rgb[i].permute(2, 0, 1), albedo.rgb[i].permute(2, 0, 1), gt.alpha[i], _colors(prompts[i]))
-            for i in cases]
+    refs = {i: (gt.rgb[i].permute(2, 0, 1), albedo.rgb[i].permute(2, 0, 1), gt.alpha[i], colors)
+            for i, colors in cases.items()}
 
     def binding(imgs: Tensor, fg: Tensor) -> float:
-        oks = [pair_color_ok(imgs[i], fg[i], *ref) for i, ref in zip(cases, refs, strict=True)]
+        oks = [pair_color_ok(imgs[i], fg[i], *ref) for i, ref in refs.items()]
         return sum(oks) / max(1, len(oks))
-    return cases, binding
-
-
-def _colors(prompt: str) -> tuple[str, str]:
-    from asdcli.shapes.grammar import parse_prompt
-
-    a, b = parse_prompt(prompt).objects
-    return a.color, b.color
+    return list(cases), binding
 
 
 def _cameras_same_bucket(cams, gen: torch.Generator, thresholds: tuple[float, float, float]):
