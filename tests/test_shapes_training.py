@@ -61,8 +61,8 @@ def test_prior_resume_is_exact_and_export_loads(tmp_path):
     from asdcli.shapes.train_prior import export_prior, load_checkpoint, train_prior
 
     quiet = dict(log=lambda *a: None)
-    train_prior(tmp_path / "a", _prior_cfg(), **quiet)
-    train_prior(tmp_path / "b", _prior_cfg(), stop_after=2, **quiet)
+    train_prior(tmp_path / "a", _prior_cfg(front_threshold=70.0, back_threshold=30.0), **quiet)
+    train_prior(tmp_path / "b", _prior_cfg(front_threshold=70.0, back_threshold=30.0), stop_after=2, **quiet)
     assert load_checkpoint(tmp_path / "b")[1]["step"] == 2
     train_prior(tmp_path / "b", resume=True, **quiet)
     a, b = load_checkpoint(tmp_path / "a")[0], load_checkpoint(tmp_path / "b")[0]
@@ -82,11 +82,24 @@ def test_prior_resume_is_exact_and_export_loads(tmp_path):
     eps = prior.predict_noise(z, torch.tensor([10, 900]), cond.cond)
     assert eps.shape == (2, 3, 16, 16) and eps.dtype == torch.float32 and torch.isfinite(eps).all()
 
+    # unset view thresholds are the ones the prior was trained with (read from the export's training record):
+    # azimuth 60° is its front view
+    from asdcli.priors.perp_neg import TRAINING_RECORD
+
+    assert (folder / TRAINING_RECORD).is_file()
+    assert prior.view_thresholds == (70.0, 30.0, 60.0)
+    cond = prior.conditioning(["a red cube"], torch.tensor([10.0]), torch.tensor([60.0]), torch.eye(4)[None])
+    assert torch.equal(cond.cond, prior.encode_text(["a red cube, front view"]).tokens)
+    with pytest.warns(UserWarning, match=r"prior.front_threshold: 45 \(trained with 70\)"):
+        other = StableDiffusionPrior(StableDiffusionPriorConfig(model=str(folder), front_threshold=45.0))
+    assert other.view_thresholds == (45.0, 30.0, 60.0)  # kept as given: a deliberate experiment stays possible
+
     from asdcli.shapes.eval_prior import evaluate_prior
 
     report = evaluate_prior(folder, n_prompts=2, scales=(1.0, 7.5), steps=2, clip="bundled:shapes-clip")
     assert set(report["cfg_7.5"]) == {"mask_iou", "color_ok", "pair_color_ok", "saturated", "fg_fraction",
-                                      "clip_r_at_1", "clip_r_at_1_scene"}
+                                      "clip_r_at_1", "clip_r_at_1_scene", "view_width_ratio"}
+    assert report["view_cases"] == 1 and report["gt_view_width_ratio"] < 0.8  # its one "next to" pair
     assert 0.0 <= report["cfg_1"]["mask_iou"] <= 1.0
     assert report["gt_clip_r_at_1"] == 1.0  # the bundled CLIP tells a single object from a pair in its GT render
 
@@ -124,6 +137,24 @@ def test_scene_r_at_1_counts_the_next_to_twin_only():
     # image 0 retrieves its twin (same scene turned 180°), image 2 retrieves the swapped stack (another scene)
     image = torch.stack([text[1], text[1], text[3], text[3]])[:, None]  # [P, 1, D]
     assert scene_r_at_1(image, text, prompts) == 0.75
+
+
+def test_view_width_ratio_tells_a_side_view_of_a_pair_from_a_front_view():
+    from asdcli.render.cameras import cameras_from_angles
+    from asdcli.shapes.eval_prior import foreground, view_width_ratio
+    from asdcli.shapes.gt_render import render_scenes
+
+    prompts = ["a red cube next to a blue sphere", "a green torus next to a yellow cylinder", "a blue sphere"]
+    ones = torch.ones(3)
+    front, side = (render_scenes(prompts, cameras_from_angles(15.0 * ones, a * ones, 2.6 * ones, 50.0 * ones),
+                                 32, 32, supersample=2) for a in (0.0, 90.0))
+    pairs, single = slice(0, 2), slice(2, 3)
+    # one object hides the other from the side: ≈ 0.6 of the front width (what a view-aware prior should draw)
+    assert view_width_ratio(front.alpha[pairs] > 0.5, side.alpha[pairs] > 0.5) < 0.75
+    assert abs(view_width_ratio(front.alpha[single] > 0.5, side.alpha[single] > 0.5) - 1.0) < 0.05
+    # a prior that ignores the caption draws the same picture for both views
+    fg = foreground(front.rgb[pairs].permute(0, 3, 1, 2))
+    assert view_width_ratio(fg, fg) == 1.0
 
 
 def test_pair_color_ok_fails_one_colour_and_swapped_pairs():

@@ -7,6 +7,11 @@ applied in that order and the last match wins. Azimuths are wrapped to (−180, 
 
 from __future__ import annotations
 
+import json
+import warnings
+from pathlib import Path
+from typing import Any
+
 import torch
 from torch import Tensor
 
@@ -35,6 +40,34 @@ def view_directions(elevation: Tensor, azimuth: Tensor, front_threshold: float =
     d = torch.where(azi < front_threshold, torch.full_like(d, FRONT), d)
     d = torch.where(azi > 180.0 - back_threshold, torch.full_like(d, BACK), d)
     return torch.where(elevation.to(azi.device).float() > overhead_threshold, torch.full_like(d, OVERHEAD), d)
+
+
+DEFAULT_THRESHOLDS = (45.0, 45.0, 60.0)  # front, back, overhead (the reference's)
+THRESHOLD_KEYS = ("front_threshold", "back_threshold", "overhead_threshold")
+TRAINING_RECORD = "shapesworld_prior.json"  # what a ShapesWorld prior export writes beside its weights
+
+
+def recorded_view_thresholds(folder: Path) -> tuple[float, float, float] | None:
+    """The view rules a prior folder's training record says it learned (None: no record, e.g. SD itself)."""
+    record = Path(folder) / TRAINING_RECORD
+    if not record.is_file():
+        return None
+    config = json.loads(record.read_text(encoding="utf-8")).get("config", {})
+    return tuple(float(config.get(k, d)) for k, d in zip(THRESHOLD_KEYS, DEFAULT_THRESHOLDS, strict=True))
+
+
+def resolve_view_thresholds(cfg: Any, trained: tuple[float, float, float] | None) -> tuple[float, float, float]:
+    """(front, back, overhead) for a prior config: each None field takes the model's trained value (or the
+    default). A set value that differs from what the model was trained with is kept, with a warning: its view
+    captions then ask for pictures the model learned under other names."""
+    base = trained or DEFAULT_THRESHOLDS
+    given = [getattr(cfg, k, None) for k in THRESHOLD_KEYS]  # MVDream's config has none: it reads cameras
+    out = tuple(float(base[i] if g is None else g) for i, g in enumerate(given))
+    if trained is not None and out != tuple(trained):
+        diff = ", ".join(f"prior.{k}: {o:g} (trained with {t:g})" for k, o, t in zip(THRESHOLD_KEYS, out, trained,
+                                                                                   strict=True) if o != t)
+        warnings.warn(f"{diff}; leave them unset to use the model's own", stacklevel=3)
+    return out
 
 
 def view_prompt(prompt: str, direction: int) -> str:

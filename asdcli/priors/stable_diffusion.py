@@ -15,7 +15,14 @@ from torch import Tensor, nn
 
 from asdcli.errors import UserError
 from asdcli.priors.base import Conditioning, Prior, TextEmbeddings, camera_embedding
-from asdcli.priors.perp_neg import VIEWS, perp_neg_plan, view_directions, view_prompt
+from asdcli.priors.perp_neg import (
+    VIEWS,
+    perp_neg_plan,
+    recorded_view_thresholds,
+    resolve_view_thresholds,
+    view_directions,
+    view_prompt,
+)
 from asdcli.priors.text import TextEncoder, load_clip_text, resolve_model_folder
 
 DTYPES = {"float32": torch.float32, "float16": torch.float16, "bfloat16": torch.bfloat16}
@@ -30,9 +37,11 @@ class StableDiffusionPriorConfig:
     dtype: Literal["auto", "float32", "float16", "bfloat16"] = "auto"
     negative_prompt: str = ""  # the unconditional branch's prompt
     view_dependent: bool = True  # append ", front/side/back/overhead view" to each image's prompt
-    front_threshold: float = 45.0  # |azimuth| below this (degrees) is a front view
-    back_threshold: float = 45.0  # |azimuth| above 180 minus this is a back view
-    overhead_threshold: float = 60.0  # elevation above this (degrees) is an overhead view
+    # The view rules (degrees); None = the model's own: those a ShapesWorld prior was trained with (recorded in
+    # its shapesworld_prior.json), else 45 / 45 / 60 (the reference's).
+    front_threshold: float | None = None  # |azimuth| below this is a front view
+    back_threshold: float | None = None  # |azimuth| above 180 minus this is a back view
+    overhead_threshold: float | None = None  # elevation above this is an overhead view
     perp_neg: bool = False  # Perp-Neg: interpolated view prompts + perpendicular negative guidance
     perp_neg_scale: float = -0.5  # the reference's guidance_perp_neg; effective weights are scale·f(r)
     channels_last: bool = False  # UNet in channels_last memory format (faster on recent GPUs)
@@ -60,6 +69,7 @@ class Components:
     unet: nn.Module
     alphas_cumprod: Tensor  # [T]
     vae: nn.Module | None = None
+    trained_view_thresholds: tuple[float, float, float] | None = None  # front/back/overhead the model learned
 
 
 class StableDiffusionPrior(Prior):
@@ -80,6 +90,7 @@ class StableDiffusionPrior(Prior):
         self.register_buffer("alphas_cumprod", parts.alphas_cumprod.float().to(device), persistent=False)
         factor = 2 ** (len(self.vae.config.block_out_channels) - 1) if self.vae is not None else 1
         self.image_size = int(cfg.image_size or self.unet.config.sample_size * factor)
+        self.view_thresholds = resolve_view_thresholds(cfg, parts.trained_view_thresholds)
         if getattr(cfg, "channels_last", False):
             self.unet.to(memory_format=torch.channels_last)
         if getattr(cfg, "attention_slicing", False):
@@ -113,7 +124,7 @@ class StableDiffusionPrior(Prior):
         except (OSError, ValueError) as exc:
             raise UserError(f"prior.model: cannot load {cfg.model!r} from {str(folder)!r} "
                             f"({str(exc).strip().splitlines()[0][:160]})") from None
-        return Components(text, unet, scheduler.alphas_cumprod, vae)
+        return Components(text, unet, scheduler.alphas_cumprod, vae, recorded_view_thresholds(folder))
 
     # ------------------------------------------------------------------------------------------ images
     def encode(self, images: Tensor) -> Tensor:
@@ -167,8 +178,7 @@ class StableDiffusionPrior(Prior):
         cfg = self.cfg
         b = len(prompts)
         uncond = self._uncond_tokens()[None].expand(b, -1, -1)
-        dirs = view_directions(elevation, azimuth, cfg.front_threshold, cfg.back_threshold,
-                               cfg.overhead_threshold)
+        dirs = view_directions(elevation, azimuth, *self.view_thresholds)
         if getattr(cfg, "perp_neg", False):
             out = self._perp_neg_conditioning(prompts, azimuth, dirs, uncond)
             out.cameras = camera_embedding(c2w).to(uncond.device)

@@ -16,14 +16,19 @@ Per sample, with a camera drawn from the training distribution and the GT render
   left-right order; `pair_cases` of them): inside each object's GT region the sample has that object's colour.
   A small text encoder tends to paint both objects one colour. `gt_pair_color_ok` (the GT renders judged the
   same way) is the ceiling.
+- `view_width_ratio` ("next to" pairs; `view_cases` of them): the sample's foreground width (columns it spans)
+  from azimuth 90° over that from azimuth 0°, elevation 15°, the same starting noise for both. A pair seen from
+  the side has one object hiding the other, so the GT renders' ratio (`gt_view_width_ratio`) is well below 1; a
+  prior that ignores the view caption draws the same side-by-side picture for both and scores ≈ 1.
 - `saturated`: share of foreground pixels with a channel pinned at 0 or 1 (the CFG collapse the first study saw
   filled the frame with one saturated colour); `fg_fraction` vs the GT's shows frame-filling squares too.
 """
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from pathlib import Path
-from typing import Any
+from typing import Any, NamedTuple
 
 import torch
 from torch import Tensor
@@ -165,6 +170,49 @@ def _cameras_same_bucket(cams, gen: torch.Generator, thresholds: tuple[float, fl
     return CameraBatch(*(out[k] for k in keys))
 
 
+def column_span(mask: Tensor) -> Tensor:
+    """mask [B, H, W] bool → [B] float: how many image columns hold foreground."""
+    return mask.any(dim=1).float().sum(-1)
+
+
+def view_width_ratio(front: Tensor, side: Tensor) -> float:
+    """Mean foreground width of `side` over that of `front` (bool masks [B, H, W] of the same B scenes)."""
+    return float(column_span(side).mean() / column_span(front).mean().clamp(min=1.0))
+
+
+class ViewProbe(NamedTuple):
+    gt_ratio: float  # the GT renders' view_width_ratio
+    sample_ratio: Callable[[float, int, int], float]  # (scale, DDIM steps, seed) → the samples' ratio
+    cases: int  # how many "next to" pairs
+
+
+def _view_probe(prior: Any, prompts: list[str], size: int) -> ViewProbe | None:
+    """The view_width_ratio probe on the "next to" pairs among `prompts` (None when there are none). Cameras:
+    azimuth 0° (front) and 90° (side), elevation 15°, fovy 50°, the training cameras' middle relative distance."""
+    import math
+
+    from asdcli.render.cameras import cameras_from_angles
+    from asdcli.shapes.grammar import parse_prompt
+    from asdcli.shapes.gt_render import render_scenes
+
+    pairs = [p for p in prompts if parse_prompt(p).relation == "next to"]
+    if not pairs:
+        return None
+    n = len(pairs)
+    az = torch.tensor([0.0] * n + [90.0] * n)
+    cams = cameras_from_angles(torch.full_like(az, 15.0), az, torch.full_like(az, 1.2 / math.tan(math.radians(25))),
+                               torch.full_like(az, 50.0))
+    gt = render_scenes(pairs + pairs, cams, size, size, supersample=2).alpha > 0.5
+    cond = prior.conditioning(pairs + pairs, cams.elevation, cams.azimuth, cams.c2w)
+
+    def sample_ratio(scale: float, steps: int, seed: int) -> float:
+        # the same starting noise for a pair's two views: only the caption differs
+        front, side = (ddim_sample(prior, cond.cond[sl], cond.uncond[sl], scale, steps,
+                                   torch.Generator().manual_seed(seed)) for sl in (slice(0, n), slice(n, None)))
+        return view_width_ratio(foreground(front), foreground(side))
+    return ViewProbe(view_width_ratio(gt[:n], gt[n:]), sample_ratio, n)
+
+
 def _prompts(split: str, n: int) -> list[str]:
     from asdcli.shapes.train_prior import split_singles_pairs
 
@@ -191,10 +239,10 @@ def evaluate_prior(model: str | Path, n_prompts: int = 24, scales=(1.0, 3.0, 7.5
                    steps: int = 50, grid: str | None = None, seed: int = 0,
                    clip: str | Path | None = None) -> dict[str, Any]:
     """Summary per guidance scale (means over samples): mask_iou, ceiling_iou, other_iou, color_ok (singles),
-    pair_color_ok (pairs), saturated, fg_fraction, gt_fg_fraction; with `clip`, the CLIP R@1 of the samples
-    against the evaluated prompts (`clip_r_at_1`, and `clip_r_at_1_scene` counting the "next to" twin) and that
-    of the GT renders from the same cameras beside them. One sample per prompt, cameras from the training
-    distribution."""
+    pair_color_ok (pairs), view_width_ratio ("next to" pairs), saturated, fg_fraction, gt_fg_fraction; with `clip`,
+    the CLIP R@1 of the samples against the evaluated prompts (`clip_r_at_1`, and `clip_r_at_1_scene` counting the
+    "next to" twin) and that of the GT renders from the same cameras beside them. One sample per prompt, cameras
+    from the training distribution."""
     from asdcli.config import CameraConfig
     from asdcli.priors.stable_diffusion import StableDiffusionPrior, StableDiffusionPriorConfig
     from asdcli.render.cameras import sample_training_cameras
@@ -205,7 +253,7 @@ def evaluate_prior(model: str | Path, n_prompts: int = 24, scales=(1.0, 3.0, 7.5
     prompts = _prompts(split, n_prompts)
     gen = torch.Generator().manual_seed(seed)
     cams = sample_training_cameras(CameraConfig(), len(prompts), 1, gen)
-    th = (prior.cfg.front_threshold, prior.cfg.back_threshold, prior.cfg.overhead_threshold)
+    th = prior.view_thresholds
     size = prior.image_size
     gt = render_scenes(prompts, cams, size, size, supersample=2)
     other = render_scenes(prompts[1:] + prompts[:1], cams, size, size, supersample=2)
@@ -219,6 +267,9 @@ def evaluate_prior(model: str | Path, n_prompts: int = 24, scales=(1.0, 3.0, 7.5
                               "gt_fg_fraction": float(gt_mask.float().mean()), "pair_cases": len(cases)}
     gt_chw = gt.rgb.permute(0, 3, 1, 2)
     report["gt_pair_color_ok"] = binding(gt_chw, foreground(gt_chw))  # the metric's ceiling (1 unless broken)
+    probe = _view_probe(prior, prompts, size)
+    if probe:
+        report["gt_view_width_ratio"], report["view_cases"] = probe.gt_ratio, probe.cases
     retrieval = _clip_retrieval(clip, prompts) if clip else None
     if retrieval:
         report.update({f"gt_{k}": v for k, v in retrieval(gt.rgb).items()})
@@ -236,6 +287,7 @@ def evaluate_prior(model: str | Path, n_prompts: int = 24, scales=(1.0, 3.0, 7.5
             "saturated": float(sat.sum() / fg.sum().clamp(min=1)),
             "fg_fraction": float(fg.float().mean()),
             **(retrieval(imgs.permute(0, 2, 3, 1)) if retrieval else {}),
+            **({"view_width_ratio": probe.sample_ratio(float(scale), steps, seed)} if probe else {}),
         }
         sheets.append(imgs.permute(0, 2, 3, 1))
     if grid:

@@ -4,11 +4,11 @@ Data, generated on the fly: ground-truth renders (`gt_render.render_scenes`, Lam
 TRAIN-split prompts from the generators' camera distribution (`CameraConfig()`: elevation −10…45°, azimuth ±180°,
 fovy 40…70°, relative distance 1.0…1.4), plus a share of high cameras (elevation 45…85°) so that the ", overhead
 view" caption is learned too. Captions are "{prompt}{view suffix}" with the suffix chosen by
-`asdcli.priors.perp_neg.view_directions` and the thresholds of StableDiffusionPriorConfig (passed through, so
-recipe and training agree); a share of captions is replaced by the negative prompt "" — exactly the text the SD
-path encodes for its unconditional branch. Renders are kept premultiplied in a replay pool (each rendered image
-is reused ≈ batch/fresh times, with a new background, noise and t every time): white backgrounds mostly, random
-solid colours otherwise, as the generators see.
+`asdcli.priors.perp_neg.view_directions` and this config's thresholds (recorded in the export, which the SD path
+reads when a recipe leaves its thresholds unset, so recipe and training agree); a share of captions is replaced by
+the negative prompt "" — exactly the text the SD path encodes for its unconditional branch. Renders are kept
+premultiplied in a replay pool (each rendered image is reused ≈ batch/fresh times, with a new background, noise and
+t every time): white backgrounds mostly, random solid colours otherwise, as the generators see.
 
 Objective: ε-prediction under a linear-β DDPM schedule (1000 steps), min-SNR-γ weighting, AdamW with warm-up and
 cosine decay, EMA weights (what export writes). Checkpoints (safetensors, temp + rename) hold weights, EMA,
@@ -128,6 +128,9 @@ class PriorTrainConfig:
     white_prob: float = 0.75  # background white; else a uniform random colour
     overhead_prob: float = 0.12  # share of cameras drawn at elevation 45…85° (overhead captions)
     single_prob: float = 0.3  # share of single-object prompts (the train split is 97 % pairs)
+    # View-caption rules, recorded in the export (the SD path uses them when a recipe leaves its own unset).
+    # 67.5 / 67.5 (side views only where a "next to" pair's objects hide each other) was tried as a 2,000-step
+    # fine-tune: no change, the prior stays view-blind for pair layout (BENCHMARKS §9).
     front_threshold: float = 45.0
     back_threshold: float = 45.0
     overhead_threshold: float = 60.0
