@@ -84,9 +84,7 @@ def test_prior_resume_is_exact_and_export_loads(tmp_path):
 
     # unset view thresholds are the ones the prior was trained with (read from the export's training record):
     # azimuth 60° is its front view
-    from asdcli.priors.perp_neg import TRAINING_RECORD
-
-    assert (folder / TRAINING_RECORD).is_file()
+    assert (folder / bundled.SHAPESWORLD_PRIOR_INFO[0]).is_file()
     assert prior.view_thresholds == (70.0, 30.0, 60.0)
     cond = prior.conditioning(["a red cube"], torch.tensor([10.0]), torch.tensor([60.0]), torch.eye(4)[None])
     assert torch.equal(cond.cond, prior.encode_text(["a red cube, front view"]).tokens)

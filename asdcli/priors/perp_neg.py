@@ -7,9 +7,7 @@ applied in that order and the last match wins. Azimuths are wrapped to (−180, 
 
 from __future__ import annotations
 
-import json
 import warnings
-from pathlib import Path
 from typing import Any
 
 import torch
@@ -44,18 +42,6 @@ def view_directions(elevation: Tensor, azimuth: Tensor, front_threshold: float =
 
 DEFAULT_THRESHOLDS = (45.0, 45.0, 60.0)  # front, back, overhead (the reference's)
 THRESHOLD_KEYS = ("front_threshold", "back_threshold", "overhead_threshold")
-TRAINING_RECORD = "shapesworld_prior.json"  # what a ShapesWorld prior export writes beside its weights
-
-
-def recorded_view_thresholds(folder: Path) -> tuple[float, float, float] | None:
-    """The view rules a prior folder's training record says it learned (None: no record, e.g. SD itself)."""
-    record = Path(folder) / TRAINING_RECORD
-    if not record.is_file():
-        return None
-    config = json.loads(record.read_text(encoding="utf-8")).get("config", {})
-    return tuple(float(config.get(k, d)) for k, d in zip(THRESHOLD_KEYS, DEFAULT_THRESHOLDS, strict=True))
-
-
 def resolve_view_thresholds(cfg: Any, trained: tuple[float, float, float] | None) -> tuple[float, float, float]:
     """(front, back, overhead) for a prior config: each None field takes the model's trained value (or the
     default). A set value that differs from what the model was trained with is kept, with a warning: its view

@@ -15,14 +15,7 @@ from torch import Tensor, nn
 
 from asdcli.errors import UserError
 from asdcli.priors.base import Conditioning, Prior, TextEmbeddings, camera_embedding
-from asdcli.priors.perp_neg import (
-    VIEWS,
-    perp_neg_plan,
-    recorded_view_thresholds,
-    resolve_view_thresholds,
-    view_directions,
-    view_prompt,
-)
+from asdcli.priors.perp_neg import VIEWS, perp_neg_plan, resolve_view_thresholds, view_directions, view_prompt
 from asdcli.priors.text import TextEncoder, load_clip_text, resolve_model_folder
 
 DTYPES = {"float32": torch.float32, "float16": torch.float16, "bfloat16": torch.bfloat16}
@@ -124,6 +117,8 @@ class StableDiffusionPrior(Prior):
         except (OSError, ValueError) as exc:
             raise UserError(f"prior.model: cannot load {cfg.model!r} from {str(folder)!r} "
                             f"({str(exc).strip().splitlines()[0][:160]})") from None
+        from asdcli.shapes.bundled import recorded_view_thresholds
+
         return Components(text, unet, scheduler.alphas_cumprod, vae, recorded_view_thresholds(folder))
 
     # ------------------------------------------------------------------------------------------ images

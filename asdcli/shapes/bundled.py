@@ -13,6 +13,7 @@ Recipes spell the priors and the CLIP `bundled:shapes-prior`, `bundled:shapes-mv
 
 from __future__ import annotations
 
+import json
 from importlib.resources import files
 from pathlib import Path
 
@@ -96,3 +97,13 @@ def is_shapesworld_prior(model: object) -> bool:
         return False
     folder = resolve_bundled(model) or Path(model).expanduser()
     return any((folder / name).is_file() for name in SHAPESWORLD_PRIOR_INFO)
+
+
+def recorded_view_thresholds(folder: Path) -> tuple[float, float, float] | None:
+    """(front, back, overhead) thresholds a 2D prior folder was trained with, from the training record that
+    export-prior writes (None without one, e.g. Stable Diffusion itself)."""
+    record = Path(folder) / SHAPESWORLD_PRIOR_INFO[0]
+    if not record.is_file():
+        return None
+    config = json.loads(record.read_text(encoding="utf-8"))["config"]
+    return config["front_threshold"], config["back_threshold"], config["overhead_threshold"]
