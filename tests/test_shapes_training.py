@@ -102,6 +102,32 @@ def test_prior_resume_is_exact_and_export_loads(tmp_path):
     assert report["gt_clip_r_at_1"] == 1.0  # the bundled CLIP tells a single object from a pair in its GT render
 
 
+def test_prior_fine_tune_starts_from_another_runs_ema_with_its_own_pair_mix(tmp_path, capsys):
+    from asdcli.shapes.__main__ import main
+    from asdcli.shapes.train_prior import PriorTrainer, load_checkpoint, read_meta, train_prior
+
+    quiet = dict(log=lambda *a: None)
+    train_prior(tmp_path / "a", _prior_cfg(), **quiet)
+    source = load_checkpoint(tmp_path / "a")[0]
+    fine = PriorTrainer(tmp_path / "b", _prior_cfg(init_from=str(tmp_path / "a")))
+    fine.init_weights(str(tmp_path / "a"))
+    weights = fine.model.state_dict()
+    assert all(torch.equal(weights[k], source[f"ema.{k}"]) for k in weights)  # the EMA, not the online model
+    assert not all(torch.equal(source[f"model.{k}"], source[f"ema.{k}"]) for k in weights)
+
+    for share, relation in ((1.0, " next to "), (0.0, " on top of ")):
+        out = tmp_path / f"share{share}"
+        run = train_prior(out, _prior_cfg(init_from=str(tmp_path / "a"), next_to_prob=share, single_prob=0.0,
+                                          pool=16, steps=1), **quiet)
+        assert all(relation in run.data.prompts[i] for i in run.data.prompt_id.tolist())
+        assert read_meta(out)["config"]["init_from"] == str(tmp_path / "a")  # recorded, and not reapplied on resume
+
+    with pytest.raises(UserError, match=r"channels \[16, 32\] there, \[16, 48\] here"):
+        PriorTrainer(tmp_path / "c", _prior_cfg(channels=(16, 48))).init_weights(str(tmp_path / "a"))
+    assert main(["train-prior", "--out", str(tmp_path / "d"), "--config", '{"next_to_prob": 2}']) == 2
+    assert capsys.readouterr().err.strip() == "error: next_to_prob: expected a share in [0, 1] or null, got 2"
+
+
 def test_clip_resume_is_exact_and_export_loads_in_clip_scorer(tmp_path):
     from asdcli.evaluate import ClipScorer
     from asdcli.shapes.train_clip import ClipTrainConfig, export_clip, train_clip

@@ -1,6 +1,6 @@
 """Training commands for the bundled ShapesWorld models (`python -m asdcli.shapes COMMAND ...`).
 
-  train-prior --out DIR [--steps N] [--resume] [--threads T] [--device D]   text-to-image prior (diffusers)
+  train-prior --out DIR [--steps N] [--resume] [--init-from RUN] [--device D]   text-to-image prior (diffusers)
   export-prior --from DIR --to FOLDER [--fp32]                   EMA weights → diffusers folder
   eval-prior --model FOLDER [--prompts N] [--cfg 1 3 7.5]        sample with CFG, score vs GT (+ CLIP R@1)
   train-prior-mv --out DIR [--steps N] [--resume] [--device D]  4-view camera-conditioned prior (MVDream path)
@@ -32,6 +32,9 @@ def _parser() -> argparse.ArgumentParser:
         t.add_argument("--batch", type=int, default=None)
         t.add_argument("--seed", type=int, default=None)
         t.add_argument("--config", default=None, help="JSON object of config overrides (new runs only)")
+        if name == "train-prior":
+            t.add_argument("--init-from", default=None, help="run directory whose EMA weights start this run "
+                           "(fine-tuning: fresh optimiser, schedule and pool)")
         t.add_argument("--device", default="cpu", help="cpu, cuda or cuda:N for the models (renders stay on "
                                                      "the CPU; --resume is bit-exact on the CPU only)")
     for name in ("export-prior", "export-clip", "export-prior-mv"):
@@ -64,8 +67,8 @@ def _parser() -> argparse.ArgumentParser:
 def _config(cls, args):
     cfg = cls()
     overrides = json.loads(args.config) if args.config else {}
-    for key in ("batch", "seed"):
-        if getattr(args, key) is not None:
+    for key in ("batch", "seed", "init_from"):
+        if getattr(args, key, None) is not None:
             overrides[key] = getattr(args, key)
     data = {**cfg.__dict__, **overrides}
     unknown = sorted(set(overrides) - set(cfg.__dict__))

@@ -128,6 +128,11 @@ class PriorTrainConfig:
     white_prob: float = 0.75  # background white; else a uniform random colour
     overhead_prob: float = 0.12  # share of cameras drawn at elevation 45…85° (overhead captions)
     single_prob: float = 0.3  # share of single-object prompts (the train split is 97 % pairs)
+    # Share of pair draws that are "next to" pairs; None draws pairs as the split has them (half "next to").
+    # Their layout is the only one that changes with the view caption (BENCHMARKS §9).
+    next_to_prob: float | None = None
+    # A run directory whose EMA weights start this run (a fine-tune: fresh optimiser, schedule and pool).
+    init_from: str | None = None
     # View-caption rules, recorded in the export (the SD path uses them when a recipe leaves its own unset).
     # 67.5 / 67.5 (side views only where a "next to" pair's objects hide each other) was tried as a 2,000-step
     # fine-tune: no change, the prior stays view-blind for pair layout (BENCHMARKS §9).
@@ -140,12 +145,24 @@ class PriorTrainConfig:
     checkpoint_every: int = 100  # steps; a checkpoint is also written every checkpoint_seconds
     checkpoint_seconds: float = 240.0
 
+    def __post_init__(self) -> None:
+        if self.next_to_prob is not None and not 0.0 <= self.next_to_prob <= 1.0:
+            raise UserError(f"next_to_prob: expected a share in [0, 1] or null, got {self.next_to_prob}")
+
     @classmethod
     def from_dict(cls, data: dict[str, Any]) -> PriorTrainConfig:
         known = {f.name for f in fields(cls)}
         out = cls(**{k: v for k, v in data.items() if k in known})
         out.channels = tuple(out.channels)
         return out
+
+
+ARCHITECTURE_KEYS = ("image_size", "channels", "text_dim", "text_layers")  # what init_from must share
+
+
+def list_like(value: Any) -> Any:
+    """Tuples and lists compare equal (a JSON round trip turns one into the other)."""
+    return list(value) if isinstance(value, (tuple, list)) else value
 
 
 def build_models(cfg: PriorTrainConfig) -> tuple[Any, nn.Module, nn.Module]:
@@ -202,6 +219,10 @@ class PriorData:
         self.cfg = cfg
         self.singles, self.pairs = split_singles_pairs(cfg.split_seed)
         self.prompts = self.singles + self.pairs
+        next_to = torch.tensor([" next to " in p for p in self.pairs])
+        # prompt ids of the two relations (ids index self.prompts: singles first)
+        self.next_to_ids = next_to.nonzero().flatten() + len(self.singles)
+        self.on_top_ids = (~next_to).nonzero().flatten() + len(self.singles)
         n, s = cfg.pool, cfg.image_size
         self.rgb = torch.zeros(n, 3, s, s, dtype=torch.float16)
         self.alpha = torch.zeros(n, 1, s, s, dtype=torch.float16)
@@ -227,7 +248,7 @@ class PriorData:
         cfg, count = self.cfg, len(slots)
         single = torch.rand(count, generator=gen) < cfg.single_prob
         i_single = torch.randint(len(self.singles), (count,), generator=gen)
-        i_pair = torch.randint(len(self.pairs), (count,), generator=gen) + len(self.singles)
+        i_pair = self._pair_ids(count, gen)
         ids = torch.where(single, i_single, i_pair)
         cams = self._cameras(count, gen)
         out = render_scenes([self.prompts[i] for i in ids.tolist()], cams, cfg.image_size, cfg.image_size,
@@ -237,6 +258,16 @@ class PriorData:
         self.prompt_id[slots] = ids
         self.view[slots] = view_directions(cams.elevation, cams.azimuth, cfg.front_threshold, cfg.back_threshold,
                                            cfg.overhead_threshold)
+
+    def _pair_ids(self, count: int, gen: torch.Generator) -> Tensor:
+        """[count] prompt ids of pairs: uniform over the split's pairs, or with cfg.next_to_prob "next to"."""
+        share = self.cfg.next_to_prob
+        if share is None:
+            return torch.randint(len(self.pairs), (count,), generator=gen) + len(self.singles)
+        pick = torch.rand(count, generator=gen) < share
+        near = self.next_to_ids[torch.randint(len(self.next_to_ids), (count,), generator=gen)]
+        on_top = self.on_top_ids[torch.randint(len(self.on_top_ids), (count,), generator=gen)]
+        return torch.where(pick, near, on_top)
 
     def refresh(self, gen: torch.Generator) -> None:
         self._fill(torch.randperm(self.cfg.pool, generator=gen)[: self.cfg.fresh], gen)
@@ -323,6 +354,19 @@ class PriorTrainer:
         self.gen.set_state(tensors["rng"])
         self.step = int(meta["step"])
 
+    def init_weights(self, run_dir: str) -> None:
+        """Model and EMA both start from `run_dir`'s EMA weights; the architecture must match."""
+        tensors, meta = load_checkpoint(run_dir)
+        src, own = meta["config"], asdict(self.cfg)
+        differ = [k for k in ARCHITECTURE_KEYS if k in src and list_like(src[k]) != list_like(own[k])]
+        if differ:
+            pairs = ", ".join(f"{k} {list_like(src[k])} there, {list_like(own[k])} here" for k in differ)
+            raise UserError(f"init_from: {run_dir} has another architecture ({pairs}); set these keys to the "
+                            "source run's values")
+        ema = {k[4:]: v for k, v in tensors.items() if k.startswith("ema.")}
+        self.model.load_state_dict(ema)
+        self.ema = {k: v.to(self.device, copy=True) for k, v in ema.items()}
+
     def train_step(self) -> float:
         """One optimiser step on a fresh batch: AdamW with the warm-up/cosine lr, clipping, then the EMA."""
         cfg = self.cfg
@@ -351,7 +395,9 @@ class PriorTrainer:
         """Train to cfg.steps (or stop at step `stop_after`: an interruption, the schedule is unchanged)."""
         cfg = self.cfg
         end = min(cfg.steps, stop_after or cfg.steps)
-        if self.data is None:
+        if self.data is None:  # a fresh run (a resumed one has its pool from the checkpoint)
+            if getattr(cfg, "init_from", None):
+                self.init_weights(cfg.init_from)
             self.data = self.data_cls(cfg, self.gen)
         last_save, t0, start, losses = time.time(), time.time(), self.step, []
         while self.step < end:
