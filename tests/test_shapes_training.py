@@ -126,6 +126,9 @@ def test_prior_fine_tune_starts_from_another_runs_ema_with_its_own_pair_mix(tmp_
         PriorTrainer(tmp_path / "c", _prior_cfg(channels=(16, 48))).init_weights(str(tmp_path / "a"))
     assert main(["train-prior", "--out", str(tmp_path / "d"), "--config", '{"next_to_prob": 2}']) == 2
     assert capsys.readouterr().err.strip() == "error: next_to_prob: expected a share in [0, 1] or null, got 2"
+    assert main(["train-prior", "--out", str(tmp_path / "d"), "--config", "{lr: 1}"]) == 2
+    assert capsys.readouterr().err.startswith("error: --config: not valid JSON")
+    assert not (tmp_path / "d").exists()
 
 
 def test_clip_resume_is_exact_and_export_loads_in_clip_scorer(tmp_path):
@@ -223,6 +226,39 @@ def test_hard_negatives_are_other_scenes_without_held_out_objects():
             assert not any((o.shape, o.color) in held for o in spec.objects)
     swapped = (parse_prompt("a red cube next to a blue sphere"), parse_prompt("a blue sphere next to a red cube"))
     assert scene_key(swapped[0]) == scene_key(swapped[1])
+
+
+def test_lookalike_negatives_swap_one_shape_for_its_lookalike():
+    import random
+
+    from asdcli.shapes.grammar import held_out_combinations, parse_prompt
+    from asdcli.shapes.train_clip import LOOKALIKES, hard_negatives
+
+    held, rng = held_out_combinations(0), random.Random(0)
+    prompt = parse_prompt("a red pyramid on top of a blue torus")  # the torus has no look-alike
+    negatives = hard_negatives(prompt.text, 8, rng, held, lookalike=1.0)
+    assert {n for n in negatives} == {"a red cone on top of a blue torus"}
+    for text in ("a green cube next to a yellow cylinder", "a small purple capsule"):
+        spec = parse_prompt(text)
+        for neg in hard_negatives(text, 6, rng, held, lookalike=1.0):
+            changed = [(a.shape, b.shape) for a, b in zip(spec.objects, parse_prompt(neg).objects, strict=True)
+                       if a != b]
+            assert len(changed) == 1 and changed[0][1] in LOOKALIKES[changed[0][0]]
+    plain = hard_negatives("a red pyramid on top of a blue torus", 40, random.Random(1), held)
+    assert any("cone" not in n for n in plain)  # without it, edits of every kind
+
+
+def test_resume_applies_config_changes_but_not_architecture_ones(tmp_path):
+    from asdcli.shapes.train_prior import read_meta, train_prior
+
+    log: list[str] = []
+    train_prior(tmp_path / "a", _prior_cfg(), stop_after=2, log=log.append)
+    run = train_prior(tmp_path / "a", resume=True, log=log.append, overrides={"next_to_prob": 1.0, "batch": 4})
+    assert run.step == 4 and read_meta(tmp_path / "a")["config"]["next_to_prob"] == 1.0
+    assert "resume: next_to_prob None → 1.0" in log and not any("batch" in line for line in log)  # unchanged
+    with pytest.raises(UserError, match="channels shapes the model"):
+        train_prior(tmp_path / "a", resume=True, steps=6, log=log.append, overrides={"channels": [16, 48]})
+    assert read_meta(tmp_path / "a")["step"] == 4  # nothing trained, nothing lost
 
 
 def test_bundled_errors_name_the_fix(tmp_path, monkeypatch):

@@ -31,7 +31,8 @@ def _parser() -> argparse.ArgumentParser:
         t.add_argument("--threads", type=int, default=None, help="torch CPU threads")
         t.add_argument("--batch", type=int, default=None)
         t.add_argument("--seed", type=int, default=None)
-        t.add_argument("--config", default=None, help="JSON object of config overrides (new runs only)")
+        t.add_argument("--config", default=None, help="JSON object of config overrides (with --resume: "
+                       "changes from the checkpoint on; not the architecture)")
         if name == "train-prior":
             t.add_argument("--init-from", default=None, help="run directory whose EMA weights start this run "
                            "(fine-tuning: fresh optimiser, schedule and pool)")
@@ -64,19 +65,32 @@ def _parser() -> argparse.ArgumentParser:
     return p
 
 
-def _config(cls, args):
-    cfg = cls()
-    overrides = json.loads(args.config) if args.config else {}
+def _overrides(cls, args) -> dict:
+    """--config's JSON object plus the named flags; unknown keys are one line naming the known ones."""
+    from asdcli.errors import UserError
+
+    try:
+        overrides = json.loads(args.config) if args.config else {}
+    except json.JSONDecodeError as err:
+        raise UserError(f"--config: not valid JSON ({err.msg} at character {err.pos}); give an object such as "
+                        "'{\"lr\": 4e-4}'") from None
+    if not isinstance(overrides, dict):
+        raise UserError(f"--config: expected a JSON object of config keys, got {args.config!r}")
     for key in ("batch", "seed", "init_from"):
         if getattr(args, key, None) is not None:
             overrides[key] = getattr(args, key)
-    data = {**cfg.__dict__, **overrides}
-    unknown = sorted(set(overrides) - set(cfg.__dict__))
+    known = cls().__dict__
+    unknown = sorted(set(overrides) - set(known))
     if unknown:
-        from asdcli.errors import UserError
+        raise UserError(f"--config: unknown keys {', '.join(unknown)}; known: {', '.join(known)}")
+    return overrides
 
-        raise UserError(f"--config: unknown keys {', '.join(unknown)}; known: {', '.join(cfg.__dict__)}")
-    return cls.from_dict(data)
+
+def _train(fn, cls, args) -> None:
+    """A trainer command: a new run from defaults + overrides, or a resumed one with overrides from there on."""
+    overrides = _overrides(cls, args)
+    fn(args.out, cls.from_dict({**cls().__dict__, **overrides}), resume=args.resume, steps=args.steps,
+       device=_device(args.device), overrides=overrides)
 
 
 def _device(name: str) -> str:
@@ -95,8 +109,7 @@ def _dispatch(args) -> None:
     if args.command == "train-prior":
         from asdcli.shapes.train_prior import PriorTrainConfig, train_prior
 
-        train_prior(args.out, _config(PriorTrainConfig, args), resume=args.resume, steps=args.steps,
-                    device=_device(args.device))
+        _train(train_prior, PriorTrainConfig, args)
     elif args.command == "export-prior":
         from asdcli.shapes.train_prior import export_prior
 
@@ -112,8 +125,7 @@ def _dispatch(args) -> None:
     elif args.command == "train-clip":
         from asdcli.shapes.train_clip import ClipTrainConfig, train_clip
 
-        train_clip(args.out, _config(ClipTrainConfig, args), resume=args.resume, steps=args.steps,
-                   device=_device(args.device))
+        _train(train_clip, ClipTrainConfig, args)
     elif args.command == "export-clip":
         from asdcli.shapes.train_clip import export_clip
 
@@ -129,8 +141,7 @@ def _dispatch_mv(args) -> None:
     if args.command == "train-prior-mv":
         from asdcli.shapes.train_prior_mv import MVPriorTrainConfig, train_prior_mv
 
-        train_prior_mv(args.out, _config(MVPriorTrainConfig, args), resume=args.resume, steps=args.steps,
-                       device=_device(args.device))
+        _train(train_prior_mv, MVPriorTrainConfig, args)
     elif args.command == "export-prior-mv":
         from asdcli.shapes.train_prior_mv import export_prior_mv
 

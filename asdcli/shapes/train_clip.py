@@ -55,6 +55,9 @@ class ClipTrainConfig:
     text_layers: int = 3
     projection: int = 128
     hard_negatives: int = 4
+    # Chance that a hard negative swaps one object's shape for its look-alike (LOOKALIKES): the bundled CLIP's
+    # misses on GT renders are mostly those shapes seen face-on (BENCHMARKS §10).
+    lookalike_prob: float = 0.0
     pool: int = 2048
     fresh: int = 32
     orbit_prob: float = 0.6
@@ -65,6 +68,8 @@ class ClipTrainConfig:
     split_seed: int = 0
     checkpoint_every: int = 200
     checkpoint_seconds: float = 240.0
+
+    ARCHITECTURE = ("image_size", "patch", "width", "vision_layers", "text_layers", "projection")
 
     @classmethod
     def from_dict(cls, data: dict[str, Any]) -> ClipTrainConfig:
@@ -114,12 +119,32 @@ def _edits(spec: SceneSpec, rng: random.Random) -> list[SceneSpec]:
     return out
 
 
-def hard_negatives(prompt: str, k: int, rng: random.Random, held: frozenset) -> list[str]:
-    """k edited captions of `prompt` that describe other scenes and use no held-out (shape, colour) object."""
+# Shapes that look alike from some views at 64²: a pyramid face-on is a cone's triangle, a cube face-on a
+# cylinder's rectangle (the bundled CLIP's most frequent confusions on GT renders, in this order).
+LOOKALIKES: dict[str, tuple[str, ...]] = {"pyramid": ("cone",), "cone": ("pyramid",), "cube": ("cylinder",),
+                                          "cylinder": ("cube", "capsule"), "capsule": ("cylinder",),
+                                          "sphere": ("capsule",)}
+
+
+def _lookalike_edit(spec: SceneSpec, rng: random.Random) -> SceneSpec | None:
+    """One object's shape replaced by a look-alike; None when no object has one (a torus alone)."""
+    objs = list(spec.objects)
+    which = [i for i, o in enumerate(objs) if o.shape in LOOKALIKES]
+    if not which:
+        return None
+    i = rng.choice(which)
+    objs[i] = ObjectSpec(rng.choice(LOOKALIKES[objs[i].shape]), objs[i].color, objs[i].size)
+    return SceneSpec(tuple(objs), spec.relation)
+
+
+def hard_negatives(prompt: str, k: int, rng: random.Random, held: frozenset, lookalike: float = 0.0) -> list[str]:
+    """k edited captions of `prompt` that describe other scenes and use no held-out (shape, colour) object;
+    each is a look-alike shape edit with probability `lookalike`, else one of `_edits`."""
     spec = parse_prompt(prompt)
     out: list[str] = []
     for _ in range(20 * k):
-        cand = rng.choice(_edits(spec, rng))
+        cand = _lookalike_edit(spec, rng) if lookalike and rng.random() < lookalike else None
+        cand = cand or rng.choice(_edits(spec, rng))
         if scene_key(cand) != scene_key(spec) and not any((o.shape, o.color) in held for o in cand.objects):
             out.append(cand.text)
             if len(out) == k:
@@ -263,7 +288,8 @@ class ClipTrainer:
         cfg = self.cfg
         self.data.refresh(self.gen)
         pixels, prompts = self.data.batch(self.gen)
-        negatives = [n for p in prompts for n in hard_negatives(p, cfg.hard_negatives, self.rng, self.held)]
+        negatives = [n for p in prompts for n in hard_negatives(p, cfg.hard_negatives, self.rng, self.held,
+                                                                   cfg.lookalike_prob)]
         warm = min(1.0, (self.step + 1) / cfg.warmup)
         cosine = 0.5 * (1 + torch.cos(torch.tensor(torch.pi * self.step / max(1, cfg.steps)))).item()
         for group in self.opt.param_groups:
@@ -303,9 +329,10 @@ class ClipTrainer:
 
 def train_clip(out: str | Path, cfg: ClipTrainConfig | None = None, resume: bool = False,
                steps: int | None = None, log=print,
-               stop_after: int | None = None, device: str = "cpu") -> ClipTrainer:
-    """Train (or with resume, continue; config from the checkpoint, `steps` may extend it) in run dir `out`."""
-    return run_training(out, ClipTrainer, ClipTrainConfig, cfg, resume, steps, log, stop_after, device)
+               stop_after: int | None = None, device: str = "cpu", overrides: dict | None = None) -> ClipTrainer:
+    """Train (or with resume, continue; config from the checkpoint, `steps` may extend it, `overrides` change
+    other keys from there on) in run dir `out`."""
+    return run_training(out, ClipTrainer, ClipTrainConfig, cfg, resume, steps, log, stop_after, device, overrides)
 
 
 def export_clip(run_dir: str | Path, dest: str | Path) -> Path:

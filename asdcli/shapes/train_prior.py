@@ -145,6 +145,8 @@ class PriorTrainConfig:
     checkpoint_every: int = 100  # steps; a checkpoint is also written every checkpoint_seconds
     checkpoint_seconds: float = 240.0
 
+    ARCHITECTURE = ("image_size", "channels", "text_dim", "text_layers")  # fixed for a run and its fine-tunes
+
     def __post_init__(self) -> None:
         if self.next_to_prob is not None and not 0.0 <= self.next_to_prob <= 1.0:
             raise UserError(f"next_to_prob: expected a share in [0, 1] or null, got {self.next_to_prob}")
@@ -155,9 +157,6 @@ class PriorTrainConfig:
         out = cls(**{k: v for k, v in data.items() if k in known})
         out.channels = tuple(out.channels)
         return out
-
-
-ARCHITECTURE_KEYS = ("image_size", "channels", "text_dim", "text_layers")  # what init_from must share
 
 
 def list_like(value: Any) -> Any:
@@ -358,7 +357,7 @@ class PriorTrainer:
         """Model and EMA both start from `run_dir`'s EMA weights; the architecture must match."""
         tensors, meta = load_checkpoint(run_dir)
         src, own = meta["config"], asdict(self.cfg)
-        differ = [k for k in ARCHITECTURE_KEYS if k in src and list_like(src[k]) != list_like(own[k])]
+        differ = [k for k in self.cfg.ARCHITECTURE if k in src and list_like(src[k]) != list_like(own[k])]
         if differ:
             pairs = ", ".join(f"{k} {list_like(src[k])} there, {list_like(own[k])} here" for k in differ)
             raise UserError(f"init_from: {run_dir} has another architecture ({pairs}); set these keys to the "
@@ -420,29 +419,45 @@ class PriorTrainer:
 
 def train_prior(out: str | Path, cfg: PriorTrainConfig | None = None, resume: bool = False,
                 steps: int | None = None, log=print,
-                stop_after: int | None = None, device: str = "cpu") -> PriorTrainer:
+                stop_after: int | None = None, device: str = "cpu", overrides: dict | None = None) -> PriorTrainer:
     """Train (or with resume, continue) the prior in run directory `out`. A resumed run takes its config from
-    the checkpoint; `steps` may extend it (which changes the cosine schedule from there on)."""
-    return run_training(out, PriorTrainer, PriorTrainConfig, cfg, resume, steps, log, stop_after, device)
+    the checkpoint; `steps` may extend it (which changes the cosine schedule from there on) and `overrides`
+    change other keys from there on (not the architecture)."""
+    return run_training(out, PriorTrainer, PriorTrainConfig, cfg, resume, steps, log, stop_after, device, overrides)
 
 
 def run_training(out: str | Path, trainer_cls: type, config_cls: type, cfg: Any, resume: bool,
-                 steps: int | None, log, stop_after: int | None, device: str = "cpu") -> Any:
+                 steps: int | None, log, stop_after: int | None, device: str = "cpu",
+                 overrides: dict | None = None) -> Any:
     """Start or resume a trainer of `trainer_cls` (2D prior, 4-view prior or CLIP) in `out` and run it."""
     out = Path(out)
-    if resume and checkpoint_path(out).exists():
-        cfg = config_cls.from_dict(read_meta(out)["config"])
+    resuming = resume and checkpoint_path(out).exists()
+    if resuming:
+        cfg = resumed_config(config_cls, read_meta(out)["config"], overrides or {}, log)
     else:
         cfg = cfg or config_cls()
         out.mkdir(parents=True, exist_ok=True)
     if steps is not None:
         cfg.steps = steps
     trainer = trainer_cls(out, cfg, device)
-    if resume and checkpoint_path(out).exists():
+    if resuming:
         trainer.load()
         log(f"resumed {out} at step {trainer.step}")
     trainer.run(log, stop_after)
     return trainer
+
+
+def resumed_config(config_cls: type, saved: dict[str, Any], overrides: dict[str, Any], log) -> Any:
+    """The checkpoint's config with `overrides` applied (each change logged); architecture keys cannot change."""
+    fixed = [k for k in overrides if k in config_cls.ARCHITECTURE and list_like(overrides[k]) != list_like(saved[k])]
+    if fixed:
+        verb = "shapes" if len(fixed) == 1 else "shape"
+        raise UserError(f"--config on --resume: {', '.join(fixed)} {verb} the model and cannot change in a run; "
+                        "start a new run (train-prior can start one from this run with --init-from)")
+    for key in sorted(overrides):
+        if list_like(saved.get(key)) != list_like(overrides[key]):
+            log(f"resume: {key} {saved.get(key)} → {overrides[key]}")
+    return config_cls.from_dict({**saved, **overrides})
 
 
 def export_prior(run_dir: str | Path, dest: str | Path, fp16: bool = True) -> Path:

@@ -89,6 +89,8 @@ class MVPriorTrainConfig:
     checkpoint_every: int = 100  # steps; a checkpoint is also written every checkpoint_seconds
     checkpoint_seconds: float = 240.0
 
+    ARCHITECTURE = ("image_size", "channels", "attention", "head_channels", "norm_groups", "text_dim", "text_layers")
+
     @classmethod
     def from_dict(cls, data: dict[str, Any]) -> MVPriorTrainConfig:
         known = {f.name for f in fields(cls)}
@@ -236,10 +238,12 @@ class MVPriorTrainer(PriorTrainer):
 
 def train_prior_mv(out: str | Path, cfg: MVPriorTrainConfig | None = None, resume: bool = False,
                    steps: int | None = None, log=print, stop_after: int | None = None,
-                   device: str = "cpu") -> MVPriorTrainer:
+                   device: str = "cpu", overrides: dict | None = None) -> MVPriorTrainer:
     """Train (or with resume, continue) the 4-view prior in run directory `out`. A resumed run takes its config
-    from the checkpoint; `steps` may extend it (which changes the cosine schedule from there on)."""
-    return run_training(out, MVPriorTrainer, MVPriorTrainConfig, cfg, resume, steps, log, stop_after, device)
+    from the checkpoint; `steps` may extend it (which changes the cosine schedule from there on) and `overrides`
+    change other keys from there on (not the architecture)."""
+    return run_training(out, MVPriorTrainer, MVPriorTrainConfig, cfg, resume, steps, log, stop_after, device,
+                        overrides)
 
 
 def prior_config(folder: str | Path, **overrides: Any) -> Any:
