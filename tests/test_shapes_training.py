@@ -184,6 +184,15 @@ def test_view_width_ratio_tells_a_side_view_of_a_pair_from_a_front_view():
     assert abs(view_width_ratio(*masks) - view_width_ratio(front.alpha[pairs] > 0.5, side.alpha[pairs] > 0.5)) < 0.1
 
 
+def test_eval_prior_says_when_the_split_has_too_few_singles():
+    from asdcli.shapes.eval_prior import _prompts
+
+    assert len(_prompts("test", 24)) == 24
+    with pytest.warns(UserWarning, match=r"--prompts 121: the test split has 21 single-object .* evaluating 82"):
+        prompts = _prompts("test", 121)
+    assert len(prompts) == 82 and sum(" on top of " in p or " next to " in p for p in prompts) == 61
+
+
 def test_pair_color_ok_fails_one_colour_and_swapped_pairs():
     from asdcli.render.cameras import cameras_from_angles
     from asdcli.shapes.eval_prior import _binding_cases, foreground, pair_color_ok

@@ -214,10 +214,17 @@ def _view_probe(prior: Any, prompts: list[str], size: int) -> ViewProbe | None:
 
 
 def _prompts(split: str, n: int) -> list[str]:
+    """Half singles, half pairs, from the split's seeded order; fewer (with a warning) where the split runs out."""
+    import warnings
+
     from asdcli.shapes.train_prior import split_singles_pairs
 
     singles, pairs = split_singles_pairs(0, split)
-    return singles[: n // 2] + pairs[: n - n // 2]
+    out = singles[: n // 2] + pairs[: n - n // 2]
+    if len(out) < n:
+        warnings.warn(f"--prompts {n}: the {split} split has {len(singles)} single-object and {len(pairs)} pair "
+                      f"prompts; evaluating {len(out)} ({min(len(singles), n // 2)} singles)", stacklevel=2)
+    return out
 
 
 def _clip_retrieval(clip: str | Path, prompts: list[str]):
