@@ -3,6 +3,8 @@ through the real code paths), and the bundled-asset lookups."""
 
 from __future__ import annotations
 
+import json
+
 import pytest
 import torch
 
@@ -104,7 +106,7 @@ def test_prior_resume_is_exact_and_export_loads(tmp_path):
 
 def test_prior_fine_tune_starts_from_another_runs_ema_with_its_own_pair_mix(tmp_path, capsys):
     from asdcli.shapes.__main__ import main
-    from asdcli.shapes.train_prior import PriorTrainer, load_checkpoint, read_meta, train_prior
+    from asdcli.shapes.train_prior import PriorTrainer, load_checkpoint, read_history, read_meta, train_prior
 
     quiet = dict(log=lambda *a: None)
     train_prior(tmp_path / "a", _prior_cfg(), **quiet)
@@ -121,6 +123,7 @@ def test_prior_fine_tune_starts_from_another_runs_ema_with_its_own_pair_mix(tmp_
                                           pool=16, steps=1), **quiet)
         assert all(relation in run.data.prompts[i] for i in run.data.prompt_id.tolist())
         assert read_meta(out)["config"]["init_from"] == str(tmp_path / "a")  # recorded, and not reapplied on resume
+        assert read_history(out) == [{"init_from": str(tmp_path / "a"), "source_steps": 4}]
 
     with pytest.raises(UserError, match=r"channels \[16, 32\] there, \[16, 48\] here"):
         PriorTrainer(tmp_path / "c", _prior_cfg(channels=(16, 48))).init_weights(str(tmp_path / "a"))
@@ -258,13 +261,17 @@ def test_lookalike_negatives_swap_one_shape_for_its_lookalike():
 
 
 def test_resume_applies_config_changes_but_not_architecture_ones(tmp_path):
-    from asdcli.shapes.train_prior import read_meta, train_prior
+    from asdcli.shapes.train_prior import export_prior, read_history, read_meta, train_prior
 
     log: list[str] = []
     train_prior(tmp_path / "a", _prior_cfg(), stop_after=2, log=log.append)
     run = train_prior(tmp_path / "a", resume=True, log=log.append, overrides={"next_to_prob": 1.0, "batch": 4})
     assert run.step == 4 and read_meta(tmp_path / "a")["config"]["next_to_prob"] == 1.0
     assert "resume: next_to_prob None → 1.0" in log and not any("batch" in line for line in log)  # unchanged
+    assert read_history(tmp_path / "a") == [{"resumed_at": 2, "changed": {"next_to_prob": [None, 1.0]}}]
+    folder = export_prior(tmp_path / "a", tmp_path / "prior")
+    record = json.loads((folder / bundled.SHAPESWORLD_PRIOR_INFO[0]).read_text())
+    assert record["history"] == read_history(tmp_path / "a") and record["config"]["next_to_prob"] == 1.0
     with pytest.raises(UserError, match="channels shapes the model"):
         train_prior(tmp_path / "a", resume=True, steps=6, log=log.append, overrides={"channels": [16, 48]})
     assert read_meta(tmp_path / "a")["step"] == 4  # nothing trained, nothing lost

@@ -32,6 +32,7 @@ from asdcli.shapes.train_prior import (
     load_checkpoint,
     load_optimizer,
     optimizer_tensors,
+    read_history,
     run_training,
     save_checkpoint,
     split_singles_pairs,
@@ -352,8 +353,8 @@ def export_clip(run_dir: str | Path, dest: str | Path) -> Path:
                "rescale_factor": 1 / 255, "do_normalize": True, "image_mean": list(CLIP_MEAN),
                "image_std": list(CLIP_STD), "do_convert_rgb": True}
         (tmp / "preprocessor_config.json").write_text(json.dumps(pre, indent=2) + "\n")
-        (tmp / "shapesworld_clip.json").write_text(json.dumps({"trained_steps": meta["step"],
-                                                               "config": meta["config"]}, indent=1) + "\n")
+        record = {"trained_steps": meta["step"], "config": meta["config"], "history": read_history(run_dir)}
+        (tmp / "shapesworld_clip.json").write_text(json.dumps(record, indent=1) + "\n")
 
     return write_folder_atomic(Path(dest), write)
 

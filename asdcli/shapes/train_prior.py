@@ -37,6 +37,9 @@ from asdcli.shapes.vocab import MAX_LENGTH, build_tokenizer, token_ids, write_vo
 CHECKPOINT = "checkpoint.safetensors"
 
 
+HISTORY_FILE = "history.jsonl"  # config changes made by resumes (run_training), copied into exports
+
+
 def checkpoint_path(run_dir: str | Path) -> Path:
     return Path(run_dir) / CHECKPOINT
 
@@ -365,6 +368,9 @@ class PriorTrainer:
         ema = {k[4:]: v for k, v in tensors.items() if k.startswith("ema.")}
         self.model.load_state_dict(ema)
         self.ema = {k: v.to(self.device, copy=True) for k, v in ema.items()}
+        self.out.mkdir(parents=True, exist_ok=True)
+        with open(self.out / HISTORY_FILE, "a") as fh:  # the export's record then tells the source's steps too
+            fh.write(json.dumps({"init_from": str(run_dir), "source_steps": int(meta["step"])}) + "\n")
 
     def train_step(self) -> float:
         """One optimiser step on a fresh batch: AdamW with the warm-up/cosine lr, clipping, then the EMA."""
@@ -433,7 +439,8 @@ def run_training(out: str | Path, trainer_cls: type, config_cls: type, cfg: Any,
     out = Path(out)
     resuming = resume and checkpoint_path(out).exists()
     if resuming:
-        cfg = resumed_config(config_cls, read_meta(out)["config"], overrides or {}, log)
+        saved = read_meta(out)["config"]
+        cfg = resumed_config(config_cls, saved, overrides or {}, log)
     else:
         cfg = cfg or config_cls()
         out.mkdir(parents=True, exist_ok=True)
@@ -443,8 +450,24 @@ def run_training(out: str | Path, trainer_cls: type, config_cls: type, cfg: Any,
     if resuming:
         trainer.load()
         log(f"resumed {out} at step {trainer.step}")
+        record_resume(out, trainer.step, saved, asdict(cfg))
     trainer.run(log, stop_after)
     return trainer
+
+
+def record_resume(out: Path, step: int, before: dict[str, Any], after: dict[str, Any]) -> None:
+    """Append what a resume changed (steps included) to `history.jsonl` (beside an init_from line, if any): the
+    exports copy it into their training record, whose config shows only the last values."""
+    changed = {k: [before.get(k), v] for k, v in after.items() if list_like(before.get(k)) != list_like(v)}
+    if changed:
+        with open(out / HISTORY_FILE, "a") as fh:
+            fh.write(json.dumps({"resumed_at": step, "changed": changed}) + "\n")
+
+
+def read_history(run_dir: str | Path) -> list[dict[str, Any]]:
+    """A run's init_from source and the resumes that changed its config, oldest first ([] when neither)."""
+    path = Path(run_dir) / HISTORY_FILE
+    return [json.loads(line) for line in path.read_text().splitlines() if line.strip()] if path.is_file() else []
 
 
 def resumed_config(config_cls: type, saved: dict[str, Any], overrides: dict[str, Any], log) -> Any:
@@ -486,7 +509,8 @@ def export_ema_folder(run_dir: str | Path, dest: str | Path, config_cls: type, b
         write_vocab(tmp / "tokenizer")  # vocab.json + merges.txt: what transformers 4's slow CLIPTokenizer reads
         build_scheduler().save_pretrained(str(tmp / "scheduler"))
         info = {"trained_steps": meta["step"], "config": asdict(cfg), "weights": "ema",
-                "dtype": "float16" if fp16 else "float32", **(extra_info(cfg) if extra_info else {})}
+                "dtype": "float16" if fp16 else "float32", "history": read_history(run_dir),
+                **(extra_info(cfg) if extra_info else {})}
         (tmp / info_file).write_text(json.dumps(info, indent=1) + "\n")
 
     return write_folder_atomic(Path(dest), write)
