@@ -272,8 +272,9 @@ def test_resume_applies_config_changes_but_not_architecture_ones(tmp_path):
     folder = export_prior(tmp_path / "a", tmp_path / "prior")
     record = json.loads((folder / bundled.SHAPESWORLD_PRIOR_INFO[0]).read_text())
     assert record["history"] == read_history(tmp_path / "a") and record["config"]["next_to_prob"] == 1.0
-    with pytest.raises(UserError, match="channels shapes the model"):
-        train_prior(tmp_path / "a", resume=True, steps=6, log=log.append, overrides={"channels": [16, 48]})
+    for change in ({"channels": [16, 48]}, {"init_from": str(tmp_path / "a")}):
+        with pytest.raises(UserError, match=f"{next(iter(change))} shapes the model's starting point"):
+            train_prior(tmp_path / "a", resume=True, steps=6, log=log.append, overrides=change)
     assert read_meta(tmp_path / "a")["step"] == 4  # nothing trained, nothing lost
 
 

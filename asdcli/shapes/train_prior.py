@@ -471,12 +471,15 @@ def read_history(run_dir: str | Path) -> list[dict[str, Any]]:
 
 
 def resumed_config(config_cls: type, saved: dict[str, Any], overrides: dict[str, Any], log) -> Any:
-    """The checkpoint's config with `overrides` applied (each change logged); architecture keys cannot change."""
-    fixed = [k for k in overrides if k in config_cls.ARCHITECTURE and list_like(overrides[k]) != list_like(saved[k])]
+    """The checkpoint's config with `overrides` applied (each change logged); the architecture and init_from
+    cannot change."""
+    fixed = [k for k in overrides if k in (*config_cls.ARCHITECTURE, "init_from")
+             and list_like(overrides[k]) != list_like(saved.get(k))]
     if fixed:
         verb = "shapes" if len(fixed) == 1 else "shape"
-        raise UserError(f"--config on --resume: {', '.join(fixed)} {verb} the model and cannot change in a run; "
-                        "start a new run (train-prior can start one from this run with --init-from)")
+        raise UserError(f"--config/--init-from on --resume: {', '.join(fixed)} {verb} the model's starting point "
+                        "and cannot change in a run; start a new run (train-prior can start one from this run with "
+                        "--init-from)")
     for key in sorted(overrides):
         if list_like(saved.get(key)) != list_like(overrides[key]):
             log(f"resume: {key} {saved.get(key)} → {overrides[key]}")
