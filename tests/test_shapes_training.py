@@ -98,8 +98,10 @@ def test_prior_resume_is_exact_and_export_loads(tmp_path):
 
     report = evaluate_prior(folder, n_prompts=2, scales=(1.0, 7.5), steps=2, clip="bundled:shapes-clip")
     assert set(report["cfg_7.5"]) == {"mask_iou", "color_ok", "pair_color_ok", "saturated", "fg_fraction",
-                                      "clip_r_at_1", "clip_r_at_1_scene", "view_width_ratio"}
+                                      "clip_r_at_1", "clip_r_at_1_scene", "view_width_ratio", "view_order_ok",
+                                      "view_order_swapped"}
     assert report["view_cases"] == 1 and report["gt_view_width_ratio"] < 0.8  # its one "next to" pair
+    assert report["order_cases"] == 1 and (report["gt_view_order_ok"], report["gt_view_order_swapped"]) == (1.0, 0.0)
     assert 0.0 <= report["cfg_1"]["mask_iou"] <= 1.0
     assert report["gt_clip_r_at_1"] == 1.0  # the bundled CLIP tells a single object from a pair in its GT render
 
@@ -132,6 +134,20 @@ def test_prior_fine_tune_starts_from_another_runs_ema_with_its_own_pair_mix(tmp_
     assert main(["train-prior", "--out", str(tmp_path / "d"), "--config", "{lr: 1}"]) == 2
     assert capsys.readouterr().err.startswith("error: --config: not valid JSON")
     assert not (tmp_path / "d").exists()
+
+
+def test_front_back_prob_shows_next_to_pairs_from_the_views_that_fix_their_order():
+    from asdcli.priors.perp_neg import BACK, FRONT
+    from asdcli.shapes.train_prior import PriorData
+
+    def views(**kw):
+        data = PriorData(_prior_cfg(pool=64, single_prob=0.0, next_to_prob=1.0, **kw), torch.Generator().manual_seed(0))
+        return data.view.tolist()
+    both = views(front_back_prob=1.0)
+    assert set(both) == {FRONT, BACK} and 16 < both.count(FRONT) < 48
+    assert len(set(views())) == 4  # by default every view, overhead included
+    with pytest.raises(UserError, match=r"front_back_prob: expected a share in \[0, 1\], got 1.5"):
+        _prior_cfg(front_back_prob=1.5)
 
 
 def test_clip_resume_is_exact_and_export_loads_in_clip_scorer(tmp_path):
@@ -185,6 +201,26 @@ def test_view_width_ratio_tells_a_side_view_of_a_pair_from_a_front_view():
     # the samples' measure (foreground against the border colour) agrees with the GT coverage on GT renders
     masks = [foreground(r.rgb[pairs].permute(0, 3, 1, 2)) for r in (front, side)]
     assert abs(view_width_ratio(*masks) - view_width_ratio(front.alpha[pairs] > 0.5, side.alpha[pairs] > 0.5)) < 0.1
+
+
+def test_view_order_tells_a_front_back_aware_prior_from_a_blind_one():
+    from asdcli.render.cameras import cameras_from_angles
+    from asdcli.shapes.eval_prior import view_order
+    from asdcli.shapes.gt_render import render_scenes
+
+    prompts = ["a red cube next to a blue sphere", "a green torus next to a yellow cylinder"]
+    colors = [("red", "blue"), ("green", "yellow")]
+    ones = torch.ones(2)
+    refs = {}
+    for view, az in (("front", 0.0), ("back", 180.0)):
+        cams = cameras_from_angles(15.0 * ones, az * ones, 2.6 * ones, 50.0 * ones)
+        rgb, albedo = (render_scenes(prompts, cams, 32, 32, shading=s, supersample=2) for s in ("lambertian", "albedo"))
+        refs[view] = (rgb.rgb.permute(0, 3, 1, 2), albedo.rgb.permute(0, 3, 1, 2), rgb.alpha)
+    front, back = refs["front"][0], refs["back"][0]
+    assert view_order(front, back, refs, colors) == {"view_order_ok": 1.0, "view_order_swapped": 0.0}
+    # a prior blind to front/back draws the front picture for the back caption too
+    assert view_order(front, front, refs, colors) == {"view_order_ok": 0.5, "view_order_swapped": 0.5}
+    assert view_order(back, front, refs, colors) == {"view_order_ok": 0.0, "view_order_swapped": 1.0}
 
 
 def test_eval_prior_says_when_the_split_has_too_few_singles():

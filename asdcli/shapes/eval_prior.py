@@ -20,6 +20,9 @@ Per sample, with a camera drawn from the training distribution and the GT render
   from azimuth 90° over that from azimuth 0°, elevation 15°, the same starting noise for both. A pair seen from
   the side has one object hiding the other, so the GT renders' ratio (`gt_view_width_ratio`) is well below 1; a
   prior that ignores the view caption draws the same side-by-side picture for both and scores ≈ 1.
+- `view_order_ok` / `view_order_swapped` (two-colour "next to" pairs; `order_cases` of them): from azimuth 0° and
+  180° (same noise), each sample judged by `pair_color_ok` against the GT of its own view / of the opposite one.
+  The pair's left-right order flips between front and back; a prior blind to that scores ok ≈ swapped.
 - `saturated`: share of foreground pixels with a channel pinned at 0 or 1 (the CFG collapse the first study saw
   filled the frame with one saturated colour); `fg_fraction` vs the GT's shows frame-filling squares too.
 """
@@ -180,15 +183,36 @@ def view_width_ratio(front: Tensor, side: Tensor) -> float:
     return float(column_span(side).mean() / column_span(front).mean().clamp(min=1.0))
 
 
+def view_order(front: Tensor, back: Tensor, refs: dict[str, Any], colors: list[tuple[str, str]]) -> dict[str, float]:
+    """Left-right order of two-colour "next to" pairs: samples front / back [B, 3, H, W] from azimuth 0° / 180°
+    judged by `pair_color_ok` against the GT of their own view (`view_order_ok`) and of the opposite view
+    (`view_order_swapped`), each averaged over both views. refs["front"/"back"]: (rgb, albedo, alpha) GT batches
+    [B, 3, H, W], [B, 3, H, W], [B, H, W]. The order flips between the two views; a prior blind to front/back
+    draws one order for both captions and scores ok ≈ swapped, and ASD's front and back gradients then contradict
+    each other (a generator splits the colours top / bottom across both objects instead)."""
+    samples = {"front": front, "back": back}
+    fgs = {k: foreground(v) for k, v in samples.items()}
+    score = {"ok": 0, "swapped": 0}
+    for view, other in (("front", "back"), ("back", "front")):
+        for i, pair in enumerate(colors):
+            args = (samples[view][i], fgs[view][i])
+            score["ok"] += pair_color_ok(*args, *(r[i] for r in refs[view][:2]), refs[view][2][i], pair)
+            score["swapped"] += pair_color_ok(*args, *(r[i] for r in refs[other][:2]), refs[other][2][i], pair)
+    n = 2 * max(1, len(colors))
+    return {"view_order_ok": score["ok"] / n, "view_order_swapped": score["swapped"] / n}
+
+
 class ViewProbe(NamedTuple):
-    gt_ratio: float  # the GT renders' view_width_ratio
-    sample_ratio: Callable[[float, int, int], float]  # (scale, DDIM steps, seed) → the samples' ratio
+    gt: dict[str, float]  # the GT renders' view_width_ratio (and view_order_ok / _swapped: 1 / 0)
+    sample: Callable[[float, int, int], dict[str, float]]  # (scale, DDIM steps, seed) → the samples' figures
     cases: int  # how many "next to" pairs
+    order_cases: int  # how many of them have two colours (judged by view_order)
 
 
 def _view_probe(prior: Any, prompts: list[str], size: int) -> ViewProbe | None:
-    """The view_width_ratio probe on the "next to" pairs among `prompts` (None when there are none). Cameras:
-    azimuth 0° (front) and 90° (side), elevation 15°, fovy 50°, the training cameras' middle relative distance."""
+    """view_width_ratio and view_order on the "next to" pairs among `prompts` (None when there are none). Cameras:
+    azimuth 0° (front), 90° (side) and 180° (back), elevation 15°, fovy 50°, the training cameras' middle relative
+    distance; the same starting noise for a pair's three views, so only the caption differs."""
     import math
 
     from asdcli.render.cameras import cameras_from_angles
@@ -199,18 +223,26 @@ def _view_probe(prior: Any, prompts: list[str], size: int) -> ViewProbe | None:
     if not pairs:
         return None
     n = len(pairs)
-    az = torch.tensor([0.0] * n + [90.0] * n)
+    az = torch.tensor([0.0] * n + [90.0] * n + [180.0] * n)
     cams = cameras_from_angles(torch.full_like(az, 15.0), az, torch.full_like(az, 1.2 / math.tan(math.radians(25))),
                                torch.full_like(az, 50.0))
-    gt = render_scenes(pairs + pairs, cams, size, size, supersample=2).alpha > 0.5
-    cond = prior.conditioning(pairs + pairs, cams.elevation, cams.azimuth, cams.c2w)
+    gt = render_scenes(pairs * 3, cams, size, size, supersample=2)
+    albedo = render_scenes(pairs * 3, cams, size, size, shading="albedo", supersample=2)
+    two = [i for i, p in enumerate(pairs) if len({o.color for o in parse_prompt(p).objects}) == 2]
+    colors = [tuple(o.color for o in parse_prompt(pairs[i]).objects) for i in two]
+    chw = (gt.rgb.permute(0, 3, 1, 2), albedo.rgb.permute(0, 3, 1, 2), gt.alpha)
+    refs = {v: tuple(x[off:off + n][two] for x in chw) for v, off in (("front", 0), ("back", 2 * n))}
+    cond = prior.conditioning(pairs * 3, cams.elevation, cams.azimuth, cams.c2w)
+    views = [slice(k * n, (k + 1) * n) for k in range(3)]
 
-    def sample_ratio(scale: float, steps: int, seed: int) -> float:
-        # the same starting noise for a pair's two views: only the caption differs
-        front, side = (ddim_sample(prior, cond.cond[sl], cond.uncond[sl], scale, steps,
-                                   torch.Generator().manual_seed(seed)) for sl in (slice(0, n), slice(n, None)))
-        return view_width_ratio(foreground(front), foreground(side))
-    return ViewProbe(view_width_ratio(gt[:n], gt[n:]), sample_ratio, n)
+    def figures(front: Tensor, side: Tensor, back: Tensor) -> dict[str, float]:
+        ratio = {"view_width_ratio": view_width_ratio(foreground(front), foreground(side))}
+        return {**ratio, **view_order(front[two], back[two], refs, colors)} if two else ratio
+
+    def sample(scale: float, steps: int, seed: int) -> dict[str, float]:
+        return figures(*(ddim_sample(prior, cond.cond[sl], cond.uncond[sl], scale, steps,
+                                     torch.Generator().manual_seed(seed)) for sl in views))
+    return ViewProbe(figures(*(chw[0][sl] for sl in views)), sample, n, len(two))
 
 
 def _prompts(split: str, n: int) -> list[str]:
@@ -276,7 +308,8 @@ def evaluate_prior(model: str | Path, n_prompts: int = 24, scales=(1.0, 3.0, 7.5
     report["gt_pair_color_ok"] = binding(gt_chw, foreground(gt_chw))  # the metric's ceiling (1 unless broken)
     probe = _view_probe(prior, prompts, size)
     if probe:
-        report["gt_view_width_ratio"], report["view_cases"] = probe.gt_ratio, probe.cases
+        report.update({f"gt_{k}": v for k, v in probe.gt.items()})
+        report["view_cases"], report["order_cases"] = probe.cases, probe.order_cases
     retrieval = _clip_retrieval(clip, prompts) if clip else None
     if retrieval:
         report.update({f"gt_{k}": v for k, v in retrieval(gt.rgb).items()})
@@ -294,7 +327,7 @@ def evaluate_prior(model: str | Path, n_prompts: int = 24, scales=(1.0, 3.0, 7.5
             "saturated": float(sat.sum() / fg.sum().clamp(min=1)),
             "fg_fraction": float(fg.float().mean()),
             **(retrieval(imgs.permute(0, 2, 3, 1)) if retrieval else {}),
-            **({"view_width_ratio": probe.sample_ratio(float(scale), steps, seed)} if probe else {}),
+            **(probe.sample(float(scale), steps, seed) if probe else {}),
         }
         sheets.append(imgs.permute(0, 2, 3, 1))
     if grid:

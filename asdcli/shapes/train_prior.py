@@ -134,6 +134,10 @@ class PriorTrainConfig:
     # Share of pair draws that are "next to" pairs; None draws pairs as the split has them (half "next to").
     # Their layout is the only one that changes with the view caption (BENCHMARKS §9).
     next_to_prob: float | None = None
+    # Share of "next to" draws seen from inside the front or back view bucket (else from the usual cameras). Only
+    # those two views fix a pair's left-right order, which flips between them; a prior that has not learned the
+    # flip draws one order for both captions, and ASD then gets contradicting gradients (BENCHMARKS §9).
+    front_back_prob: float = 0.0
     # A run directory whose EMA weights start this run (a fine-tune: fresh optimiser, schedule and pool).
     init_from: str | None = None
     # View-caption rules, recorded in the export (the SD path uses them when a recipe leaves its own unset).
@@ -153,6 +157,8 @@ class PriorTrainConfig:
     def __post_init__(self) -> None:
         if self.next_to_prob is not None and not 0.0 <= self.next_to_prob <= 1.0:
             raise UserError(f"next_to_prob: expected a share in [0, 1] or null, got {self.next_to_prob}")
+        if not 0.0 <= self.front_back_prob <= 1.0:
+            raise UserError(f"front_back_prob: expected a share in [0, 1], got {self.front_back_prob}")
 
     @classmethod
     def from_dict(cls, data: dict[str, Any]) -> PriorTrainConfig:
@@ -212,6 +218,15 @@ def split_singles_pairs(split_seed: int, split: str = "train") -> tuple[list[str
     return singles, [p for p in prompts if " on top of " in p or " next to " in p]
 
 
+def _where_camera(pick: Tensor, a, b):
+    """CameraBatch with camera i from `a` where pick[i] ([B] bool), else from `b`."""
+    from asdcli.render.cameras import CameraBatch
+
+    keys = ("c2w", "fovy", "elevation", "azimuth", "distance")
+    return CameraBatch(*(torch.where(pick.view(-1, *[1] * (getattr(a, k).dim() - 1)), getattr(a, k), getattr(b, k))
+                         for k in keys))
+
+
 class PriorData:
     """Replay pool of premultiplied renders: rgb [N, 3, H, W], alpha [N, 1, H, W] (fp16), prompt id [N], view [N].
 
@@ -232,16 +247,24 @@ class PriorData:
         for start in range(0, n if gen is not None else 0, 256):
             self._fill(torch.arange(start, min(n, start + 256)), gen)
 
-    def _cameras(self, count: int, gen: torch.Generator):
+    def _cameras(self, count: int, gen: torch.Generator, next_to: Tensor):
+        """Training cameras, a cfg.overhead_prob share of them high; with cfg.front_back_prob, that share of the
+        "next to" slots (`next_to` [count] bool) inside the front or back bucket instead."""
         from asdcli.config import CameraConfig
-        from asdcli.render.cameras import CameraBatch, sample_training_cameras
+        from asdcli.render.cameras import sample_training_cameras
 
-        base = sample_training_cameras(CameraConfig(), count, 1, gen)
+        cfg = self.cfg
+        cams = sample_training_cameras(CameraConfig(), count, 1, gen)
         high = sample_training_cameras(CameraConfig(elevation=(45.0, 85.0)), count, 1, gen)
-        pick = torch.rand(count, generator=gen) < self.cfg.overhead_prob
-        keys = ("c2w", "fovy", "elevation", "azimuth", "distance")
-        return CameraBatch(*(torch.where(pick.view(-1, *[1] * (getattr(base, k).dim() - 1)), getattr(high, k),
-                                         getattr(base, k)) for k in keys))
+        cams = _where_camera(torch.rand(count, generator=gen) < cfg.overhead_prob, high, cams)
+        if cfg.front_back_prob > 0:
+            front = sample_training_cameras(CameraConfig(azimuth=(-cfg.front_threshold, cfg.front_threshold)),
+                                            count, 1, gen)
+            back = sample_training_cameras(CameraConfig(azimuth=(180.0 - cfg.back_threshold,
+                                                                 180.0 + cfg.back_threshold)), count, 1, gen)
+            front = _where_camera(torch.rand(count, generator=gen) < 0.5, back, front)
+            cams = _where_camera(next_to & (torch.rand(count, generator=gen) < cfg.front_back_prob), front, cams)
+        return cams
 
     def _fill(self, slots: Tensor, gen: torch.Generator) -> None:
         from asdcli.priors.perp_neg import view_directions
@@ -252,7 +275,7 @@ class PriorData:
         i_single = torch.randint(len(self.singles), (count,), generator=gen)
         i_pair = self._pair_ids(count, gen)
         ids = torch.where(single, i_single, i_pair)
-        cams = self._cameras(count, gen)
+        cams = self._cameras(count, gen, torch.isin(ids, self.next_to_ids))
         out = render_scenes([self.prompts[i] for i in ids.tolist()], cams, cfg.image_size, cfg.image_size,
                             shading=cfg.shading, background=(0.0, 0.0, 0.0), supersample=cfg.supersample)
         self.rgb[slots] = out.rgb.permute(0, 3, 1, 2).half()
