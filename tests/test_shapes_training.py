@@ -60,7 +60,8 @@ def _prior_cfg(**kw):
 
 def test_prior_resume_is_exact_and_export_loads(tmp_path):
     from asdcli.priors.stable_diffusion import StableDiffusionPrior, StableDiffusionPriorConfig
-    from asdcli.shapes.train_prior import export_prior, load_checkpoint, train_prior
+    from asdcli.shapes.runs import load_checkpoint
+    from asdcli.shapes.train_prior import export_prior, train_prior
 
     quiet = dict(log=lambda *a: None)
     train_prior(tmp_path / "a", _prior_cfg(front_threshold=70.0, back_threshold=30.0), **quiet)
@@ -108,7 +109,8 @@ def test_prior_resume_is_exact_and_export_loads(tmp_path):
 
 def test_prior_fine_tune_starts_from_another_runs_ema_with_its_own_pair_mix(tmp_path, capsys):
     from asdcli.shapes.__main__ import main
-    from asdcli.shapes.train_prior import PriorTrainer, load_checkpoint, read_history, read_meta, train_prior
+    from asdcli.shapes.runs import load_checkpoint, read_history, read_meta
+    from asdcli.shapes.train_prior import PriorTrainer, train_prior
 
     quiet = dict(log=lambda *a: None)
     train_prior(tmp_path / "a", _prior_cfg(), **quiet)
@@ -136,6 +138,28 @@ def test_prior_fine_tune_starts_from_another_runs_ema_with_its_own_pair_mix(tmp_
     assert not (tmp_path / "d").exists()
 
 
+def test_prior_fine_tune_starts_from_an_exported_folder(tmp_path):
+    """--init-from takes what export-prior wrote (the bundled prior is such a folder): its float16 EMA weights,
+    its architecture checked, its own record kept in the new run's history."""
+    from asdcli.shapes.runs import load_checkpoint, read_history
+    from asdcli.shapes.train_prior import PriorTrainer, export_prior, train_prior
+
+    quiet = dict(log=lambda *a: None)
+    train_prior(tmp_path / "a", _prior_cfg(), **quiet)
+    folder = export_prior(tmp_path / "a", tmp_path / "export")
+    source = load_checkpoint(tmp_path / "a")[0]
+    fine = train_prior(tmp_path / "b", _prior_cfg(init_from=str(folder), steps=0), **quiet)
+    weights = fine.model.state_dict()
+    assert all(torch.equal(weights[k], source[f"ema.{k}"].half().float()) for k in weights)
+    assert all(weights[k].dtype == torch.float32 for k in weights)
+    assert read_history(tmp_path / "b") == [{"init_from": str(folder), "source_steps": 4, "source_history": []}]
+    with pytest.raises(UserError, match=r"export has another architecture \(text_dim 16 there, 32 here\)"):
+        PriorTrainer(tmp_path / "c", _prior_cfg(text_dim=32)).init_weights(str(folder))
+    (folder / "unet" / "diffusion_pytorch_model.safetensors").unlink()
+    with pytest.raises(UserError, match=r"has no unet/diffusion_pytorch_model.safetensors; give a run directory"):
+        PriorTrainer(tmp_path / "d", _prior_cfg()).init_weights(str(folder))
+
+
 def test_front_back_prob_shows_next_to_pairs_from_the_views_that_fix_their_order():
     from asdcli.priors.perp_neg import BACK, FRONT
     from asdcli.shapes.train_prior import PriorData
@@ -152,8 +176,8 @@ def test_front_back_prob_shows_next_to_pairs_from_the_views_that_fix_their_order
 
 def test_clip_resume_is_exact_and_export_loads_in_clip_scorer(tmp_path):
     from asdcli.evaluate import ClipScorer
+    from asdcli.shapes.runs import load_checkpoint
     from asdcli.shapes.train_clip import ClipTrainConfig, export_clip, train_clip
-    from asdcli.shapes.train_prior import load_checkpoint
 
     cfg = dict(pool=8, fresh=2, batch=4, width=32, vision_layers=1, text_layers=1, projection=16, image_size=16,
                steps=4, warmup=2, checkpoint_every=2, hard_negatives=2)
@@ -297,7 +321,8 @@ def test_lookalike_negatives_swap_one_shape_for_its_lookalike():
 
 
 def test_resume_applies_config_changes_but_not_architecture_ones(tmp_path):
-    from asdcli.shapes.train_prior import export_prior, read_history, read_meta, train_prior
+    from asdcli.shapes.runs import read_history, read_meta
+    from asdcli.shapes.train_prior import export_prior, train_prior
 
     log: list[str] = []
     train_prior(tmp_path / "a", _prior_cfg(), stop_after=2, log=log.append)

@@ -34,8 +34,9 @@ def _parser() -> argparse.ArgumentParser:
         t.add_argument("--config", default=None, help="JSON object of config overrides (with --resume: "
                        "changes from the checkpoint on; not the architecture)")
         if name == "train-prior":
-            t.add_argument("--init-from", default=None, help="run directory whose EMA weights start this run "
-                           "(fine-tuning: fresh optimiser, schedule and pool)")
+            t.add_argument("--init-from", default=None, help="run directory or exported prior folder "
+                           "(bundled:shapes-prior too) whose EMA weights start this run (fine-tuning: fresh "
+                           "optimiser, schedule and pool)")
         t.add_argument("--device", default="cpu", help="cpu, cuda or cuda:N for the models (renders stay on "
                                                      "the CPU; --resume is bit-exact on the CPU only)")
     for name in ("export-prior", "export-clip", "export-prior-mv"):

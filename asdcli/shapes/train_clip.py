@@ -28,16 +28,16 @@ from torch import Tensor, nn
 
 from asdcli.clip_model import CLIP_MEAN, CLIP_STD
 from asdcli.shapes.grammar import COLORS, SHAPES, SIZES, ObjectSpec, SceneSpec, held_out_combinations, parse_prompt
-from asdcli.shapes.train_prior import (
+from asdcli.shapes.runs import (
     load_checkpoint,
     load_optimizer,
     optimizer_tensors,
     read_history,
     run_training,
     save_checkpoint,
-    split_singles_pairs,
     write_folder_atomic,
 )
+from asdcli.shapes.train_prior import split_singles_pairs
 from asdcli.shapes.vocab import MAX_LENGTH, build_tokenizer, write_vocab
 
 

@@ -19,9 +19,6 @@ from __future__ import annotations
 
 import json
 import math
-import os
-import shutil
-import tempfile
 import time
 from dataclasses import asdict, dataclass, fields
 from pathlib import Path
@@ -32,80 +29,18 @@ from torch import Tensor, nn
 
 from asdcli.errors import UserError
 from asdcli.shapes.bundled import SHAPESWORLD_PRIOR_INFO
+from asdcli.shapes.runs import (
+    HISTORY_FILE,
+    list_like,
+    load_checkpoint,
+    load_optimizer,
+    optimizer_tensors,
+    read_history,
+    run_training,
+    save_checkpoint,
+    write_folder_atomic,
+)
 from asdcli.shapes.vocab import MAX_LENGTH, build_tokenizer, token_ids, write_vocab
-
-CHECKPOINT = "checkpoint.safetensors"
-
-
-HISTORY_FILE = "history.jsonl"  # config changes made by resumes (run_training), copied into exports
-
-
-def checkpoint_path(run_dir: str | Path) -> Path:
-    return Path(run_dir) / CHECKPOINT
-
-
-def optimizer_tensors(opt: torch.optim.Optimizer) -> dict[str, Tensor]:
-    """AdamW moments and step counts as flat tensors "opt.{param}.{slot}" (the param groups are rebuilt)."""
-    return {f"opt.{i}.{k}": v for i, slots in opt.state_dict()["state"].items() for k, v in slots.items()}
-
-
-def load_optimizer(opt: torch.optim.Optimizer, tensors: dict[str, Tensor], meta: dict[str, Any]) -> None:
-    state: dict[int, dict[str, Tensor]] = {}
-    for key, val in tensors.items():
-        if key.startswith("opt."):
-            idx, slot = key[4:].split(".", 1)
-            state.setdefault(int(idx), {})[slot] = val.clone()
-    opt.load_state_dict({"state": state, "param_groups": opt.state_dict()["param_groups"]})
-
-
-def save_checkpoint(run_dir: Path, tensors: dict[str, Tensor], meta: dict[str, Any]) -> Path:
-    """One safetensors file (metadata "meta" = JSON), written to a temp name, fsynced and renamed over the old."""
-    from safetensors.torch import save_file
-
-    from asdcli.media import atomic_output
-
-    with atomic_output(checkpoint_path(run_dir)) as tmp:
-        save_file({k: v.detach().contiguous().cpu() for k, v in tensors.items()}, str(tmp),
-                  metadata={"meta": json.dumps(meta)})
-    return checkpoint_path(run_dir)
-
-
-def read_meta(run_dir: str | Path) -> dict[str, Any]:
-    from safetensors import safe_open
-
-    with safe_open(str(checkpoint_path(run_dir)), "pt") as fh:
-        return json.loads(fh.metadata()["meta"])
-
-
-def load_checkpoint(run_dir: str | Path, command: str = "train-prior/train-clip") -> tuple[dict[str, Tensor],
-                                                                                          dict[str, Any]]:
-    """(tensors, meta) of a run directory's checkpoint; a missing one is a UserError naming the fix."""
-    from safetensors.torch import load_file
-
-    path = checkpoint_path(run_dir)
-    if not path.is_file():
-        raise UserError(f"no checkpoint at {path}: train first (python -m asdcli.shapes {command} --out {run_dir})")
-    return load_file(str(path)), read_meta(run_dir)
-
-
-def write_folder_atomic(dest: Path, write) -> Path:
-    """Build a folder with write(tmp) next to `dest`, then swap it in (the old one is removed only after)."""
-    dest = Path(dest)
-    dest.parent.mkdir(parents=True, exist_ok=True)
-    tmp = Path(tempfile.mkdtemp(prefix=f".{dest.name}.", dir=dest.parent))
-    try:
-        write(tmp)
-        old = dest.with_name(f".{dest.name}.old")
-        shutil.rmtree(old, ignore_errors=True)
-        if dest.exists():
-            os.replace(dest, old)
-        os.replace(tmp, dest)
-        shutil.rmtree(old, ignore_errors=True)
-    except BaseException:
-        shutil.rmtree(tmp, ignore_errors=True)
-        raise
-    os.chmod(dest, 0o755)  # mkdtemp makes 0700 folders
-    return dest
 
 
 @dataclass
@@ -138,7 +73,8 @@ class PriorTrainConfig:
     # those two views fix a pair's left-right order, which flips between them; a prior that has not learned the
     # flip draws one order for both captions, and ASD then gets contradicting gradients (BENCHMARKS §9).
     front_back_prob: float = 0.0
-    # A run directory whose EMA weights start this run (a fine-tune: fresh optimiser, schedule and pool).
+    # A run directory or an exported folder (bundled:shapes-prior too) whose EMA weights start this run (a
+    # fine-tune: fresh optimiser, schedule and pool).
     init_from: str | None = None
     # View-caption rules, recorded in the export (the SD path uses them when a recipe leaves its own unset).
     # 67.5 / 67.5 (side views only where a "next to" pair's objects hide each other) was tried as a 2,000-step
@@ -166,11 +102,6 @@ class PriorTrainConfig:
         out = cls(**{k: v for k, v in data.items() if k in known})
         out.channels = tuple(out.channels)
         return out
-
-
-def list_like(value: Any) -> Any:
-    """Tuples and lists compare equal (a JSON round trip turns one into the other)."""
-    return list(value) if isinstance(value, (tuple, list)) else value
 
 
 def build_models(cfg: PriorTrainConfig) -> tuple[Any, nn.Module, nn.Module]:
@@ -320,6 +251,32 @@ class PriorData:
         self.prompt_id, self.view = tensors["pool.prompt_id"].clone(), tensors["pool.view"].clone()
 
 
+def source_weights(source: str) -> tuple[dict[str, Tensor], dict[str, Any], dict]:
+    """(EMA state dict of {"unet", "text"} in float32, the source's config, its history record) of a run
+    directory (its checkpoint's EMA) or of an exported folder (`bundled:NAME`, or a folder with a training record
+    beside unet/ and text_encoder/: its weights are the EMA, stored in float16 by default)."""
+    from asdcli.shapes.bundled import resolve_bundled
+
+    folder = resolve_bundled(source) or Path(source).expanduser()
+    info = next((folder / n for n in SHAPESWORLD_PRIOR_INFO if (folder / n).is_file()), None)
+    if info is None:
+        tensors, meta = load_checkpoint(folder, "train-prior")
+        ema = {k[4:]: v for k, v in tensors.items() if k.startswith("ema.")}
+        return ema, meta["config"], {"init_from": str(source), "source_steps": int(meta["step"])}
+    from safetensors.torch import load_file
+
+    record = json.loads(info.read_text())
+    ema = {}
+    for prefix, sub, name in (("unet", "unet", "diffusion_pytorch_model.safetensors"),
+                              ("text", "text_encoder", "model.safetensors")):
+        if not (folder / sub / name).is_file():
+            raise UserError(f"init_from: {folder} has no {sub}/{name}; give a run directory or a folder written "
+                            "by export-prior")
+        ema.update({f"{prefix}.{k}": v.float() for k, v in load_file(str(folder / sub / name)).items()})
+    return ema, record.get("config", {}), {"init_from": str(source), "source_steps": int(record["trained_steps"]),
+                                           "source_history": record.get("history", [])}
+
+
 def diffusion_loss(unet: nn.Module, text: nn.Module, ids: Tensor, x0: Tensor, alphas: Tensor, gamma: float,
                    gen: torch.Generator) -> Tensor:
     """min-SNR-γ weighted ε-MSE. x0 [B, 3, H, W] in [−1, 1]; ids [B, L] token ids; alphas ᾱ [T]."""
@@ -379,21 +336,24 @@ class PriorTrainer:
         self.gen.set_state(tensors["rng"])
         self.step = int(meta["step"])
 
-    def init_weights(self, run_dir: str) -> None:
-        """Model and EMA both start from `run_dir`'s EMA weights; the architecture must match."""
-        tensors, meta = load_checkpoint(run_dir)
-        src, own = meta["config"], asdict(self.cfg)
-        differ = [k for k in self.cfg.ARCHITECTURE if k in src and list_like(src[k]) != list_like(own[k])]
+    def init_weights(self, source: str) -> None:
+        """Model and EMA both start from `source`'s EMA weights (a run directory, an exported folder or
+        `bundled:NAME`); the architecture must match."""
+        ema, src, record = source_weights(source)
+        differ = [k for k in self.cfg.ARCHITECTURE if k in src and list_like(src[k]) != list_like(asdict(self.cfg)[k])]
         if differ:
-            pairs = ", ".join(f"{k} {list_like(src[k])} there, {list_like(own[k])} here" for k in differ)
-            raise UserError(f"init_from: {run_dir} has another architecture ({pairs}); set these keys to the "
-                            "source run's values")
-        ema = {k[4:]: v for k, v in tensors.items() if k.startswith("ema.")}
-        self.model.load_state_dict(ema)
-        self.ema = {k: v.to(self.device, copy=True) for k, v in ema.items()}
+            pairs = ", ".join(f"{k} {list_like(src[k])} there, {list_like(asdict(self.cfg)[k])} here" for k in differ)
+            raise UserError(f"init_from: {source} has another architecture ({pairs}); set these keys to the "
+                            "source's values")
+        try:
+            self.model.load_state_dict(ema)
+        except RuntimeError as err:  # same config keys, other tensors: e.g. a 4-view export given to train-prior
+            raise UserError(f"init_from: {source} holds other model weights than this trainer builds "
+                            f"({str(err).splitlines()[0]}); give a run or export of the same trainer") from None
+        self.ema = {k: v.to(self.device, copy=True) for k, v in self.model.state_dict().items()}
         self.out.mkdir(parents=True, exist_ok=True)
         with open(self.out / HISTORY_FILE, "a") as fh:  # the export's record then tells the source's steps too
-            fh.write(json.dumps({"init_from": str(run_dir), "source_steps": int(meta["step"])}) + "\n")
+            fh.write(json.dumps(record) + "\n")
 
     def train_step(self) -> float:
         """One optimiser step on a fresh batch: AdamW with the warm-up/cosine lr, clipping, then the EMA."""
@@ -453,60 +413,6 @@ def train_prior(out: str | Path, cfg: PriorTrainConfig | None = None, resume: bo
     the checkpoint; `steps` may extend it (which changes the cosine schedule from there on) and `overrides`
     change other keys from there on (not the architecture)."""
     return run_training(out, PriorTrainer, PriorTrainConfig, cfg, resume, steps, log, stop_after, device, overrides)
-
-
-def run_training(out: str | Path, trainer_cls: type, config_cls: type, cfg: Any, resume: bool,
-                 steps: int | None, log, stop_after: int | None, device: str = "cpu",
-                 overrides: dict | None = None) -> Any:
-    """Start or resume a trainer of `trainer_cls` (2D prior, 4-view prior or CLIP) in `out` and run it."""
-    out = Path(out)
-    resuming = resume and checkpoint_path(out).exists()
-    if resuming:
-        saved = read_meta(out)["config"]
-        cfg = resumed_config(config_cls, saved, overrides or {}, log)
-    else:
-        cfg = cfg or config_cls()
-        out.mkdir(parents=True, exist_ok=True)
-    if steps is not None:
-        cfg.steps = steps
-    trainer = trainer_cls(out, cfg, device)
-    if resuming:
-        trainer.load()
-        log(f"resumed {out} at step {trainer.step}")
-        record_resume(out, trainer.step, saved, asdict(cfg))
-    trainer.run(log, stop_after)
-    return trainer
-
-
-def record_resume(out: Path, step: int, before: dict[str, Any], after: dict[str, Any]) -> None:
-    """Append what a resume changed (steps included) to `history.jsonl` (beside an init_from line, if any): the
-    exports copy it into their training record, whose config shows only the last values."""
-    changed = {k: [before.get(k), v] for k, v in after.items() if list_like(before.get(k)) != list_like(v)}
-    if changed:
-        with open(out / HISTORY_FILE, "a") as fh:
-            fh.write(json.dumps({"resumed_at": step, "changed": changed}) + "\n")
-
-
-def read_history(run_dir: str | Path) -> list[dict[str, Any]]:
-    """A run's init_from source and the resumes that changed its config, oldest first ([] when neither)."""
-    path = Path(run_dir) / HISTORY_FILE
-    return [json.loads(line) for line in path.read_text().splitlines() if line.strip()] if path.is_file() else []
-
-
-def resumed_config(config_cls: type, saved: dict[str, Any], overrides: dict[str, Any], log) -> Any:
-    """The checkpoint's config with `overrides` applied (each change logged); the architecture and init_from
-    cannot change."""
-    fixed = [k for k in overrides if k in (*config_cls.ARCHITECTURE, "init_from")
-             and list_like(overrides[k]) != list_like(saved.get(k))]
-    if fixed:
-        verb = "shapes" if len(fixed) == 1 else "shape"
-        raise UserError(f"--config/--init-from on --resume: {', '.join(fixed)} {verb} the model's starting point "
-                        "and cannot change in a run; start a new run (train-prior can start one from this run with "
-                        "--init-from)")
-    for key in sorted(overrides):
-        if list_like(saved.get(key)) != list_like(overrides[key]):
-            log(f"resume: {key} {saved.get(key)} → {overrides[key]}")
-    return config_cls.from_dict({**saved, **overrides})
 
 
 def export_prior(run_dir: str | Path, dest: str | Path, fp16: bool = True) -> Path:

@@ -43,10 +43,10 @@ import torch
 from torch import Tensor, nn
 
 from asdcli.shapes.bundled import SHAPESWORLD_PRIOR_INFO
+from asdcli.shapes.runs import run_training
 from asdcli.shapes.train_prior import (
     PriorTrainer,
     export_ema_folder,
-    run_training,
     split_singles_pairs,
 )
 from asdcli.shapes.vocab import MAX_LENGTH, build_tokenizer, token_ids
