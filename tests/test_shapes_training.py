@@ -103,6 +103,7 @@ def test_prior_resume_is_exact_and_export_loads(tmp_path):
                                       "view_order_swapped"}
     assert report["view_cases"] == 1 and report["gt_view_width_ratio"] < 0.8  # its one "next to" pair
     assert report["order_cases"] == 1 and (report["gt_view_order_ok"], report["gt_view_order_swapped"]) == (1.0, 0.0)
+    assert all(abs(report[k]) < 10 for k in ("order_loss_gap", "color_loss_gap"))  # relative, finite
     assert 0.0 <= report["cfg_1"]["mask_iou"] <= 1.0
     assert report["gt_clip_r_at_1"] == 1.0  # the bundled CLIP tells a single object from a pair in its GT render
 
@@ -158,6 +159,33 @@ def test_prior_fine_tune_starts_from_an_exported_folder(tmp_path):
     (folder / "unet" / "diffusion_pytorch_model.safetensors").unlink()
     with pytest.raises(UserError, match=r"has no unet/diffusion_pytorch_model.safetensors; give a run directory"):
         PriorTrainer(tmp_path / "d", _prior_cfg()).init_weights(str(folder))
+
+
+def test_caption_loss_gaps_tell_a_prior_that_reads_the_order_from_a_bag_of_words():
+    from asdcli.shapes.eval_prior import caption_loss_gaps, recolored, swapped_pair
+
+    assert swapped_pair("a red cube next to an orange sphere") == "an orange sphere next to a red cube"
+    assert recolored("a red cube next to an orange sphere") == "a yellow cube next to a cyan sphere"
+
+    class Prior:  # ε̂ = z_t · f(text states): `order` decides whether f sees the token order
+        alphas_cumprod = torch.linspace(0.999, 0.001, 1000)
+
+        def __init__(self, order: bool):
+            self.order = order
+
+        def predict_noise(self, z_t, t, text):
+            f = text[:, 0].mean(-1) if self.order else text.mean(dim=(1, 2))
+            return z_t * f.view(-1, 1, 1, 1)
+
+    right = torch.zeros(4, 6, 8)
+    right[:, -1] = 1.0  # only the last token is set: the order-reading prior sees it move to the front
+    conds = {"right": right, "order": right.flip(1), "color": right + 0.5}
+    z = torch.rand(4, 3, 8, 8) * 2 - 1
+    bag = caption_loss_gaps(Prior(False), z, conds, torch.Generator().manual_seed(1))
+    ordered = caption_loss_gaps(Prior(True), z, conds, torch.Generator().manual_seed(1))
+    assert set(bag) == {"order_loss_gap", "color_loss_gap"}
+    assert abs(bag["order_loss_gap"]) < 1e-5 and abs(bag["color_loss_gap"]) > 0.05
+    assert abs(ordered["order_loss_gap"]) > 0.05
 
 
 def test_front_back_prob_shows_next_to_pairs_from_the_views_that_fix_their_order():

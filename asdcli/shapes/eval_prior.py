@@ -23,6 +23,11 @@ Per sample, with a camera drawn from the training distribution and the GT render
 - `view_order_ok` / `view_order_swapped` (two-colour "next to" pairs; `order_cases` of them): from azimuth 0° and
   180° (same noise), each sample judged by `pair_color_ok` against the GT of its own view / of the opposite one.
   The pair's left-right order flips between front and back; a prior blind to that scores ok ≈ swapped.
+- `order_loss_gap` / `color_loss_gap` ("next to" pairs, GT renders from azimuth 0° and 180°): how much the
+  prior's denoising loss rises, relative to the right caption, when the caption names the objects the other way
+  round ("B next to A": the pair turned 180°, which the image is not) or with every colour replaced. Same t and ε
+  for all captions, no sampling, so it takes seconds. A prior that reads the caption as a bag of objects scores
+  an order gap ≈ 0 while its colour gap is large: it cannot tell ASD which object belongs on which side.
 - `saturated`: share of foreground pixels with a channel pinned at 0 or 1 (the CFG collapse the first study saw
   filled the frame with one saturated colour); `fg_fraction` vs the GT's shows frame-filling squares too.
 """
@@ -207,6 +212,7 @@ class ViewProbe(NamedTuple):
     sample: Callable[[float, int, int], dict[str, float]]  # (scale, DDIM steps, seed) → the samples' figures
     cases: int  # how many "next to" pairs
     order_cases: int  # how many of them have two colours (judged by view_order)
+    loss_gaps: dict[str, float]  # order_loss_gap, color_loss_gap (caption_loss_gaps on the front and back GT)
 
 
 def _view_probe(prior: Any, prompts: list[str], size: int) -> ViewProbe | None:
@@ -242,7 +248,50 @@ def _view_probe(prior: Any, prompts: list[str], size: int) -> ViewProbe | None:
     def sample(scale: float, steps: int, seed: int) -> dict[str, float]:
         return figures(*(ddim_sample(prior, cond.cond[sl], cond.uncond[sl], scale, steps,
                                      torch.Generator().manual_seed(seed)) for sl in views))
-    return ViewProbe(figures(*(chw[0][sl] for sl in views)), sample, n, len(two))
+    front_back = torch.cat([chw[0][views[0]], chw[0][views[2]]])
+    fb = torch.cat([torch.arange(n), torch.arange(2 * n, 3 * n)])
+    captions = {"right": pairs, "order": [swapped_pair(p) for p in pairs], "color": [recolored(p) for p in pairs]}
+    conds = {k: prior.conditioning(v * 2, cams.elevation[fb], cams.azimuth[fb], cams.c2w[fb]).cond
+             for k, v in captions.items()}
+    gaps = caption_loss_gaps(prior, prior.encode(front_back), conds, torch.Generator().manual_seed(0))
+    return ViewProbe(figures(*(chw[0][sl] for sl in views)), sample, n, len(two), gaps)
+
+
+def swapped_pair(prompt: str) -> str:
+    """"A next to B" → "B next to A" (the same scene turned 180°)."""
+    from asdcli.shapes.grammar import SceneSpec, parse_prompt
+
+    spec = parse_prompt(prompt)
+    return SceneSpec(spec.objects[::-1], spec.relation).text
+
+
+def recolored(prompt: str, shift: int = 3) -> str:
+    """The prompt with every colour replaced by the one `shift` places later in the grammar's list."""
+    from dataclasses import replace
+
+    from asdcli.shapes.grammar import COLORS, SceneSpec, parse_prompt
+
+    names = list(COLORS)
+    spec = parse_prompt(prompt)
+    objs = tuple(replace(o, color=names[(names.index(o.color) + shift) % len(names)]) for o in spec.objects)
+    return SceneSpec(objs, spec.relation).text
+
+
+def caption_loss_gaps(prior: Any, z: Tensor, conds: dict[str, Tensor], gen: torch.Generator,
+                      ts: tuple[int, ...] = (100, 300, 500, 700, 900), reps: int = 2) -> dict[str, float]:
+    """{"{k}_loss_gap": (L_k − L_right) / L_right} for every caption set k but "right": L is the prior's ε-MSE on
+    the prior-space images z [B, C, h, w] noised to each t of `ts`, `reps` draws of ε each, the same t and ε for
+    every caption set; conds[k] [B, L, D] are the text states."""
+    losses = dict.fromkeys(conds, 0.0)
+    for t in ts:
+        a = prior.alphas_cumprod[t]
+        for _ in range(reps):
+            eps = torch.randn(z.shape, generator=gen)
+            z_t = a.sqrt() * z + (1 - a).sqrt() * eps
+            steps = torch.full((z.shape[0],), t)
+            for k, cond in conds.items():
+                losses[k] += float((prior.predict_noise(z_t, steps, cond) - eps).square().mean())
+    return {f"{k}_loss_gap": (v - losses["right"]) / losses["right"] for k, v in losses.items() if k != "right"}
 
 
 def _prompts(split: str, n: int) -> list[str]:
@@ -310,6 +359,7 @@ def evaluate_prior(model: str | Path, n_prompts: int = 24, scales=(1.0, 3.0, 7.5
     if probe:
         report.update({f"gt_{k}": v for k, v in probe.gt.items()})
         report["view_cases"], report["order_cases"] = probe.cases, probe.order_cases
+        report.update(probe.loss_gaps)
     retrieval = _clip_retrieval(clip, prompts) if clip else None
     if retrieval:
         report.update({f"gt_{k}": v for k, v in retrieval(gt.rgb).items()})
