@@ -63,6 +63,7 @@ class Components:
     alphas_cumprod: Tensor  # [T]
     vae: nn.Module | None = None
     trained_view_thresholds: tuple[float, float, float] | None = None  # front/back/overhead the model learned
+    pair_order: str = "prompt"  # "left_first": captions name a "next to" pair's left object first (ShapesWorld)
 
 
 class StableDiffusionPrior(Prior):
@@ -84,6 +85,7 @@ class StableDiffusionPrior(Prior):
         factor = 2 ** (len(self.vae.config.block_out_channels) - 1) if self.vae is not None else 1
         self.image_size = int(cfg.image_size or self.unet.config.sample_size * factor)
         self.view_thresholds = resolve_view_thresholds(cfg, parts.trained_view_thresholds)
+        self.pair_order = parts.pair_order
         if getattr(cfg, "channels_last", False):
             self.unet.to(memory_format=torch.channels_last)
         if getattr(cfg, "attention_slicing", False):
@@ -117,9 +119,10 @@ class StableDiffusionPrior(Prior):
         except (OSError, ValueError) as exc:
             raise UserError(f"prior.model: cannot load {cfg.model!r} from {str(folder)!r} "
                             f"({str(exc).strip().splitlines()[0][:160]})") from None
-        from asdcli.shapes.bundled import recorded_view_thresholds
+        from asdcli.shapes.bundled import recorded_pair_order, recorded_view_thresholds
 
-        return Components(text, unet, scheduler.alphas_cumprod, vae, recorded_view_thresholds(folder))
+        return Components(text, unet, scheduler.alphas_cumprod, vae, recorded_view_thresholds(folder),
+                          recorded_pair_order(folder))
 
     # ------------------------------------------------------------------------------------------ images
     def encode(self, images: Tensor) -> Tensor:
@@ -174,6 +177,7 @@ class StableDiffusionPrior(Prior):
         b = len(prompts)
         uncond = self._uncond_tokens()[None].expand(b, -1, -1)
         dirs = view_directions(elevation, azimuth, *self.view_thresholds)
+        prompts = self._as_seen(prompts, azimuth)
         if getattr(cfg, "perp_neg", False):
             out = self._perp_neg_conditioning(prompts, azimuth, dirs, uncond)
             out.cameras = camera_embedding(c2w).to(uncond.device)
@@ -185,6 +189,15 @@ class StableDiffusionPrior(Prior):
         cond = self.encode_text(texts).tokens.to(uncond.device)
         # SD's UNet ignores cameras; VSD's camera-conditioned LoRA reads them.
         return Conditioning(cond=cond, uncond=uncond.contiguous(), cameras=camera_embedding(c2w).to(uncond.device))
+
+    def _as_seen(self, prompts: list[str], azimuth: Tensor) -> list[str]:
+        """The prompts as the model's captions word them from each camera: unchanged, or for a "left_first"
+        model, a "next to" pair named left object first (the order flips behind the pair)."""
+        if self.pair_order != "left_first":
+            return list(prompts)
+        from asdcli.shapes.grammar import name_left_first
+
+        return [name_left_first(p, a) for p, a in zip(prompts, azimuth.tolist(), strict=True)]
 
     def _perp_neg_conditioning(self, prompts: list[str], azimuth: Tensor, dirs: Tensor,
                                uncond: Tensor) -> Conditioning:

@@ -107,3 +107,12 @@ def recorded_view_thresholds(folder: Path) -> tuple[float, float, float] | None:
         return None
     config = json.loads(record.read_text(encoding="utf-8"))["config"]
     return config["front_threshold"], config["back_threshold"], config["overhead_threshold"]
+
+
+def recorded_pair_order(folder: Path) -> str:
+    """How a 2D prior folder's training captions named a "next to" pair (train-prior's pair_order): "left_first"
+    or "prompt" (also for a folder without a training record, and for records older than the key)."""
+    record = Path(folder) / SHAPESWORLD_PRIOR_INFO[0]
+    if not record.is_file():
+        return "prompt"
+    return json.loads(record.read_text(encoding="utf-8"))["config"].get("pair_order", "prompt")

@@ -248,12 +248,11 @@ def _view_probe(prior: Any, prompts: list[str], size: int) -> ViewProbe | None:
     def sample(scale: float, steps: int, seed: int) -> dict[str, float]:
         return figures(*(ddim_sample(prior, cond.cond[sl], cond.uncond[sl], scale, steps,
                                      torch.Generator().manual_seed(seed)) for sl in views))
-    front_back = torch.cat([chw[0][views[0]], chw[0][views[2]]])
-    fb = torch.cat([torch.arange(n), torch.arange(2 * n, 3 * n)])
-    captions = {"right": pairs, "order": [swapped_pair(p) for p in pairs], "color": [recolored(p) for p in pairs]}
-    conds = {k: prior.conditioning(v * 2, cams.elevation[fb], cams.azimuth[fb], cams.c2w[fb]).cond
-             for k, v in captions.items()}
-    gaps = caption_loss_gaps(prior, prior.encode(front_back), conds, torch.Generator().manual_seed(0))
+    fb = torch.cat([torch.arange(n), torch.arange(2 * n, 3 * n)])  # the front and back views
+    wrong = {"order": [swapped_pair(p) for p in pairs], "color": [recolored(p) for p in pairs]}
+    conds = {"right": cond.cond[fb], **{k: prior.conditioning(v * 2, cams.elevation[fb], cams.azimuth[fb],
+                                                              cams.c2w[fb]).cond for k, v in wrong.items()}}
+    gaps = caption_loss_gaps(prior, prior.encode(chw[0][fb]), conds, torch.Generator().manual_seed(0))
     return ViewProbe(figures(*(chw[0][sl] for sl in views)), sample, n, len(two), gaps)
 
 

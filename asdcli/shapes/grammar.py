@@ -91,6 +91,22 @@ class SceneSpec:
         return (self.relation, tuple(objs))
 
 
+PAIR_ORDERS = ("prompt", "left_first")  # how a prior's captions name a "next to" pair (train-prior's pair_order)
+
+
+def name_left_first(prompt: str, azimuth: float) -> str:
+    """The caption of a "next to" pair as a camera at `azimuth` (degrees) sees it: the object on the image's left
+    named first. "A next to B" puts A at −y, which is on the left for |azimuth| ≤ 90° and on the right beyond, so
+    behind the pair the caption becomes "B next to A". Read in left-to-right order, the first-named object is
+    always the left one: a first-order cue like "on top of"'s, where a prompt-order caption leaves the prior to
+    learn the order × view-word interaction (it did not: BENCHMARKS §9b). Other prompts are returned unchanged."""
+    halves = prompt.split(" next to ")
+    wrapped = (azimuth + 180.0) % 360.0 - 180.0
+    if len(halves) != 2 or abs(wrapped) <= 90.0:
+        return prompt
+    return f"{halves[1]} next to {halves[0]}"
+
+
 GRAMMAR_HELP = (
     "ShapesWorld prompts are '[a|an] [small|large] COLOUR SHAPE' or 'OBJECT on top of|next to OBJECT' "
     f"(shapes: {', '.join(SHAPES)}; colours: {', '.join(COLORS)})"

@@ -29,6 +29,7 @@ from torch import Tensor, nn
 
 from asdcli.errors import UserError
 from asdcli.shapes.bundled import SHAPESWORLD_PRIOR_INFO
+from asdcli.shapes.grammar import PAIR_ORDERS, name_left_first
 from asdcli.shapes.runs import (
     HISTORY_FILE,
     list_like,
@@ -73,6 +74,10 @@ class PriorTrainConfig:
     # those two views fix a pair's left-right order, which flips between them; a prior that has not learned the
     # flip draws one order for both captions, and ASD then gets contradicting gradients (BENCHMARKS §9).
     front_back_prob: float = 0.0
+    # How captions name a "next to" pair: "prompt" (as written, whatever the view) or "left_first" (the object
+    # on the image's left first, `grammar.name_left_first`). Recorded in the export; the SD path then writes its
+    # view captions the same way.
+    pair_order: str = "prompt"
     # A run directory or an exported folder (bundled:shapes-prior too) whose EMA weights start this run (a
     # fine-tune: fresh optimiser, schedule and pool).
     init_from: str | None = None
@@ -95,6 +100,8 @@ class PriorTrainConfig:
             raise UserError(f"next_to_prob: expected a share in [0, 1] or null, got {self.next_to_prob}")
         if not 0.0 <= self.front_back_prob <= 1.0:
             raise UserError(f"front_back_prob: expected a share in [0, 1], got {self.front_back_prob}")
+        if self.pair_order not in PAIR_ORDERS:
+            raise UserError(f"pair_order: expected one of {', '.join(PAIR_ORDERS)}, got {self.pair_order!r}")
 
     @classmethod
     def from_dict(cls, data: dict[str, Any]) -> PriorTrainConfig:
@@ -159,7 +166,8 @@ def _where_camera(pick: Tensor, a, b):
 
 
 class PriorData:
-    """Replay pool of premultiplied renders: rgb [N, 3, H, W], alpha [N, 1, H, W] (fp16), prompt id [N], view [N].
+    """Replay pool of premultiplied renders: rgb [N, 3, H, W], alpha [N, 1, H, W] (fp16), prompt id [N], view [N],
+    azimuth [N] (degrees: which side of a "next to" pair is on the image's left).
 
     With `gen` the pool is rendered now; without, it is left empty for `load_state` (resuming)."""
 
@@ -175,6 +183,7 @@ class PriorData:
         self.rgb = torch.zeros(n, 3, s, s, dtype=torch.float16)
         self.alpha = torch.zeros(n, 1, s, s, dtype=torch.float16)
         self.prompt_id, self.view = torch.zeros(n, dtype=torch.long), torch.zeros(n, dtype=torch.long)
+        self.azimuth = torch.zeros(n)
         for start in range(0, n if gen is not None else 0, 256):
             self._fill(torch.arange(start, min(n, start + 256)), gen)
 
@@ -212,6 +221,7 @@ class PriorData:
         self.rgb[slots] = out.rgb.permute(0, 3, 1, 2).half()
         self.alpha[slots] = out.alpha[:, None].half()
         self.prompt_id[slots] = ids
+        self.azimuth[slots] = cams.azimuth.float()
         self.view[slots] = view_directions(cams.elevation, cams.azimuth, cfg.front_threshold, cfg.back_threshold,
                                            cfg.overhead_threshold)
 
@@ -238,17 +248,23 @@ class PriorData:
         bg = torch.where(white, torch.ones(cfg.batch, 3, 1, 1), torch.rand(cfg.batch, 3, 1, 1, generator=gen))
         img = self.rgb[idx].float() + (1 - self.alpha[idx].float()) * bg
         drop = (torch.rand(cfg.batch, generator=gen) < cfg.dropout).tolist()
-        captions = [cfg.negative_prompt if d else view_prompt(self.prompts[p], v)
-                    for d, p, v in zip(drop, self.prompt_id[idx].tolist(), self.view[idx].tolist(), strict=True)]
+        order = name_left_first if cfg.pair_order == "left_first" else lambda prompt, _: prompt
+        rows = zip(drop, self.prompt_id[idx].tolist(), self.view[idx].tolist(), self.azimuth[idx].tolist(),
+                   strict=True)
+        captions = [cfg.negative_prompt if d else view_prompt(order(self.prompts[p], a), v) for d, p, v, a in rows]
         return img * 2 - 1, captions
 
     def state(self) -> dict[str, Tensor]:
         return {"pool.rgb": self.rgb, "pool.alpha": self.alpha, "pool.prompt_id": self.prompt_id,
-                "pool.view": self.view}
+                "pool.view": self.view, "pool.azimuth": self.azimuth}
 
     def load_state(self, tensors: dict[str, Tensor]) -> None:
         self.rgb, self.alpha = tensors["pool.rgb"].clone(), tensors["pool.alpha"].clone()
         self.prompt_id, self.view = tensors["pool.prompt_id"].clone(), tensors["pool.view"].clone()
+        if "pool.azimuth" not in tensors and self.cfg.pair_order != "prompt":
+            raise UserError("pair_order: this run's checkpoint predates pool azimuths; start a new run (init_from "
+                            "this one) to train with left_first captions")
+        self.azimuth = tensors.get("pool.azimuth", torch.zeros(len(self.prompt_id))).clone()
 
 
 def source_weights(source: str) -> tuple[dict[str, Tensor], dict[str, Any], dict]:
@@ -340,9 +356,10 @@ class PriorTrainer:
         """Model and EMA both start from `source`'s EMA weights (a run directory, an exported folder or
         `bundled:NAME`); the architecture must match."""
         ema, src, record = source_weights(source)
-        differ = [k for k in self.cfg.ARCHITECTURE if k in src and list_like(src[k]) != list_like(asdict(self.cfg)[k])]
+        own = asdict(self.cfg)
+        differ = [k for k in self.cfg.ARCHITECTURE if k in src and list_like(src[k]) != list_like(own[k])]
         if differ:
-            pairs = ", ".join(f"{k} {list_like(src[k])} there, {list_like(asdict(self.cfg)[k])} here" for k in differ)
+            pairs = ", ".join(f"{k} {list_like(src[k])} there, {list_like(own[k])} here" for k in differ)
             raise UserError(f"init_from: {source} has another architecture ({pairs}); set these keys to the "
                             "source's values")
         try:
