@@ -41,6 +41,19 @@ def test_readme_main_job_makes_a_red_top_over_a_blue_bottom(tmp_path):
     assert top[0] > 2 * top[2] and below[2] / below[0] > 1.2 * top[2] / top[0], (top, below)
 
 
+def test_a_next_to_pair_gets_one_colour_per_side_not_a_top_bottom_split(tmp_path):
+    """Against a prior blind to the pair's order the generator split both colours top / bottom (BENCHMARKS §9b);
+    against the left-first prior each object keeps its own colour, side by side."""
+    trimesh = pytest.importorskip("trimesh")
+    res = asd("generate", "a red cube next to a blue sphere", "--out", "pair.glb", cwd=tmp_path)
+    assert res.returncode == 0, res.stderr
+    (mesh,) = trimesh.load(tmp_path / "pair.glb").geometry.values()
+    rgb = np.asarray(mesh.visual.vertex_attributes["color"])[:, :3].astype(float) / 255
+    redness = rgb[:, 0] - rgb[:, 2]
+    corr = [abs(np.corrcoef(redness, mesh.vertices[:, i])[0, 1]) for i in range(3)]  # GLB: Y is up
+    assert max(corr[0], corr[2]) > 0.6 and corr[1] < 0.4, corr
+
+
 def test_eval_without_checkpoint_scores_the_bundled_generator_against_ground_truth(tmp_path):
     (tmp_path / "p.txt").write_text("a red sphere\na blue cube on top of a green cylinder\n")
     res = asd("eval", "--prompts", "p.txt", "--views", 2, "--resolution", 32, "--json", "out.json", "-q",
