@@ -119,10 +119,9 @@ class StableDiffusionPrior(Prior):
         except (OSError, ValueError) as exc:
             raise UserError(f"prior.model: cannot load {cfg.model!r} from {str(folder)!r} "
                             f"({str(exc).strip().splitlines()[0][:160]})") from None
-        from asdcli.shapes.bundled import recorded_pair_order, recorded_view_thresholds
+        from asdcli.shapes.bundled import recorded_captions
 
-        return Components(text, unet, scheduler.alphas_cumprod, vae, recorded_view_thresholds(folder),
-                          recorded_pair_order(folder))
+        return Components(text, unet, scheduler.alphas_cumprod, vae, *recorded_captions(folder))
 
     # ------------------------------------------------------------------------------------------ images
     def encode(self, images: Tensor) -> Tensor:
@@ -177,7 +176,10 @@ class StableDiffusionPrior(Prior):
         b = len(prompts)
         uncond = self._uncond_tokens()[None].expand(b, -1, -1)
         dirs = view_directions(elevation, azimuth, *self.view_thresholds)
-        prompts = self._as_seen(prompts, azimuth)
+        if self.pair_order != "prompt":  # a ShapesWorld prior: word "next to" pairs as its captions did
+            from asdcli.shapes.grammar import caption_as_seen
+
+            prompts = [caption_as_seen(p, a, self.pair_order) for p, a in zip(prompts, azimuth.tolist(), strict=True)]
         if getattr(cfg, "perp_neg", False):
             out = self._perp_neg_conditioning(prompts, azimuth, dirs, uncond)
             out.cameras = camera_embedding(c2w).to(uncond.device)
@@ -189,15 +191,6 @@ class StableDiffusionPrior(Prior):
         cond = self.encode_text(texts).tokens.to(uncond.device)
         # SD's UNet ignores cameras; VSD's camera-conditioned LoRA reads them.
         return Conditioning(cond=cond, uncond=uncond.contiguous(), cameras=camera_embedding(c2w).to(uncond.device))
-
-    def _as_seen(self, prompts: list[str], azimuth: Tensor) -> list[str]:
-        """The prompts as the model's captions word them from each camera: unchanged, or for a "left_first"
-        model, a "next to" pair named left object first (the order flips behind the pair)."""
-        if self.pair_order != "left_first":
-            return list(prompts)
-        from asdcli.shapes.grammar import name_left_first
-
-        return [name_left_first(p, a) for p, a in zip(prompts, azimuth.tolist(), strict=True)]
 
     def _perp_neg_conditioning(self, prompts: list[str], azimuth: Tensor, dirs: Tensor,
                                uncond: Tensor) -> Conditioning:

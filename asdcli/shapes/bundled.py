@@ -99,20 +99,13 @@ def is_shapesworld_prior(model: object) -> bool:
     return any((folder / name).is_file() for name in SHAPESWORLD_PRIOR_INFO)
 
 
-def recorded_view_thresholds(folder: Path) -> tuple[float, float, float] | None:
-    """(front, back, overhead) thresholds a 2D prior folder was trained with, from the training record that
-    export-prior writes (None without one, e.g. Stable Diffusion itself)."""
+def recorded_captions(folder: Path) -> tuple[tuple[float, float, float] | None, str]:
+    """How a 2D prior folder's training captions were written, from the training record that export-prior
+    writes: ((front, back, overhead) view thresholds, pair_order). Without a record (e.g. Stable Diffusion
+    itself): (None, "prompt"); a record older than pair_order: "prompt"."""
     record = Path(folder) / SHAPESWORLD_PRIOR_INFO[0]
     if not record.is_file():
-        return None
+        return None, "prompt"
     config = json.loads(record.read_text(encoding="utf-8"))["config"]
-    return config["front_threshold"], config["back_threshold"], config["overhead_threshold"]
-
-
-def recorded_pair_order(folder: Path) -> str:
-    """How a 2D prior folder's training captions named a "next to" pair (train-prior's pair_order): "left_first"
-    or "prompt" (also for a folder without a training record, and for records older than the key)."""
-    record = Path(folder) / SHAPESWORLD_PRIOR_INFO[0]
-    if not record.is_file():
-        return "prompt"
-    return json.loads(record.read_text(encoding="utf-8"))["config"].get("pair_order", "prompt")
+    thresholds = config["front_threshold"], config["back_threshold"], config["overhead_threshold"]
+    return thresholds, config.get("pair_order", "prompt")

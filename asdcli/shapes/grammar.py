@@ -107,6 +107,12 @@ def name_left_first(prompt: str, azimuth: float) -> str:
     return f"{halves[1]} next to {halves[0]}"
 
 
+def caption_as_seen(prompt: str, azimuth: float, pair_order: str) -> str:
+    """The prompt as a prior trained with `pair_order` (one of PAIR_ORDERS) was captioned from a camera at
+    `azimuth`: the one rule train-prior writes its captions by and the SD path words its view prompts by."""
+    return name_left_first(prompt, azimuth) if pair_order == "left_first" else prompt
+
+
 GRAMMAR_HELP = (
     "ShapesWorld prompts are '[a|an] [small|large] COLOUR SHAPE' or 'OBJECT on top of|next to OBJECT' "
     f"(shapes: {', '.join(SHAPES)}; colours: {', '.join(COLORS)})"

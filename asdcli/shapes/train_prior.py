@@ -29,7 +29,7 @@ from torch import Tensor, nn
 
 from asdcli.errors import UserError
 from asdcli.shapes.bundled import SHAPESWORLD_PRIOR_INFO
-from asdcli.shapes.grammar import PAIR_ORDERS, name_left_first
+from asdcli.shapes.grammar import PAIR_ORDERS, caption_as_seen
 from asdcli.shapes.runs import (
     HISTORY_FILE,
     list_like,
@@ -248,10 +248,10 @@ class PriorData:
         bg = torch.where(white, torch.ones(cfg.batch, 3, 1, 1), torch.rand(cfg.batch, 3, 1, 1, generator=gen))
         img = self.rgb[idx].float() + (1 - self.alpha[idx].float()) * bg
         drop = (torch.rand(cfg.batch, generator=gen) < cfg.dropout).tolist()
-        order = name_left_first if cfg.pair_order == "left_first" else lambda prompt, _: prompt
         rows = zip(drop, self.prompt_id[idx].tolist(), self.view[idx].tolist(), self.azimuth[idx].tolist(),
                    strict=True)
-        captions = [cfg.negative_prompt if d else view_prompt(order(self.prompts[p], a), v) for d, p, v, a in rows]
+        captions = [cfg.negative_prompt if d else view_prompt(caption_as_seen(self.prompts[p], a, cfg.pair_order), v)
+                    for d, p, v, a in rows]
         return img * 2 - 1, captions
 
     def state(self) -> dict[str, Tensor]:
