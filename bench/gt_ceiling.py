@@ -6,8 +6,13 @@ score tells the generator and what the generator can represent. Fitting the grou
 generator, cameras, renderer, steps and optimiser; no prior in the loop) measures the second alone, so a
 target that the fit misses cannot be reached by any distillation loss either.
 
-    python bench/gt_ceiling.py recipes/shapes_generator.yaml --out RUN [key=value ...] [--steps N]
+    python bench/gt_ceiling.py fit recipes/shapes_generator.yaml --out RUN [key=value ...] [--steps N]
     asd eval --checkpoint RUN --prompts FILE --json out.json
+    python bench/gt_ceiling.py levels RUN|bundled|gt --prompts FILE
+
+`levels` scores the occupancy {SDF < level} of a run (or the bundled generator) for several levels: IoU,
+shape_r@1 and its volume over the scenes'. With `gt` it offsets the ground-truth SDFs themselves, which shows
+how far a surface may sit from the true one before retrieval fails.
 
 The run is an ordinary asd run (checkpoints, --resume, validation media), so `asd eval` and `asd generate`
 read it. Loss: MSE of the foreground colour (rendered over black, as the ground truth is) + MSE of the
@@ -64,17 +69,66 @@ class GroundTruthStep(StepRunner):
         return self._total(fit, out, step, cfg.train.steps)
 
 
+LEVELS = (-0.06, -0.03, 0.0, 0.03, 0.06, 0.1)
+
+
+def sdf_grids(source: str, prompts: list[str], res: int) -> list[torch.Tensor]:
+    """[R, R, R] SDF grids of each prompt: the ground truth ("gt") or a generator (a run, or "bundled")."""
+    from asdcli.engine.inference import field_state, load_model, query_fn
+    from asdcli.shapes.evaluation import grid_points
+    from asdcli.shapes.grammar import parse_prompt
+    from asdcli.shapes.scenes import SceneField
+
+    pts = grid_points(res, 1.0).reshape(-1, 3)
+    if source == "gt":
+        return [SceneField(parse_prompt(p)).sdf(pts).reshape(res, res, res) for p in prompts]
+    model = load_model(None if source == "bundled" else source)
+    state, _ = field_state(model, prompts, seed=model.cfg.seed)
+    fns = [query_fn(model, state, i) for i in range(len(prompts))]
+    return [torch.cat([fn.value_only(c).cpu() for c in pts.split(1 << 18)]).reshape(res, res, res) for fn in fns]
+
+
+def level_sweep(source: str, prompts: list[str], levels=LEVELS, res: int = 64) -> list[dict]:
+    """Per level: mean IoU, shape_r@1 and occupied volume / the scenes' volume of {SDF < level}."""
+    from asdcli.shapes.grammar import parse_prompt
+    from asdcli.shapes.metrics import gt_occupancy, iou_matrix, shape_hits_from_matrix
+
+    specs = [parse_prompt(p) for p in prompts]
+    grids, gt = sdf_grids(source, prompts, res), gt_occupancy(specs, res)
+    rows = []
+    for level in levels:
+        occs = [g < level for g in grids]
+        ious = iou_matrix(occs, gt)
+        volume = float(sum(o.float().sum() for o in occs) / gt.float().sum())
+        rows.append({"level": level, "iou": float(ious.diagonal().mean()), "volume_ratio": volume,
+                     "shape_r@1": float(shape_hits_from_matrix(ious, specs).float().mean())})
+    return rows
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    ap.add_argument("recipe", type=Path)
-    ap.add_argument("overrides", nargs="*", help="recipe overrides, key=value")
-    ap.add_argument("--out", required=True)
-    ap.add_argument("--steps", type=int)
+    sub = ap.add_subparsers(dest="command", required=True)
+    fit = sub.add_parser("fit", help="train a recipe's generator on ground-truth renders")
+    fit.add_argument("recipe", type=Path)
+    fit.add_argument("--out", required=True)
+    fit.add_argument("--steps", type=int)
+    fit.add_argument("--resume", action="store_true")
+    lv = sub.add_parser("levels", help="score {SDF < level} of a run, the bundled generator or the ground truth")
+    lv.add_argument("source", help="run directory, bundled or gt")
+    lv.add_argument("--prompts", type=Path, required=True, help="text file, one ShapesWorld prompt per line")
     ap.add_argument("--threads", type=int, default=1)
-    ap.add_argument("--resume", action="store_true")
-    args = ap.parse_intermixed_args()
+    args, rest = ap.parse_known_args()  # the fit's recipe overrides (key=value) may sit between options
+    bad = [r for r in rest if "=" not in r or r.startswith("-") or args.command != "fit"]
+    if bad:
+        ap.error(f"unrecognized arguments: {' '.join(bad)}")
+    args.overrides = rest
     torch.set_num_threads(args.threads)
-
+    if args.command == "levels":
+        prompts = [line.strip() for line in args.prompts.read_text().splitlines() if line.strip()]
+        for row in level_sweep(args.source, prompts):
+            print(f"level {row['level']:+.2f}  iou {row['iou']:.3f}  shape_r@1 {row['shape_r@1']:.3f}  "
+                  f"volume {row['volume_ratio']:.2f}")
+        return
     from asdcli.commands import _flags, _prompts_of
     from asdcli.engine.trainer import Trainer
     from asdcli.recipe import load_recipe

@@ -25,7 +25,7 @@ def gt_ceiling():
 
 def test_fit_lowers_the_coverage_error_and_the_run_is_scored(gt_ceiling, tmp_path, monkeypatch):
     run = tmp_path / "run"
-    monkeypatch.setattr(sys, "argv", ["gt_ceiling.py", str(ROOT / "recipes" / "shapes_asd.yaml"), "--out",
+    monkeypatch.setattr(sys, "argv", ["gt_ceiling.py", "fit", str(ROOT / "recipes" / "shapes_asd.yaml"), "--out",
                                       str(run), "--steps", "40", *TINY])
     gt_ceiling.main()
     rows = [json.loads(line) for line in (run / "metrics.jsonl").read_text().splitlines()]
@@ -45,3 +45,12 @@ def test_fit_lowers_the_coverage_error_and_the_run_is_scored(gt_ceiling, tmp_pat
     assert res.exit_code == 0, res.output
     summary = json.loads(out.read_text())["summary"]
     assert summary["n_prompts"] == 1 and 0.0 <= summary["iou"] <= 1.0
+
+
+def test_level_sweep_of_the_ground_truth_peaks_at_its_own_surface(gt_ceiling):
+    prompts = ["a red cube on top of a blue sphere", "a green cone next to a yellow torus", "a pink cylinder"]
+    rows = {r["level"]: r for r in gt_ceiling.level_sweep("gt", prompts, levels=(-0.05, 0.0, 0.05), res=32)}
+    assert rows[0.0]["iou"] == pytest.approx(1.0) and rows[0.0]["shape_r@1"] == 1.0
+    assert rows[0.0]["volume_ratio"] == pytest.approx(1.0)
+    assert rows[-0.05]["volume_ratio"] < 1.0 < rows[0.05]["volume_ratio"]  # a level offsets the whole surface
+    assert max(rows[-0.05]["iou"], rows[0.05]["iou"]) < 0.9
