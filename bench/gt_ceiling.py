@@ -57,8 +57,11 @@ class GroundTruthStep(StepRunner):
         batch = [prompts[i] for i in torch.randint(len(prompts), (P,), generator=gen).tolist()]
         cams = sample_training_cameras(cfg.render.camera, P, V, gen).to(self.device)
         res = int(round(cfg.render.resolution.at(step, cfg.train.steps)))
+        noise = None
+        if parts.generator.noise_dim:
+            noise = torch.randn(P, parts.generator.noise_dim, generator=gen).to(self.device)
         text = self.text(batch).to(self.device)
-        state = parts.generator(text, None)
+        state = parts.generator(text, noise)
         out = render(parts.generator, state, cams, res, res, cfg.render, _Black(), P, gen, need_normals=True)
         with torch.no_grad():
             gt = render_scenes(batch, cams, res, res, shading=cfg.render.shading, background=(0.0, 0.0, 0.0),
@@ -134,6 +137,8 @@ def main() -> None:
     from asdcli.recipe import load_recipe
 
     cfg = load_recipe(args.recipe, args.overrides, _flags(args.steps, args.out, None))
+    if cfg.render.shading == "lambertian" and cfg.render.light != "camera":
+        ap.error("render.light: the ground-truth renders are lit from the camera; set render.light=camera")
     prompts, val = _prompts_of(cfg)
     trainer = Trainer(cfg, prompts, val, resume=args.resume, quiet=False)
     trainer.steps = GroundTruthStep(cfg, trainer.parts, trainer.text, trainer.device)
@@ -142,4 +147,10 @@ def main() -> None:
 
 
 if __name__ == "__main__":
-    main()
+    from asdcli.errors import UserError
+
+    try:
+        main()
+    except UserError as exc:  # a bad recipe key or run directory: one line, exit 2, as `asd` does
+        print(f"error: {exc}", file=sys.stderr)
+        raise SystemExit(2) from None
