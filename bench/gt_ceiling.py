@@ -34,13 +34,6 @@ if str(ROOT) not in sys.path:
 from asdcli.engine.steps import MicroStep, StepRunner  # noqa: E402
 
 
-class _Black(torch.nn.Module):
-    """A background of zeros [B, HW, 3], so the render's colour is its premultiplied foreground."""
-
-    def forward(self, dirs, training, gen, text=None):
-        return torch.zeros_like(dirs)
-
-
 class GroundTruthStep(StepRunner):
     """One micro-step of the ground-truth fit: the same prompts and cameras as distillation draws."""
 
@@ -48,21 +41,15 @@ class GroundTruthStep(StepRunner):
 
     def __call__(self, prompts: list[str], step: int, gen: torch.Generator) -> MicroStep:
         from asdcli.losses.base import LossOutput
-        from asdcli.render.cameras import sample_training_cameras
+        from asdcli.render.background import Background
         from asdcli.render.volume import render
         from asdcli.shapes.gt_render import render_scenes
 
-        cfg, parts = self.cfg, self.parts
-        P, V = cfg.render.prompts_per_step, cfg.render.views_per_prompt
-        batch = [prompts[i] for i in torch.randint(len(prompts), (P,), generator=gen).tolist()]
-        cams = sample_training_cameras(cfg.render.camera, P, V, gen).to(self.device)
-        res = int(round(cfg.render.resolution.at(step, cfg.train.steps)))
-        noise = None
-        if parts.generator.noise_dim:
-            noise = torch.randn(P, parts.generator.noise_dim, generator=gen).to(self.device)
-        text = self.text(batch).to(self.device)
-        state = parts.generator(text, noise)
-        out = render(parts.generator, state, cams, res, res, cfg.render, _Black(), P, gen, need_normals=True)
+        cfg, generator = self.cfg, self.parts.generator
+        batch, cams, noise, res = self.draw(prompts, step, gen)
+        state = generator(self.text(batch).to(self.device), noise)
+        black = Background("solid", (0.0, 0.0, 0.0)).to(self.device)  # the render's colour is its foreground
+        out = render(generator, state, cams, res, res, cfg.render, black, len(batch), gen, need_normals=True)
         with torch.no_grad():
             gt = render_scenes(batch, cams, res, res, shading=cfg.render.shading, background=(0.0, 0.0, 0.0),
                                supersample=self.supersample)
@@ -77,18 +64,22 @@ LEVELS = (-0.06, -0.03, 0.0, 0.03, 0.06, 0.1)
 
 def sdf_grids(source: str, prompts: list[str], res: int) -> list[torch.Tensor]:
     """[R, R, R] SDF grids of each prompt: the ground truth ("gt") or a generator (a run, or "bundled")."""
-    from asdcli.engine.inference import field_state, load_model, query_fn
-    from asdcli.shapes.evaluation import grid_points
+    from asdcli.engine.inference import field_state, load_model
+    from asdcli.shapes.evaluation import grid_points, predicted_value
     from asdcli.shapes.grammar import parse_prompt
     from asdcli.shapes.scenes import SceneField
 
-    pts = grid_points(res, 1.0).reshape(-1, 3)
     if source == "gt":
+        pts = grid_points(res, 1.0).reshape(-1, 3)
         return [SceneField(parse_prompt(p)).sdf(pts).reshape(res, res, res) for p in prompts]
     model = load_model(None if source == "bundled" else source)
+    if model.generator.field_type != "sdf":
+        from asdcli.errors import UserError
+
+        raise UserError(f"{source}: its generator's field is {model.generator.field_type}, not an SDF; "
+                        f"`levels` sweeps SDF levels only")
     state, _ = field_state(model, prompts, seed=model.cfg.seed)
-    fns = [query_fn(model, state, i) for i in range(len(prompts))]
-    return [torch.cat([fn.value_only(c).cpu() for c in pts.split(1 << 18)]).reshape(res, res, res) for fn in fns]
+    return [predicted_value(model, state, i, res) for i in range(len(prompts))]
 
 
 def level_sweep(source: str, prompts: list[str], levels=LEVELS, res: int = 64) -> list[dict]:

@@ -3,13 +3,23 @@
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import NamedTuple
 
 import torch
 from torch import Tensor
 
 from asdcli.config import RunConfig
 from asdcli.losses import regularizers as reg
-from asdcli.render.cameras import sample_training_cameras
+from asdcli.render.cameras import CameraBatch, sample_training_cameras
+
+
+class Draw(NamedTuple):
+    """What one micro-step renders: prompts [P], cameras [P·V], generator noise [P, noise_dim] or None, side."""
+
+    batch: list[str]
+    cams: CameraBatch
+    noise: Tensor | None
+    res: int
 
 
 @dataclass
@@ -28,18 +38,24 @@ class StepRunner:
         dtype = torch.bfloat16 if precision == "bf16" else torch.float16
         return torch.autocast(device_type=self.device.type, dtype=dtype, enabled=enabled)
 
+    def draw(self, prompts: list[str], step: int, gen: torch.Generator) -> Draw:
+        """This step's P prompts of `prompts` (this rank's shard), their V cameras each, the generator's noise
+        and the render side, drawn with `gen` in that order (a resumed run repeats them)."""
+        cfg, generator = self.cfg, self.parts.generator
+        P, V = cfg.render.prompts_per_step, cfg.render.views_per_prompt
+        batch = [prompts[i] for i in torch.randint(len(prompts), (P,), generator=gen).tolist()]
+        cams = sample_training_cameras(cfg.render.camera, P, V, gen).to(self.device)
+        noise = None
+        if generator.noise_dim:
+            noise = torch.randn(P, generator.noise_dim, generator=gen).to(self.device)
+        return Draw(batch, cams, noise, int(round(cfg.render.resolution.at(step, cfg.train.steps))))
+
     def __call__(self, prompts: list[str], step: int, gen: torch.Generator) -> MicroStep:
         """prompts: this rank's shard; P of them are drawn with `gen`."""
         cfg, parts = self.cfg, self.parts
         total = cfg.train.steps
         P, V = cfg.render.prompts_per_step, cfg.render.views_per_prompt
-        idx = torch.randint(len(prompts), (P,), generator=gen).tolist()
-        batch = [prompts[i] for i in idx]
-        cams = sample_training_cameras(cfg.render.camera, P, V, gen).to(self.device)
-        noise = None
-        if parts.generator.noise_dim:
-            noise = torch.randn(P, parts.generator.noise_dim, generator=gen).to(self.device)
-        res = int(round(cfg.render.resolution.at(step, total)))
+        batch, cams, noise, res = self.draw(prompts, step, gen)
         w = cfg.loss.weights
         # Field gradients (create_graph) cost about as much as the rest of the render: only when a term uses them.
         normals = w.eikonal.at(step, total) > 0 or w.orient.at(step, total) > 0 or cfg.render.shading == "lambertian"

@@ -33,11 +33,16 @@ def _specs(prompts: list[str]):
 
 
 @torch.no_grad()
-def predicted_occupancy(model: LoadedModel, state, index: int, res: int, radius: float = 1.0) -> torch.Tensor:
-    """[R, R, R] bool occupancy of prompt `index`: SDF < 0, or density above its automatic surface level."""
+def predicted_value(model: LoadedModel, state, index: int, res: int, radius: float = 1.0) -> torch.Tensor:
+    """[R, R, R] field value (SDF or raw density) of prompt `index` on the evaluation grid."""
     fn = query_fn(model, state, index)
     pts = grid_points(res, radius).reshape(-1, 3)
-    value = torch.cat([fn(chunk)[0].cpu() for chunk in pts.split(1 << 18)]).reshape(res, res, res)
+    return torch.cat([fn(chunk)[0].cpu() for chunk in pts.split(1 << 18)]).reshape(res, res, res)
+
+
+def predicted_occupancy(model: LoadedModel, state, index: int, res: int, radius: float = 1.0) -> torch.Tensor:
+    """[R, R, R] bool occupancy of prompt `index`: SDF < 0, or density above its automatic surface level."""
+    value = predicted_value(model, state, index, res, radius)
     if model.generator.field_type == "sdf":
         return value < 0
     from asdcli.mesh.isosurface import density_threshold
