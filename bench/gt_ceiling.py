@@ -9,10 +9,13 @@ target that the fit misses cannot be reached by any distillation loss either.
     python bench/gt_ceiling.py fit recipes/shapes_generator.yaml --out RUN [key=value ...] [--steps N]
     asd eval --checkpoint RUN --prompts FILE --json out.json
     python bench/gt_ceiling.py levels RUN|bundled|gt --prompts FILE
+    python bench/gt_ceiling.py colours RUN|bundled --prompts FILE
 
 `levels` scores the occupancy {SDF < level} of a run (or the bundled generator) for several levels: IoU,
 shape_r@1 and its volume over the scenes'. With `gt` it offsets the ground-truth SDFs themselves, which shows
-how far a surface may sit from the true one before retrieval fails.
+how far a surface may sit from the true one before retrieval fails. `colours` splits `asd eval`'s colour error
+into each object's colour (bias) and where it lies (placement), and compares the saturation of the generator's
+renders with the ground truth's.
 
 The run is an ordinary asd run (checkpoints, --resume, validation media), so `asd eval` and `asd generate`
 read it. Loss: MSE of the foreground colour (rendered over black, as the ground truth is) + MSE of the
@@ -99,6 +102,70 @@ def level_sweep(source: str, prompts: list[str], levels=LEVELS, res: int = 64) -
     return rows
 
 
+def _median_corrected(pred: torch.Tensor, gt: torch.Tensor, owner: torch.Tensor) -> torch.Tensor:
+    """pred [N, 3] with each object's median colour moved onto its true colour (owner [N]: nearest object)."""
+    out = pred.clone()
+    for k in owner.unique().tolist():
+        mask = owner == k
+        out[mask] = pred[mask] - pred[mask].median(0).values + gt[mask][0]
+    return out
+
+
+def _chroma(rgb: torch.Tensor) -> torch.Tensor:
+    return rgb.max(-1).values - rgb.min(-1).values
+
+
+def render_chroma_excess(model, state, prompts: list[str], res: int = 64, views: int = 4) -> list[float]:
+    """Per prompt: mean chroma (max − min channel) of the generator's render minus the ground truth's, over the
+    pixels both cover from `views` orbit cameras of the run's evaluation orbit (> 0: more saturated)."""
+    from asdcli.render.background import Background
+    from asdcli.render.cameras import cameras_from_angles, orbit_cameras
+    from asdcli.render.volume import render
+    from asdcli.shapes.gt_render import render_scenes
+
+    c = model.cfg.render.camera
+    orbit = orbit_cameras(views, c.eval_elevation, c.eval_distance, c.eval_fovy)
+    cams = cameras_from_angles(*(x.repeat(len(prompts)) for x in (orbit.elevation, orbit.azimuth, orbit.distance,
+                                                                   torch.rad2deg(orbit.fovy))))
+    black = Background("solid", (0.0, 0.0, 0.0)).to(model.device)
+    with torch.no_grad():
+        out = render(model.generator, state, cams.to(model.device), res, res, model.cfg.render, black, len(prompts),
+                     torch.Generator().manual_seed(0))
+        gt = render_scenes(prompts, cams, res, res, shading=model.cfg.render.shading, background=(0.0, 0.0, 0.0),
+                           supersample=2)
+    a, ga = out.opacity.float().cpu().squeeze(-1), gt.alpha
+    both = (a > 0.95) & (ga > 0.95)
+    unmix = lambda rgb, alpha: rgb / alpha.clamp(min=1e-6)[..., None]  # noqa: E731  (over black: divide out α)
+    excess = _chroma(unmix(out.rgb.float().cpu(), a)) - _chroma(unmix(gt.rgb, ga))
+    per_view = [excess[i][both[i]].mean() if both[i].any() else torch.tensor(float("nan")) for i in range(len(cams))]
+    return torch.stack(per_view).reshape(len(prompts), views).nanmean(1).tolist()
+
+
+def colour_split(source: str, prompts: list[str], n: int = 2048) -> dict:
+    """Means over prompts: `color_error` (as `asd eval`), `placement_error` (the same with each object's median
+    colour set right: colour on the wrong object or part) and `chroma_excess` (render saturation over the GT's)."""
+    from asdcli.engine.inference import field_state, load_model, query_fn
+    from asdcli.shapes.grammar import parse_prompt
+    from asdcli.shapes.metrics import surface_points
+    from asdcli.shapes.scenes import SceneField
+
+    model = load_model(None if source == "bundled" else source)
+    errors, placement, excess = [], [], []
+    for start in range(0, len(prompts), 8):
+        part = prompts[start:start + 8]
+        state, _ = field_state(model, part, seed=model.cfg.seed)
+        excess += render_chroma_excess(model, state, part)
+        for i, prompt in enumerate(part):
+            field = SceneField(parse_prompt(prompt))
+            pts = surface_points(field.spec, n)
+            pred, gt = query_fn(model, state, i)(pts)[1].cpu(), field.color(pts)
+            owner = field.batch.object_sdf(pts, 0).argmin(1)
+            errors.append(float((pred - gt).abs().mean()))
+            placement.append(float((_median_corrected(pred, gt, owner) - gt).abs().mean()))
+    mean = lambda xs: sum(xs) / len(xs)  # noqa: E731
+    return {"color_error": mean(errors), "placement_error": mean(placement), "chroma_excess": mean(excess)}
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     sub = ap.add_subparsers(dest="command", required=True)
@@ -110,6 +177,9 @@ def main() -> None:
     lv = sub.add_parser("levels", help="score {SDF < level} of a run, the bundled generator or the ground truth")
     lv.add_argument("source", help="run directory, bundled or gt")
     lv.add_argument("--prompts", type=Path, required=True, help="text file, one ShapesWorld prompt per line")
+    co = sub.add_parser("colours", help="colour error split into bias and placement; render saturation")
+    co.add_argument("source", help="run directory or bundled")
+    co.add_argument("--prompts", type=Path, required=True, help="text file, one ShapesWorld prompt per line")
     ap.add_argument("--threads", type=int, default=1)
     args, rest = ap.parse_known_args()  # the fit's recipe overrides (key=value) may sit between options
     bad = [r for r in rest if "=" not in r or r.startswith("-") or args.command != "fit"]
@@ -117,8 +187,13 @@ def main() -> None:
         ap.error(f"unrecognized arguments: {' '.join(bad)}")
     args.overrides = rest
     torch.set_num_threads(args.threads)
-    if args.command == "levels":
+    if args.command in ("levels", "colours"):
         prompts = [line.strip() for line in args.prompts.read_text().splitlines() if line.strip()]
+    if args.command == "colours":
+        print("  ".join(f"{k} {v:+.3f}" if k == "chroma_excess" else f"{k} {v:.3f}"
+                        for k, v in colour_split(args.source, prompts).items()))
+        return
+    if args.command == "levels":
         for row in level_sweep(args.source, prompts):
             print(f"level {row['level']:+.2f}  iou {row['iou']:.3f}  shape_r@1 {row['shape_r@1']:.3f}  "
                   f"volume {row['volume_ratio']:.2f}")
