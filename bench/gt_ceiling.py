@@ -115,36 +115,34 @@ def _chroma(rgb: torch.Tensor) -> torch.Tensor:
     return rgb.max(-1).values - rgb.min(-1).values
 
 
-def render_chroma_excess(model, state, prompts: list[str], res: int = 64, views: int = 4) -> list[float]:
-    """Per prompt: mean chroma (max − min channel) of the generator's render minus the ground truth's, over the
-    pixels both cover from `views` orbit cameras of the run's evaluation orbit (> 0: more saturated)."""
+def render_chroma_excess(model, state, prompt: str, res: int = 64, views: int = 4) -> float:
+    """Chroma (max − min channel) of one prompt's render (state of that prompt alone) minus the ground truth's,
+    averaged over the pixels both cover in each of `views` cameras of the run's evaluation orbit, then over the
+    views (> 0: more saturated)."""
+    from asdcli.engine.inference import eval_cameras
     from asdcli.render.background import Background
-    from asdcli.render.cameras import cameras_from_angles, orbit_cameras
     from asdcli.render.volume import render
     from asdcli.shapes.gt_render import render_scenes
 
-    c = model.cfg.render.camera
-    orbit = orbit_cameras(views, c.eval_elevation, c.eval_distance, c.eval_fovy)
-    cams = cameras_from_angles(*(x.repeat(len(prompts)) for x in (orbit.elevation, orbit.azimuth, orbit.distance,
-                                                                   torch.rad2deg(orbit.fovy))))
+    cams = eval_cameras(model.cfg, views)
     black = Background("solid", (0.0, 0.0, 0.0)).to(model.device)
     with torch.no_grad():
-        out = render(model.generator, state, cams.to(model.device), res, res, model.cfg.render, black, len(prompts),
+        out = render(model.generator, state, cams.to(model.device), res, res, model.cfg.render, black, 1,
                      torch.Generator().manual_seed(0))
-        gt = render_scenes(prompts, cams, res, res, shading=model.cfg.render.shading, background=(0.0, 0.0, 0.0),
+        gt = render_scenes([prompt], cams, res, res, shading=model.cfg.render.shading, background=(0.0, 0.0, 0.0),
                            supersample=2)
     a, ga = out.opacity.float().cpu().squeeze(-1), gt.alpha
     both = (a > 0.95) & (ga > 0.95)
     unmix = lambda rgb, alpha: rgb / alpha.clamp(min=1e-6)[..., None]  # noqa: E731  (over black: divide out α)
     excess = _chroma(unmix(out.rgb.float().cpu(), a)) - _chroma(unmix(gt.rgb, ga))
-    per_view = [excess[i][both[i]].mean() if both[i].any() else torch.tensor(float("nan")) for i in range(len(cams))]
-    return torch.stack(per_view).reshape(len(prompts), views).nanmean(1).tolist()
+    per_view = [excess[v][both[v]].mean() if bool(both[v].any()) else torch.tensor(float("nan")) for v in range(views)]
+    return float(torch.stack(per_view).nanmean())
 
 
 def colour_split(source: str, prompts: list[str], n: int = 2048) -> dict:
     """Means over prompts: `color_error` (as `asd eval`), `placement_error` (the same with each object's median
     colour set right: colour on the wrong object or part) and `chroma_excess` (render saturation over the GT's)."""
-    from asdcli.engine.inference import field_state, load_model, query_fn
+    from asdcli.engine.inference import _select, field_state, load_model, query_fn
     from asdcli.shapes.grammar import parse_prompt
     from asdcli.shapes.metrics import surface_points
     from asdcli.shapes.scenes import SceneField
@@ -154,8 +152,8 @@ def colour_split(source: str, prompts: list[str], n: int = 2048) -> dict:
     for start in range(0, len(prompts), 8):
         part = prompts[start:start + 8]
         state, _ = field_state(model, part, seed=model.cfg.seed)
-        excess += render_chroma_excess(model, state, part)
         for i, prompt in enumerate(part):
+            excess.append(render_chroma_excess(model, _select(state, i), prompt))
             field = SceneField(parse_prompt(prompt))
             pts = surface_points(field.spec, n)
             pred, gt = query_fn(model, state, i)(pts)[1].cpu(), field.color(pts)
