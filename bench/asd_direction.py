@@ -62,10 +62,11 @@ def split_direction(prior, loss_cfg, z, cond, t: int, shift_ratio: float, scales
     noise = torch.randn(z.shape, generator=torch.Generator().manual_seed(seed)).to(z)
     steps = torch.full((z.shape[0],), t, dtype=torch.long, device=z.device)
 
+    loss = build("loss", replace(loss_cfg, shift_ratio=shift_ratio), prior=prior)
+
     def direction(scale: float) -> tuple[torch.Tensor, float]:
-        loss = build("loss", replace(loss_cfg, guidance_scale=scale, shift_ratio=shift_ratio), prior=prior)
         with torch.no_grad():  # the same Δt draw at every scale: one seed for the loss's generator
-            d, logs = loss.direction(z, cond, steps, noise, window, torch.Generator().manual_seed(seed + 1))
+            d, logs = loss.direction(z, cond, steps, noise, window, torch.Generator().manual_seed(seed + 1), scale)
         return d, logs["dt"]
 
     asynchronous, dt = direction(1.0)

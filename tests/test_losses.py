@@ -126,6 +126,26 @@ def z0() -> Tensor:
 
 
 # ------------------------------------------------------------------------------------------------ ASD
+def test_a_scheduled_guidance_scale_is_the_constant_one_of_its_step(z0):
+    """guidance_scale: {piecewise: {0: 7.5, 5: 1.5}} gives, at each step, the gradient of that step's constant
+    scale (same seed), and logs the value it used."""
+    cond = make_cond()
+    scheduled = make_loss("asd", MockPrior(), guidance_scale={"piecewise": {0: 7.5, 5: 1.5}})
+    for step, scale in ((4, 7.5), (5, 1.5)):
+        out, grad = run(scheduled, z0, cond, step=step)
+        _, expected = run(make_loss("asd", MockPrior(), guidance_scale=scale), z0, cond, step=step)
+        assert out.logs["guidance_scale"] == scale
+        assert torch.allclose(grad, expected)
+    _, at_high = run(make_loss("asd", MockPrior(), guidance_scale=7.5), z0, cond, step=5)
+    assert not torch.allclose(grad, at_high)  # the switch changes the gradient
+
+
+def test_a_guidance_schedule_below_zero_at_any_step_is_refused():
+    ramp = {"linear": {"from": 7.5, "to": -1.0, "start": 0, "end": 10}}
+    with pytest.raises(ConfigError, match=r"loss\.guidance_scale: must be >= 0 at every step, got -1"):
+        make_loss("asd", MockPrior(), guidance_scale=ramp)
+
+
 @pytest.mark.parametrize("perp_neg", [0, 2])
 def test_asd_gradient_matches_formula_with_shared_noise(z0, perp_neg):
     prior = MockPrior()

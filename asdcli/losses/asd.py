@@ -50,7 +50,7 @@ class AsynchronousScoreDistillation(ScoreDistillation):
     cfg: ASDConfig
 
     def direction(self, z: Tensor, cond: Conditioning, t: Tensor, noise: Tensor, window: TimestepWindow,
-                  gen: torch.Generator) -> tuple[Tensor, dict[str, float]]:
+                  gen: torch.Generator, guidance: float) -> tuple[Tensor, dict[str, float]]:
         """ε̂_cfg(z_t, t) − ε̂_c(z_{t⁺}, t⁺) [B, C, h, w] from one prior call; z_t and z_{t⁺} share ε."""
         prior, cfg = self.prior, self.cfg
         t_plus, delta = shifted_timesteps(t, window, cfg.shift_ratio, cfg.shift_random, prior.shared_timestep,
@@ -61,6 +61,6 @@ class AsynchronousScoreDistillation(ScoreDistillation):
         # CFG branches keep the layout `guided_noise` expects.
         branches = [*cfg_branches(z_t, t, cond), (z_t_plus, t_plus, cond.cond)]
         *eps_t, eps_shifted = predict_branches(prior, branches, cond.cameras)
-        eps_cfg = guided_noise(eps_t, cond, cfg.guidance_scale)
+        eps_cfg = guided_noise(eps_t, cond, guidance)
         logs = {"t_plus": float(t_plus.float().mean()), "dt": float(delta.float().mean())}
         return eps_cfg - eps_shifted, logs

@@ -50,7 +50,7 @@ class ScoreDistillationConfig:
     """Options shared by every score-distillation loss (recipe section `loss:`)."""
 
     kind: str  # registry name: asd | sds | csd | vsd
-    guidance_scale: float = 7.5  # classifier-free guidance scale s
+    guidance_scale: Schedule = _const(7.5)  # classifier-free guidance scale s (a schedule: BENCHMARKS §9e)
     weighting: Literal["sds", "uniform", "fantasia3d"] = "sds"  # w(t): 1−ᾱ_t | 1 | √ᾱ_t(1−ᾱ_t)
     t_min: Schedule = _fraction_ramp(0.5, 0.02)  # bottom of the timestep window, fraction of T
     t_max: Schedule = _fraction_ramp(0.98, 0.5)  # top of the timestep window, fraction of T
@@ -58,8 +58,9 @@ class ScoreDistillationConfig:
     weights: LossWeights = field(default_factory=LossWeights)  # weights of the distillation and regularisers
 
     def __post_init__(self) -> None:
-        if self.guidance_scale < 0:
-            raise ConfigError(f"loss.guidance_scale: must be >= 0, got {self.guidance_scale:g}")
+        lowest = self.guidance_scale.extremes()[0]
+        if lowest < 0:
+            raise ConfigError(f"loss.guidance_scale: must be >= 0 at every step, got {lowest:g}")
 
 
 @dataclass
@@ -139,10 +140,10 @@ class ScoreDistillation(nn.Module, abc.ABC):
 
     @abc.abstractmethod
     def direction(self, z: Tensor, cond: Conditioning, t: Tensor, noise: Tensor, window: TimestepWindow,
-                  gen: torch.Generator) -> tuple[Tensor, dict[str, float]]:
+                  gen: torch.Generator, guidance: float) -> tuple[Tensor, dict[str, float]]:
         """The unweighted gradient direction [B, C, h, w] float32 and extra logs, for z [B, C, h, w]
-        (detached, float32), t [B] long on z's device, noise ε [B, C, h, w] on z's device; further random
-        numbers come from `gen` (CPU)."""
+        (detached, float32), t [B] long on z's device, noise ε [B, C, h, w] on z's device and the guidance
+        scale s of this step; further random numbers come from `gen` (CPU)."""
 
     def forward(self, z: Tensor, cond: Conditioning, step: int, total_steps: int,
                 gen: torch.Generator) -> LossOutput:
@@ -152,7 +153,10 @@ class ScoreDistillation(nn.Module, abc.ABC):
         t_cpu = sample_timesteps(batch, window, prior.shared_timestep, gen)
         noise = torch.randn(tuple(z.shape), generator=gen, dtype=torch.float32).to(z.device)
         t = t_cpu.to(z.device)
-        direction, extra = self.direction(z.detach().float(), cond, t, noise, window, gen)
+        guidance = cfg.guidance_scale.at(step, total_steps)
+        direction, extra = self.direction(z.detach().float(), cond, t, noise, window, gen, guidance)
+        if cfg.guidance_scale.kind != "constant":  # a scheduled scale is logged; a constant one is in recipe.yaml
+            extra = {**extra, "guidance_scale": guidance}
         w = loss_weight(prior.alphas_cumprod, t, cfg.weighting).view(-1, *([1] * (z.dim() - 1)))
         grad = torch.nan_to_num(w * direction)  # a NaN from the prior must not poison the generator
         if cfg.grad_clip is not None:

@@ -36,7 +36,7 @@ class ClassifierScoreDistillation(ScoreDistillation):
     Config = CSDConfig
 
     def direction(self, z: Tensor, cond: Conditioning, t: Tensor, noise: Tensor, window: TimestepWindow,
-                  gen: torch.Generator) -> tuple[Tensor, dict[str, float]]:
+                  gen: torch.Generator, guidance: float) -> tuple[Tensor, dict[str, float]]:
         """ε_c(z_t, t) − ε_u(z_t, t) [B, C, h, w] (with Perp-Neg: the perpendicular-corrected difference)."""
         z_t = self.prior.add_noise(z, noise, t)
         eps = predict_branches(self.prior, cfg_branches(z_t, t, cond), cond.cameras)

@@ -33,8 +33,8 @@ class ScoreDistillationSampling(ScoreDistillation):
     Config = SDSConfig
 
     def direction(self, z: Tensor, cond: Conditioning, t: Tensor, noise: Tensor, window: TimestepWindow,
-                  gen: torch.Generator) -> tuple[Tensor, dict[str, float]]:
+                  gen: torch.Generator, guidance: float) -> tuple[Tensor, dict[str, float]]:
         """ε̂_cfg(z_t, t) − ε [B, C, h, w]."""
         z_t = self.prior.add_noise(z, noise, t)
         eps = predict_branches(self.prior, cfg_branches(z_t, t, cond), cond.cameras)
-        return guided_noise(eps, cond, self.cfg.guidance_scale) - noise, {}
+        return guided_noise(eps, cond, guidance) - noise, {}

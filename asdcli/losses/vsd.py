@@ -171,12 +171,12 @@ class VariationalScoreDistillation(ScoreDistillation):
                     state[key] = value.to(device)
 
     def direction(self, z: Tensor, cond: Conditioning, t: Tensor, noise: Tensor, window: TimestepWindow,
-                  gen: torch.Generator) -> tuple[Tensor, dict[str, float]]:
+                  gen: torch.Generator, guidance: float) -> tuple[Tensor, dict[str, float]]:
         """ε̂_cfg(z_t, t) − ε_lora(z_t, t) [B, C, h, w], then one LoRA training step on z."""
         self._sync_device(z.device)
         z_t = self.prior.add_noise(z, noise, t)
         eps = predict_branches(self.prior, cfg_branches(z_t, t, cond), cond.cameras)
-        eps_cfg = guided_noise(eps, cond, self.cfg.guidance_scale)
+        eps_cfg = guided_noise(eps, cond, guidance)
         with torch.no_grad():
             eps_lora = self.lora_noise(z_t, t, cond.cond, cond.cameras)
         # Fit the LoRA after using it, as ProlificDreamer does: the estimate comes from the model trained on
