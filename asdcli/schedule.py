@@ -58,12 +58,11 @@ class Schedule:
         frac = (step - start) / (end - start)
         return self.start_value + frac * (self.end_value - self.start_value)
 
-    def extremes(self) -> tuple[float, float]:
-        """The smallest and largest value the schedule takes at any step (a linear one lies between its ends)."""
+    def lowest(self) -> float:
+        """The smallest value the schedule takes at any step (a linear one lies between its ends)."""
         if self.kind == "constant":
-            return self.value, self.value
-        values = [v for _, v in self.points] if self.kind == "piecewise" else [self.start_value, self.end_value]
-        return min(values), max(values)
+            return self.value
+        return min(v for _, v in self.points) if self.kind == "piecewise" else min(self.start_value, self.end_value)
 
     def to_plain(self) -> Any:
         """Plain YAML data that `parse_schedule` turns back into an equal object."""

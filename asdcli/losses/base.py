@@ -58,7 +58,7 @@ class ScoreDistillationConfig:
     weights: LossWeights = field(default_factory=LossWeights)  # weights of the distillation and regularisers
 
     def __post_init__(self) -> None:
-        lowest = self.guidance_scale.extremes()[0]
+        lowest = self.guidance_scale.lowest()
         if lowest < 0:
             raise ConfigError(f"loss.guidance_scale: must be >= 0 at every step, got {lowest:g}")
 
