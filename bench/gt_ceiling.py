@@ -111,14 +111,16 @@ def _median_corrected(pred: torch.Tensor, gt: torch.Tensor, owner: torch.Tensor)
     return out
 
 
-def _chroma(rgb: torch.Tensor) -> torch.Tensor:
-    return rgb.max(-1).values - rgb.min(-1).values
+def _excess(pred: torch.Tensor, gt: torch.Tensor) -> tuple[float, float]:
+    """(chroma, brightness) of pred [N, 3] minus gt's [N, 3], means over N: chroma is max − min channel (> 0:
+    more saturated), brightness the channel mean (> 0: lighter)."""
+    chroma = lambda rgb: rgb.max(-1).values - rgb.min(-1).values  # noqa: E731
+    return float((chroma(pred) - chroma(gt)).mean()), float((pred.mean(-1) - gt.mean(-1)).mean())
 
 
-def render_chroma_excess(model, state, prompt: str, res: int = 64, views: int = 4) -> float:
-    """Chroma (max − min channel) of one prompt's render (state of that prompt alone) minus the ground truth's,
-    averaged over the pixels both cover in each of `views` cameras of the run's evaluation orbit, then over the
-    views (> 0: more saturated)."""
+def render_excess(model, state, prompt: str, res: int = 64, views: int = 4) -> tuple[float, float]:
+    """`_excess` of one prompt's render (state of that prompt alone) over the ground truth's render, on the pixels
+    both cover in each of `views` cameras of the run's evaluation orbit, averaged over the views."""
     from asdcli.engine.inference import eval_cameras
     from asdcli.render.background import Background
     from asdcli.render.volume import render
@@ -134,34 +136,41 @@ def render_chroma_excess(model, state, prompt: str, res: int = 64, views: int = 
     a, ga = out.opacity.float().cpu().squeeze(-1), gt.alpha
     both = (a > 0.95) & (ga > 0.95)
     unmix = lambda rgb, alpha: rgb / alpha.clamp(min=1e-6)[..., None]  # noqa: E731  (over black: divide out α)
-    excess = _chroma(unmix(out.rgb.float().cpu(), a)) - _chroma(unmix(gt.rgb, ga))
-    per_view = [excess[v][both[v]].mean() if bool(both[v].any()) else torch.tensor(float("nan")) for v in range(views)]
-    return float(torch.stack(per_view).nanmean())
+    pred, truth = unmix(out.rgb.float().cpu(), a), unmix(gt.rgb, ga)
+    per_view = [_excess(pred[v][both[v]], truth[v][both[v]]) for v in range(views) if bool(both[v].any())]
+    if not per_view:
+        return float("nan"), float("nan")
+    return tuple(sum(col) / len(per_view) for col in zip(*per_view, strict=True))
 
 
 def colour_split(source: str, prompts: list[str], n: int = 2048) -> dict:
     """Means over prompts: `color_error` (as `asd eval`), `placement_error` (the same with each object's median
-    colour set right: colour on the wrong object or part) and `chroma_excess` (render saturation over the GT's)."""
+    colour set right: colour on the wrong object or part), `chroma_excess` / `brightness_excess` (the renders'
+    saturation / lightness over the GT renders') and `albedo_brightness_excess` (the colour field's lightness
+    on the true surface over the true colours'; above the renders' figure, the generator's shading is darker)."""
     from asdcli.engine.inference import _select, field_state, load_model, query_fn
     from asdcli.shapes.grammar import parse_prompt
     from asdcli.shapes.metrics import surface_points
     from asdcli.shapes.scenes import SceneField
 
     model = load_model(None if source == "bundled" else source)
-    errors, placement, excess = [], [], []
+    errors, placement, excess, albedo = [], [], [], []
     for start in range(0, len(prompts), 8):
         part = prompts[start:start + 8]
         state, _ = field_state(model, part, seed=model.cfg.seed)
         for i, prompt in enumerate(part):
-            excess.append(render_chroma_excess(model, _select(state, i), prompt))
+            excess.append(render_excess(model, _select(state, i), prompt))
             field = SceneField(parse_prompt(prompt))
             pts = surface_points(field.spec, n)
             pred, gt = query_fn(model, state, i)(pts)[1].cpu(), field.color(pts)
             owner = field.batch.object_sdf(pts, 0).argmin(1)
             errors.append(float((pred - gt).abs().mean()))
+            albedo.append(_excess(pred, gt)[1])
             placement.append(float((_median_corrected(pred, gt, owner) - gt).abs().mean()))
     mean = lambda xs: sum(xs) / len(xs)  # noqa: E731
-    return {"color_error": mean(errors), "placement_error": mean(placement), "chroma_excess": mean(excess)}
+    return {"color_error": mean(errors), "placement_error": mean(placement),
+            "chroma_excess": mean([c for c, _ in excess]), "brightness_excess": mean([b for _, b in excess]),
+            "albedo_brightness_excess": mean(albedo)}
 
 
 def main() -> None:
@@ -188,7 +197,7 @@ def main() -> None:
     if args.command in ("levels", "colours"):
         prompts = [line.strip() for line in args.prompts.read_text().splitlines() if line.strip()]
     if args.command == "colours":
-        print("  ".join(f"{k} {v:+.3f}" if k == "chroma_excess" else f"{k} {v:.3f}"
+        print("  ".join(f"{k} {v:+.3f}" if k.endswith("excess") else f"{k} {v:.3f}"
                         for k, v in colour_split(args.source, prompts).items()))
         return
     if args.command == "levels":

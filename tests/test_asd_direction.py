@@ -63,3 +63,12 @@ def test_median_correction_removes_a_per_object_bias_only():
     assert torch.allclose(median_corrected(biased, gt, owner), gt, atol=1e-6)
     swapped = torch.cat([gt[4:5].expand(2, 3), gt[:2], gt[4:]])  # half of object 0 wears object 1's colour
     assert (median_corrected(swapped, gt, owner) - gt).abs().mean() > 0.1
+
+
+def test_excess_reads_washed_out_as_less_chroma_and_more_brightness():
+    excess = _load("gt_ceiling")._excess
+    red = torch.tensor([[0.8, 0.1, 0.1]] * 3)
+    chroma, brightness = excess(torch.tensor([[0.9, 0.3, 0.3]] * 3), red)  # lighter and greyer
+    assert chroma == pytest.approx(0.6 - 0.7, abs=1e-6) and brightness == pytest.approx(1.5 / 3 - 1.0 / 3, abs=1e-6)
+    chroma, brightness = excess(torch.tensor([[1.0, 0.0, 0.0]] * 3), red)  # saturated, same lightness
+    assert chroma == pytest.approx(0.3, abs=1e-6) and brightness == pytest.approx(0.0, abs=1e-6)
