@@ -52,17 +52,12 @@ def _norm(x: torch.Tensor) -> float:
     return float(x.flatten(1).norm(dim=1).mean())
 
 
-def split_direction(prior, loss_cfg, z, cond, t: int, shift_ratio: float, scales: tuple[float, float],
-                    window, seed: int = 0) -> dict:
+def split_direction(loss, z, cond, t: int, scales: tuple[float, float], window, seed: int = 0) -> dict:
     """One row: the mean per-image norms of the asynchronous term and of the guidance term at each scale, and
-    the cosine between the full directions at the two scales; z [B, C, h, w] from prior.encode, `window` the
-    timestep window that bounds Δt (ASD's Δt ≤ η·(t − its bottom))."""
-    from asdcli.registry import build
-
+    the cosine between the full directions at the two scales, through `loss` (an ASD loss on the prior that
+    encoded z [B, C, h, w]); `window` is the timestep window that bounds Δt (ASD's Δt ≤ η·(t − its bottom))."""
     noise = torch.randn(z.shape, generator=torch.Generator().manual_seed(seed)).to(z)
     steps = torch.full((z.shape[0],), t, dtype=torch.long, device=z.device)
-
-    loss = build("loss", replace(loss_cfg, shift_ratio=shift_ratio), prior=prior)
 
     def direction(scale: float) -> tuple[torch.Tensor, float]:
         with torch.no_grad():  # the same Δt draw at every scale: one seed for the loss's generator
@@ -73,7 +68,7 @@ def split_direction(prior, loss_cfg, z, cond, t: int, shift_ratio: float, scales
     lo, hi = (direction(s)[0] for s in scales)
     guidance = (hi - asynchronous) / (scales[1] - 1.0)  # ε̂_c − ε̂_u (with Perp-Neg's terms where the recipe has them)
     cos = torch.nn.functional.cosine_similarity(lo.flatten(1), hi.flatten(1)).mean()
-    return {"t": t, "shift_ratio": shift_ratio, "dt": dt, "async": _norm(asynchronous),
+    return {"t": t, "shift_ratio": loss.cfg.shift_ratio, "dt": dt, "async": _norm(asynchronous),
             **{f"guidance@{s:g}": (s - 1.0) * _norm(guidance) for s in scales},
             "cos": float(cos)}
 
@@ -97,8 +92,11 @@ def direction_table(source: str, prompts: list[str], ts=(50, 100, 200, 500), sca
     cond = prior.conditioning(prompts, cams.elevation, cams.azimuth, cams.c2w)
     loss, last = model.cfg.loss, model.cfg.train.steps
     window = timestep_window(prior.num_train_timesteps, loss.t_min, loss.t_max, last, last)  # the run's last step
-    return [split_direction(prior, loss, z, cond, t, eta, tuple(scales), window, seed=i)
-            for eta in shift_ratios for i, t in enumerate(ts)]
+    rows = []
+    for eta in shift_ratios:  # one loss per shift ratio, built from the run's own `loss` section
+        asd = build("loss", replace(loss, shift_ratio=eta), prior=prior)
+        rows += [split_direction(asd, z, cond, t, tuple(scales), window, seed=i) for i, t in enumerate(ts)]
+    return rows
 
 
 def main() -> None:

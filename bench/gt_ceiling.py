@@ -150,7 +150,7 @@ def colour_split(source: str, prompts: list[str], n: int = 2048) -> dict:
     on the true surface over the true colours'; above the renders' figure, the generator's shading is darker)."""
     from asdcli.engine.inference import _select, field_state, load_model, query_fn
     from asdcli.shapes.grammar import parse_prompt
-    from asdcli.shapes.metrics import surface_points
+    from asdcli.shapes.metrics import surface_colours
     from asdcli.shapes.scenes import SceneField
 
     model = load_model(None if source == "bundled" else source)
@@ -161,8 +161,7 @@ def colour_split(source: str, prompts: list[str], n: int = 2048) -> dict:
         for i, prompt in enumerate(part):
             excess.append(render_excess(model, _select(state, i), prompt))
             field = SceneField(parse_prompt(prompt))
-            pts = surface_points(field.spec, n)
-            pred, gt = query_fn(model, state, i)(pts)[1].cpu(), field.color(pts)
+            pts, pred, gt = surface_colours(lambda p, f=query_fn(model, state, i): f(p)[1], field.spec, n)
             owner = field.batch.object_sdf(pts, 0).argmin(1)
             errors.append(float((pred - gt).abs().mean()))
             albedo.append(_excess(pred, gt)[1])

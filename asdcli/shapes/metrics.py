@@ -189,14 +189,21 @@ def surface_points(spec: SceneSpec, n: int = 4096, seed: int = 0, band: float = 
     return pts
 
 
-def color_error(pred_color_fn: Callable[[Tensor], Tensor], spec: SceneSpec, n: int = 4096, seed: int = 0) -> float:
-    """Mean absolute RGB error (over points and channels, in [0, 1]) of pred_color_fn(points [N, 3]) → [N, 3]
-    at points on the GT surface, against the GT colour there (the prediction's colour field is read where the
-    true surface is, whatever its own geometry)."""
+def surface_colours(pred_color_fn: Callable[[Tensor], Tensor], spec: SceneSpec, n: int = 4096,
+                    seed: int = 0) -> tuple[Tensor, Tensor, Tensor]:
+    """(points [n, 3] on the GT surface, pred_color_fn there [n, 3], the GT colour there [n, 3]), on the CPU:
+    the prediction's colour field is read where the true surface is, whatever its own geometry."""
     pts = surface_points(spec, n, seed)
     with torch.no_grad():
         pred = pred_color_fn(pts).detach().reshape(-1, 3).float().cpu()
-    return float((pred - SceneField(spec).color(pts)).abs().mean())
+    return pts, pred, SceneField(spec).color(pts)
+
+
+def color_error(pred_color_fn: Callable[[Tensor], Tensor], spec: SceneSpec, n: int = 4096, seed: int = 0) -> float:
+    """Mean absolute RGB error (over points and channels, in [0, 1]) of pred_color_fn(points [N, 3]) → [N, 3]
+    against the GT colour on the GT surface (`surface_colours`)."""
+    _, pred, truth = surface_colours(pred_color_fn, spec, n, seed)
+    return float((pred - truth).abs().mean())
 
 
 def shape_metrics(pred_occs: Sequence[Tensor], specs: Sequence[SceneSpec], angles: Angles = 16,
