@@ -1,0 +1,100 @@
+"""How sharply the prior tells one shape's caption from another's, alone and beside a second object.
+
+Distillation can only teach a shape the prior's score tells apart. This reads that signal straight from the
+prior: ground-truth renders of one scene from training cameras are noised (the same t and ε for every caption)
+and the prior's ε-MSE is taken under the true caption and under the caption with the shape swapped. Per true
+shape it prints `top1` (the share of views whose lowest loss is the true caption's) and, per rival shape, the
+relative loss gap (L_rival − L_true) / L_true: the larger the gap, the louder the prior's score says which shape
+it is. `--partner "blue cube"` asks the same of "a red SHAPE next to a blue cube" (the relation of ShapesWorld's
+weakest prompts, BENCHMARKS §9g).
+
+    python bench/caption_gaps.py [--prior bundled|FOLDER] [--partner "blue cube"] [--colour red]
+        [--shapes cone pyramid ...] [--views 16] [--t 50 100 200 350 500] [--reps 2]
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+from pathlib import Path
+
+import torch
+from torch import Tensor
+
+ROOT = Path(__file__).resolve().parents[1]
+if str(ROOT) not in sys.path:
+    sys.path.insert(0, str(ROOT))
+
+
+def caption(colour: str, shape: str, partner: str | None) -> str:
+    article = "an" if colour[0] in "aeiou" else "a"
+    head = f"{article} {colour} {shape}"
+    if not partner:
+        return head
+    return f"{head} next to {'an' if partner[0] in 'aeiou' else 'a'} {partner}"
+
+
+@torch.no_grad()
+def caption_losses(prior, z: Tensor, conds: list[Tensor], ts: list[int], reps: int,
+                   gen: torch.Generator) -> Tensor:
+    """[K, B] ε-MSE of the prior on images z [B, C, h, w] under each of the K text states conds[k] [B, L, D],
+    summed over the timesteps `ts` and `reps` noise draws each (the same t and ε for every caption)."""
+    losses = torch.zeros(len(conds), z.shape[0])
+    for t in ts:
+        a = prior.alphas_cumprod[t]
+        for _ in range(reps):
+            eps = torch.randn(z.shape, generator=gen)
+            z_t = a.sqrt() * z + (1 - a).sqrt() * eps
+            steps = torch.full((z.shape[0],), t)
+            for k, cond in enumerate(conds):
+                losses[k] += (prior.predict_noise(z_t, steps, cond) - eps).square().mean(dim=(1, 2, 3))
+    return losses
+
+
+def shape_gaps(prior, true: str, shapes: list[str], colour: str, partner: str | None, views: int, ts: list[int],
+               reps: int, gen: torch.Generator) -> tuple[float, dict[str, float]]:
+    """(top-1 rate of the true caption over the views, {rival shape: mean relative loss gap})."""
+    from asdcli.config import CameraConfig
+    from asdcli.render.cameras import sample_training_cameras
+    from asdcli.shapes.gt_render import render_scenes
+
+    cams = sample_training_cameras(CameraConfig(), views, 1, gen)
+    size = prior.image_size
+    gt = render_scenes([caption(colour, true, partner)] * views, cams, size, size, supersample=2)
+    z = gt.rgb.permute(0, 3, 1, 2) * 2 - 1  # the prior's pixel space, white background as in its training
+    conds = [prior.conditioning([caption(colour, s, partner)] * views, cams.elevation, cams.azimuth,
+                                cams.c2w).cond for s in shapes]
+    losses = caption_losses(prior, z, conds, ts, reps, gen)
+    i = shapes.index(true)
+    top1 = float((losses.argmin(0) == i).float().mean())
+    return top1, {s: float(((losses[k] - losses[i]) / losses[i]).mean()) for k, s in enumerate(shapes) if k != i}
+
+
+def main() -> None:
+    from asdcli.priors.stable_diffusion import StableDiffusionPrior, StableDiffusionPriorConfig
+    from asdcli.shapes.bundled import bundled_prior
+    from asdcli.shapes.scenes import PRIMITIVES
+
+    ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    ap.add_argument("--prior", default="bundled", help="'bundled' or an exported diffusers folder")
+    ap.add_argument("--partner", default=None, help='second object, e.g. "blue cube" ("next to" pairs)')
+    ap.add_argument("--colour", default="red")
+    ap.add_argument("--shapes", nargs="+", default=list(PRIMITIVES), choices=list(PRIMITIVES))
+    ap.add_argument("--views", type=int, default=16)
+    ap.add_argument("--t", type=int, nargs="+", default=[50, 100, 200, 350, 500])
+    ap.add_argument("--reps", type=int, default=2)
+    ap.add_argument("--seed", type=int, default=0)
+    args = ap.parse_args()
+    folder = bundled_prior() if args.prior == "bundled" else Path(args.prior)
+    prior = StableDiffusionPrior(StableDiffusionPriorConfig(model=str(folder)))
+    gen = torch.Generator().manual_seed(args.seed)
+    for true in args.shapes:
+        top1, gaps = shape_gaps(prior, true, args.shapes, args.colour, args.partner, args.views, args.t, args.reps,
+                                gen)
+        nearest = min(gaps, key=gaps.get)
+        print(f"{caption(args.colour, true, args.partner):36s} top1 {top1:.2f}  nearest {nearest} {gaps[nearest]:+.3f}"
+              f"  | " + " ".join(f"{s} {g:+.3f}" for s, g in gaps.items()), flush=True)
+
+
+if __name__ == "__main__":
+    main()
