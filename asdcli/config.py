@@ -82,8 +82,10 @@ class RenderConfig:
 class TrainConfig:
     steps: int = 1000  # optimiser steps
     optimizer: Literal["adam", "adamw", "adan"] = "adam"
-    lr: float = 1e-3  # generator learning rate
-    lr_background: float = 1e-3
+    # Learning rates as schedules (a number is constant; e.g. a cool-down {linear: {from: 3e-4, to: 3e-5, start:
+    # 8000, end: 10000}}). A generator's own parts scale the generator's rate (the NeRF's hash grid).
+    lr: Schedule = field(default_factory=lambda: Schedule.constant(1e-3))  # generator learning rate
+    lr_background: Schedule = field(default_factory=lambda: Schedule.constant(1e-3))
     betas: tuple[float, ...] = (0.9, 0.99)  # Adan takes three
     eps: float = 1e-8
     weight_decay: float = 0.0

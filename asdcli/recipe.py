@@ -138,12 +138,13 @@ def validate(cfg: RunConfig) -> None:
         raise ConfigError(f"train.val_every: must be >= 0 (0 = only at the end), got {cfg.train.val_every}")
     non_negative = {"prompts.num_val": cfg.prompts.num_val, "render.importance_samples": cfg.render.importance_samples,
                     "train.eps": cfg.train.eps, "train.weight_decay": cfg.train.weight_decay,
-                    "train.lr_background": cfg.train.lr_background}
+                    "train.lr_background": cfg.train.lr_background.lowest()}
     for key, val in non_negative.items():
         if val < 0:
             raise ConfigError(f"{key}: must be >= 0, got {val}")
-    if cfg.train.lr <= 0:
-        raise ConfigError(f"train.lr: must be > 0, got {cfg.train.lr}")
+    lrs = _schedule_values(cfg.train.lr)
+    if min(lrs) < 0 or max(lrs) <= 0:
+        raise ConfigError(f"train.lr: must be >= 0 at every step and > 0 somewhere, got {cfg.train.lr.to_plain()}")
     if not all(0.0 <= b < 1.0 for b in cfg.train.betas):
         raise ConfigError(f"train.betas: each must be in [0, 1), got {list(cfg.train.betas)}")
     _check_render(cfg.render)

@@ -80,9 +80,9 @@ def test_precedence_defaults_base_recipe_overrides_flags(tmp_path):
     cfg = load_recipe(child)
     assert cfg.train.keep_last == 3  # default
     assert cfg.seed == 11 and cfg.train.log_every == 7  # base
-    assert cfg.train.lr == 0.25  # recipe beats base
+    assert cfg.train.lr.value == 0.25  # recipe beats base
     cfg = load_recipe(child, ["train.lr=0.125", "train.steps=40"], {"train.steps": 50})
-    assert cfg.train.lr == 0.125  # override beats recipe
+    assert cfg.train.lr.value == 0.125  # override beats recipe
     assert cfg.train.steps == 50  # flag beats override
 
 
@@ -141,3 +141,13 @@ def test_schema_version_mismatch():
 def test_plain_is_yaml_safe():
     cfg = load_recipe(TINY)
     assert yaml.safe_load(yaml.safe_dump(to_plain(cfg))) == to_plain(cfg)
+
+
+def test_lr_schedules_may_start_at_zero_but_never_go_negative():
+    warmup = load_recipe(TINY, ["train.lr={linear: {from: 0, to: 0.01, start: 0, end: 100}}"])
+    assert warmup.train.lr.at(50, 1000) == pytest.approx(0.005)
+    for bad in ("train.lr=0", "train.lr={piecewise: {0: 0.01, 50: -0.001}}"):
+        with pytest.raises(ConfigError, match=r"train\.lr: must be >= 0 at every step and > 0 somewhere"):
+            load_recipe(TINY, [bad])
+    with pytest.raises(ConfigError, match=r"train\.lr_background: must be >= 0"):
+        load_recipe(TINY, ["train.lr_background={linear: {from: 0.01, to: -1, start: 0, end: 10}}"])

@@ -217,3 +217,42 @@ def test_tensorboard_events_mirror_metrics(tmp_path):
     events.Reload()
     assert [(e.step, e.value) for e in events.Scalars("loss")] == [(3, 0.5), (4, 0.25)]
     assert "time" not in events.Tags()["scalars"]
+
+
+def test_lr_schedule_sets_every_step_and_survives_a_resume(tmp_path):
+    sched = "train.lr={linear: {from: 0.004, to: 0.001, start: 1, end: 3}}"
+    trainer = _tiny_trainer(tmp_path, sched, "train.lr_background=0.002")
+    seen = []
+    for _ in range(2):
+        logs = trainer.train_step()
+        seen.append(logs["lr"])
+        trainer.save_checkpoint()
+    assert seen == pytest.approx([0.004, 0.004])  # constant until `start`
+    assert trainer.optimizer.param_groups[0]["lr"] == pytest.approx(0.004)
+    cfg = load_recipe(TINY, [*SMALL, sched, "train.lr_background=0.002"],
+                      {"output.dir": str(tmp_path / "run"), "train.steps": 4})
+    from asdcli.engine.trainer import Trainer
+
+    resumed = Trainer(cfg, list(cfg.prompts.items), list(cfg.prompts.items), resume=True, quiet=True)
+    assert resumed.state.step == 2
+    assert [resumed.train_step()["lr"] for _ in range(2)] == pytest.approx([0.0025, 0.001])  # step 2 is midway
+
+
+def test_generator_parts_keep_their_scale_of_a_scheduled_lr(tmp_path):
+    from asdcli.engine.trainer import Trainer
+
+    cfg = load_recipe(ROOT / "recipes" / "sd_nerf.yaml",
+                      ["prior={kind: tiny-random, seed: 0}", "render.resolution=8", "render.samples_per_ray=8",
+                       "generator.grid={n_levels: 2, n_features_per_level: 2, log2_hashmap_size: 8, "
+                       "base_resolution: 4, per_level_scale: 2.0}", "generator.mlp_hidden=8",
+                       "prompts.library=null", "prompts.items=[a cube]", "prompts.num_val=1", "train.val_views=2",
+                       "train.lr={piecewise: {0: 0.001, 1: 0.0005}}", "train.device=cpu"],
+                      {"output.dir": str(tmp_path / "run"), "train.steps": 2})
+    trainer = Trainer(cfg, ["a cube"], ["a cube"], quiet=True)
+    rates = []
+    for _ in range(2):
+        trainer.train_step()
+        rates.append({g["name"]: g["lr"] for g in trainer.optimizer.param_groups})
+    scale = cfg.generator.encoding_lr_scale
+    assert rates[0]["encoding"] == pytest.approx(0.001 * scale) and rates[0]["generator"] == pytest.approx(0.001)
+    assert rates[1]["encoding"] == pytest.approx(0.0005 * scale) and rates[1]["generator"] == pytest.approx(0.0005)

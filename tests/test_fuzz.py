@@ -265,4 +265,4 @@ def test_nan_and_huge_values_are_user_errors():
     for override in ("train.lr=.nan", "render.resolution=.inf", "render.resolution=1e9", "train.steps=1e400"):
         with pytest.raises(UserError):
             load_recipe(TINY, [override])
-    assert math.isfinite(load_recipe(TINY, ["train.lr=1e-3"]).train.lr)
+    assert math.isfinite(load_recipe(TINY, ["train.lr=1e-3"]).train.lr.value)

@@ -76,8 +76,13 @@ class Trainer:
             prepare_run_dir(cfg, resume, create=False)
         self.parts = build_train_parts(cfg, self.device)
         dist_.broadcast_parameters([self.parts.generator, self.parts.background], self.dist)
-        groups = self.parts.generator.param_groups(cfg.train.lr)
-        groups += self.parts.background.param_groups(cfg.train.lr_background)
+        # Groups built at rate 1.0 carry each part's scale of its rate; the train step sets "lr" from the schedule
+        # (kept out of the groups, which checkpoints save as JSON and a resume replaces).
+        plan = ([(g, cfg.train.lr) for g in self.parts.generator.param_groups(1.0)]
+                + [(g, cfg.train.lr_background) for g in self.parts.background.param_groups(1.0)])
+        plan = [(g, sched) for g, sched in plan if g["params"]]  # as build_optimizer keeps them
+        self.lr_plan = [(g["lr"], sched) for g, sched in plan]
+        groups = [{**g, "lr": g["lr"] * sched.at(0, cfg.train.steps)} for g, sched in plan]
         self.params = [p for g in groups for p in g["params"]]
         self.optimizer = build_optimizer(cfg.train, groups)
         self.run_dir = cfg.run_dir
@@ -141,6 +146,8 @@ class Trainer:
     def train_step(self) -> dict[str, float]:
         """One optimiser step (grad_accum micro-steps). A non-finite loss or gradient skips the update."""
         self.optimizer.zero_grad(set_to_none=True)
+        for group, (scale, sched) in zip(self.optimizer.param_groups, self.lr_plan, strict=True):
+            group["lr"] = scale * sched.at(self.state.step, self.cfg.train.steps)  # a resume's too
         accum, logs = self.cfg.train.grad_accum, []
         for _ in range(accum):
             micro = self.steps(self.prompts, self.state.step, self.gen)
@@ -167,7 +174,8 @@ class Trainer:
             self.state.nonfinite_in_a_row = 0
         self.scaler.update()
         merged = {k: sum(m[k] for m in logs) / len(logs) for k in logs[0]}
-        merged.update(step=self.state.step, skipped=int(skipped), nonfinite_total=self.state.nonfinite_total)
+        merged.update(step=self.state.step, skipped=int(skipped), nonfinite_total=self.state.nonfinite_total,
+                      lr=self.optimizer.param_groups[0]["lr"])
         self.state.step += 1
         return merged
 
