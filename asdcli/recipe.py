@@ -160,7 +160,7 @@ def validate(cfg: RunConfig) -> None:
 def _schedule_values(sched) -> list[float]:
     if sched.kind == "constant":
         return [sched.value]
-    if sched.kind == "piecewise":
+    if sched.kind in ("piecewise", "keyframes"):  # keyframes: linear between its values
         return [v for _, v in sched.points]
     return [sched.start_value, sched.end_value]
 

@@ -4,6 +4,7 @@ A recipe value is either a plain number (constant) or a one-key mapping:
 
     {linear: {from: 0.98, to: 0.5, start: 0, end: 1.0, unit: fraction}}
     {piecewise: {0: 64, 10000: 256}}            # keys are steps; each value holds until the next key
+    {keyframes: {0: 0.98, 1000: 0.5, 7999: 0.5, 8000: 0.35}}   # linear between keyed steps, then held
 
 `unit: steps` (the default) counts optimiser steps; `unit: fraction` counts fractions of `train.steps`, so a
 recipe keeps its shape when a user shortens the run with `--steps`.
@@ -26,7 +27,7 @@ SCIENTIFIC = re.compile(r"[-+]?(\d+\.?\d*|\.\d+)[eE][-+]?\d+")  # YAML 1.1 reads
 class Schedule:
     """A scalar as a function of the training step."""
 
-    kind: Literal["constant", "linear", "piecewise"]
+    kind: Literal["constant", "linear", "piecewise", "keyframes"]
     value: float = 0.0
     start_value: float = 0.0
     end_value: float = 0.0
@@ -49,6 +50,8 @@ class Schedule:
                 if step >= key:
                     current = val
             return current
+        if self.kind == "keyframes":
+            return _between_keyframes(self.points, step)
         scale = float(total_steps) if self.unit == "fraction" else 1.0
         start, end = self.start * scale, self.end * scale
         if step <= start or end <= start:
@@ -62,14 +65,16 @@ class Schedule:
         """The smallest value the schedule takes at any step (a linear one lies between its ends)."""
         if self.kind == "constant":
             return self.value
-        return min(v for _, v in self.points) if self.kind == "piecewise" else min(self.start_value, self.end_value)
+        if self.kind in ("piecewise", "keyframes"):  # keyframes: linear between its values
+            return min(v for _, v in self.points)
+        return min(self.start_value, self.end_value)
 
     def to_plain(self) -> Any:
         """Plain YAML data that `parse_schedule` turns back into an equal object."""
         if self.kind == "constant":
             return self.value
-        if self.kind == "piecewise":
-            return {"piecewise": {k: v for k, v in self.points}}
+        if self.kind in ("piecewise", "keyframes"):
+            return {self.kind: {k: v for k, v in self.points}}
         return {
             "linear": {
                 "from": self.start_value,
@@ -100,17 +105,18 @@ def parse_schedule(value: Any, path: str) -> Schedule:
         value = float(value)
     if isinstance(value, (int, float)) and not isinstance(value, bool):
         return Schedule.constant(_number(value, path))
-    forms = "a number, {linear: {from, to, start, end, unit}} or {piecewise: {STEP: VALUE, ...}}"
+    forms = ("a number, {linear: {from, to, start, end, unit}}, {piecewise: {STEP: VALUE, ...}} or "
+             "{keyframes: {STEP: VALUE, ...}}")
     if not isinstance(value, dict) or len(value) != 1:
         raise ConfigError(f"{path}: expected {forms}, got {value!r}")
     (name, body), = value.items()
     if name == "linear":
         return _parse_linear(body, f"{path}.linear")
-    if name == "piecewise":
-        return _parse_piecewise(body, f"{path}.piecewise")
+    if name in ("piecewise", "keyframes"):
+        return _parse_piecewise(body, f"{path}.{name}", name)
     from asdcli.config import did_you_mean
 
-    raise ConfigError(f"{path}: unknown schedule {name!r}{did_you_mean(name, ['linear', 'piecewise'])}; "
+    raise ConfigError(f"{path}: unknown schedule {name!r}{did_you_mean(name, ['linear', 'piecewise', 'keyframes'])}; "
                       f"expected {forms}")
 
 
@@ -136,7 +142,15 @@ def _parse_linear(body: Any, path: str) -> Schedule:
                     end_value=_number(body["to"], f"{path}.to"), start=start, end=end, unit=unit)
 
 
-def _parse_piecewise(body: Any, path: str) -> Schedule:
+def _between_keyframes(points: tuple[tuple[int, float], ...], step: int) -> float:
+    """Linear between the two keyed steps around `step`; the last value after the last key."""
+    for (k0, v0), (k1, v1) in zip(points[:-1], points[1:], strict=True):
+        if step < k1:
+            return v0 + (max(step, k0) - k0) / (k1 - k0) * (v1 - v0)
+    return points[-1][1]
+
+
+def _parse_piecewise(body: Any, path: str, kind: str = "piecewise") -> Schedule:
     if not isinstance(body, dict) or not body:
         raise ConfigError(f"{path}: expected a non-empty mapping STEP: VALUE, e.g. {{0: 64, 10000: 256}}")
     points = []
@@ -147,4 +161,4 @@ def _parse_piecewise(body: Any, path: str) -> Schedule:
     points.sort()
     if points[0][0] != 0:
         raise ConfigError(f"{path}: the first key must be step 0 (the value at the start), got {points[0][0]}")
-    return Schedule(kind="piecewise", points=tuple(points))
+    return Schedule(kind=kind, points=tuple(points))

@@ -127,8 +127,16 @@ def test_schedules():
     pw = parse_schedule({"piecewise": {0: 64, 10000: 256}}, "x")
     assert pw.at(9999, 1) == 64 and pw.at(10000, 1) == 256
     assert parse_schedule(3, "x").at(7, 9) == 3.0
-    for sched in (lin, pw):
+    keys = parse_schedule({"keyframes": {0: 0.98, 1000: 0.5, 7999: 0.5, 8000: 0.35}}, "x")
+    assert keys.at(500, 1) == pytest.approx(0.74) and keys.at(5000, 1) == pytest.approx(0.5)
+    assert keys.at(7999, 1) == pytest.approx(0.5) and keys.at(8000, 1) == 0.35 and keys.at(10**6, 1) == 0.35
+    assert keys.lowest() == 0.35
+    for sched in (lin, pw, keys):
         assert parse_schedule(sched.to_plain(), "x") == sched
+    with pytest.raises(ConfigError, match=r"x\.keyframes: the first key must be step 0"):
+        parse_schedule({"keyframes": {10: 1.0, 20: 2.0}}, "x")
+    with pytest.raises(ConfigError, match=r"did you mean 'keyframes'"):
+        parse_schedule({"keyframe": {0: 1.0}}, "x")
 
 
 def test_schema_version_mismatch():
