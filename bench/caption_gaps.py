@@ -19,7 +19,6 @@ import sys
 from pathlib import Path
 
 import torch
-from torch import Tensor
 
 ROOT = Path(__file__).resolve().parents[1]
 if str(ROOT) not in sys.path:
@@ -34,28 +33,12 @@ def caption(colour: str, shape: str, partner: str | None) -> str:
     return f"{head} next to {'an' if partner[0] in 'aeiou' else 'a'} {partner}"
 
 
-@torch.no_grad()
-def caption_losses(prior, z: Tensor, conds: list[Tensor], ts: list[int], reps: int,
-                   gen: torch.Generator) -> Tensor:
-    """[K, B] ε-MSE of the prior on images z [B, C, h, w] under each of the K text states conds[k] [B, L, D],
-    summed over the timesteps `ts` and `reps` noise draws each (the same t and ε for every caption)."""
-    losses = torch.zeros(len(conds), z.shape[0])
-    for t in ts:
-        a = prior.alphas_cumprod[t]
-        for _ in range(reps):
-            eps = torch.randn(z.shape, generator=gen)
-            z_t = a.sqrt() * z + (1 - a).sqrt() * eps
-            steps = torch.full((z.shape[0],), t)
-            for k, cond in enumerate(conds):
-                losses[k] += (prior.predict_noise(z_t, steps, cond) - eps).square().mean(dim=(1, 2, 3))
-    return losses
-
-
 def shape_gaps(prior, true: str, shapes: list[str], colour: str, partner: str | None, views: int, ts: list[int],
                reps: int, gen: torch.Generator) -> tuple[float, dict[str, float]]:
     """(top-1 rate of the true caption over the views, {rival shape: mean relative loss gap})."""
     from asdcli.config import CameraConfig
     from asdcli.render.cameras import sample_training_cameras
+    from asdcli.shapes.eval_prior import caption_losses
     from asdcli.shapes.gt_render import render_scenes
 
     cams = sample_training_cameras(CameraConfig(), views, 1, gen)
@@ -64,7 +47,7 @@ def shape_gaps(prior, true: str, shapes: list[str], colour: str, partner: str | 
     z = gt.rgb.permute(0, 3, 1, 2) * 2 - 1  # the prior's pixel space, white background as in its training
     conds = [prior.conditioning([caption(colour, s, partner)] * views, cams.elevation, cams.azimuth,
                                 cams.c2w).cond for s in shapes]
-    losses = caption_losses(prior, z, conds, ts, reps, gen)
+    losses = caption_losses(prior, z, conds, gen, tuple(ts), reps)  # [shapes, views]
     i = shapes.index(true)
     top1 = float((losses.argmin(0) == i).float().mean())
     return top1, {s: float(((losses[k] - losses[i]) / losses[i]).mean()) for k, s in enumerate(shapes) if k != i}

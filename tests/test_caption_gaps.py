@@ -1,20 +1,12 @@
 """bench/caption_gaps.py: the bundled prior's loss tells a sphere's caption from a pyramid's on a sphere's renders."""
 
-import importlib.util
-from pathlib import Path
-
 import pytest
 import torch
 
-ROOT = Path(__file__).resolve().parents[1]
-
 
 @pytest.fixture(scope="module")
-def caption_gaps():
-    spec = importlib.util.spec_from_file_location("caption_gaps", ROOT / "bench" / "caption_gaps.py")
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
+def caption_gaps(load_bench):
+    return load_bench("caption_gaps")
 
 
 def test_captions_follow_the_grammar(caption_gaps):

@@ -1,7 +1,6 @@
 """bench/gt_ceiling.py: the ground-truth fit trains the recipe's generator towards the prompt's ground-truth
 renders (its coverage error falls), and writes an ordinary run that `asd eval` scores."""
 
-import importlib.util
 import json
 import sys
 from pathlib import Path
@@ -16,11 +15,8 @@ TINY = ["prior={kind: tiny-random, seed: 0, max_length: 24}", "generator.text_di
 
 
 @pytest.fixture(scope="module")
-def gt_ceiling():
-    spec = importlib.util.spec_from_file_location("gt_ceiling", ROOT / "bench" / "gt_ceiling.py")
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
+def gt_ceiling(load_bench):
+    return load_bench("gt_ceiling")
 
 
 def test_fit_lowers_the_coverage_error_and_the_run_is_scored(gt_ceiling, tmp_path, monkeypatch):

@@ -276,20 +276,30 @@ def recolored(prompt: str, shift: int = 3) -> str:
     return SceneSpec(objs, spec.relation).text
 
 
-def caption_loss_gaps(prior: Any, z: Tensor, conds: dict[str, Tensor], gen: torch.Generator,
-                      ts: tuple[int, ...] = (100, 300, 500, 700, 900), reps: int = 2) -> dict[str, float]:
-    """{"{k}_loss_gap": (L_k − L_right) / L_right} for every caption set k but "right": L is the prior's ε-MSE on
-    the prior-space images z [B, C, h, w] noised to each t of `ts`, `reps` draws of ε each, the same t and ε for
-    every caption set; conds[k] [B, L, D] are the text states."""
-    losses = dict.fromkeys(conds, 0.0)
+@torch.no_grad()
+def caption_losses(prior: Any, z: Tensor, conds: list[Tensor], gen: torch.Generator,
+                   ts: tuple[int, ...] = (100, 300, 500, 700, 900), reps: int = 2) -> Tensor:
+    """[K, B] the prior's ε-MSE on the prior-space images z [B, C, h, w] under each of the K text states
+    conds[k] [B, L, D], summed over the timesteps `ts` and `reps` draws of ε each (the same t and ε for every
+    caption)."""
+    losses = torch.zeros(len(conds), z.shape[0])
     for t in ts:
         a = prior.alphas_cumprod[t]
         for _ in range(reps):
             eps = torch.randn(z.shape, generator=gen)
             z_t = a.sqrt() * z + (1 - a).sqrt() * eps
             steps = torch.full((z.shape[0],), t)
-            for k, cond in conds.items():
-                losses[k] += float((prior.predict_noise(z_t, steps, cond) - eps).square().mean())
+            for k, cond in enumerate(conds):
+                losses[k] += (prior.predict_noise(z_t, steps, cond) - eps).square().mean(dim=(1, 2, 3)).cpu()
+    return losses
+
+
+def caption_loss_gaps(prior: Any, z: Tensor, conds: dict[str, Tensor], gen: torch.Generator,
+                      ts: tuple[int, ...] = (100, 300, 500, 700, 900), reps: int = 2) -> dict[str, float]:
+    """{"{k}_loss_gap": (L_k − L_right) / L_right} for every caption set k but "right": L is `caption_losses`
+    over the whole batch; conds[k] [B, L, D] are the text states."""
+    losses = dict(zip(conds, caption_losses(prior, z, list(conds.values()), gen, ts, reps).mean(dim=1).tolist(),
+                      strict=True))
     return {f"{k}_loss_gap": (v - losses["right"]) / losses["right"] for k, v in losses.items() if k != "right"}
 
 
