@@ -175,7 +175,7 @@ class Trainer:
         self.scaler.update()
         merged = {k: sum(m[k] for m in logs) / len(logs) for k in logs[0]}
         merged.update(step=self.state.step, skipped=int(skipped), nonfinite_total=self.state.nonfinite_total,
-                      lr=self.optimizer.param_groups[0]["lr"])
+                      lr=self.cfg.train.lr.at(self.state.step, self.cfg.train.steps))  # the generator's base rate
         self.state.step += 1
         return merged
 
