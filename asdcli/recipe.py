@@ -41,13 +41,24 @@ def read_yaml_mapping(path: str | os.PathLike) -> dict:
     return data
 
 
+SCHEDULE_FORMS = ("linear", "piecewise", "keyframes")
+
+
+def _schedule_form(value) -> str | None:
+    """"linear", "piecewise" or "keyframes" for a schedule mapping ({form: {...}}), else None."""
+    if isinstance(value, dict) and len(value) == 1 and next(iter(value)) in SCHEDULE_FORMS:
+        return next(iter(value))
+    return None
+
+
 def merge(base: dict, child: dict) -> dict:
-    """Deep merge; a section whose `kind` changes is replaced, not merged (its keys would not fit)."""
+    """Deep merge; a section whose `kind` changes is replaced, not merged (its keys would not fit), and so is a
+    schedule ({piecewise: ...} over {linear: ...} is one value, not two)."""
     out = dict(base)
     for key, val in child.items():
         old = out.get(key)
         same_kind = not (isinstance(val, dict) and "kind" in val and isinstance(old, dict)
-                         and old.get("kind") != val["kind"])
+                         and old.get("kind") != val["kind"]) and not _schedule_form(val)
         if isinstance(val, dict) and isinstance(old, dict) and same_kind:
             out[key] = merge(old, val)
         else:
@@ -97,7 +108,8 @@ def apply_override(data: dict, parts: list[str], value: Any) -> dict:
         node[part] = dict(child)
         node = node[part]
     leaf = parts[-1]
-    if isinstance(value, dict) and isinstance(node.get(leaf), dict) and "kind" not in value:
+    if isinstance(value, dict) and isinstance(node.get(leaf), dict) and "kind" not in value \
+            and not _schedule_form(value):
         node[leaf] = {**node[leaf], **value}
     else:
         node[leaf] = value

@@ -159,3 +159,22 @@ def test_lr_schedules_may_start_at_zero_but_never_go_negative():
             load_recipe(TINY, [bad])
     with pytest.raises(ConfigError, match=r"train\.lr_background: must be >= 0"):
         load_recipe(TINY, ["train.lr_background={linear: {from: 0.01, to: -1, start: 0, end: 10}}"])
+
+
+def test_an_override_may_change_a_schedules_form():
+    recipe = ROOT / "recipes" / "shapes_generator.yaml"  # guidance_scale is {piecewise: ...} there
+    cfg = load_recipe(recipe, ["loss.guidance_scale={linear: {from: 7.5, to: 1.5, start: 0, end: 2500}}"])
+    assert cfg.loss.guidance_scale.kind == "linear" and cfg.loss.guidance_scale.at(1250, 1) == pytest.approx(4.5)
+    assert load_recipe(recipe, ["loss.guidance_scale=3"]).loss.guidance_scale.value == 3.0
+    same_form = load_recipe(recipe, ["loss.guidance_scale={piecewise: {0: 3}}"]).loss.guidance_scale
+    assert same_form.points == ((0, 3.0),)  # the whole schedule, not its keys merged with the recipe's
+    partial = load_recipe(recipe, ["loss.t_min.linear.to=0.05"]).loss.t_min  # a key path still edits one key
+    assert (partial.start_value, partial.end_value, partial.end) == (0.5, 0.05, 1000.0)
+
+
+def test_a_child_recipe_replaces_its_bases_schedule(tmp_path):
+    child = write(tmp_path, {"base": str(ROOT / "recipes" / "shapes_generator.yaml"),
+                             "loss": {"guidance_scale": {"piecewise": {0: 3}}, "t_max": 0.4}})
+    cfg = load_recipe(child)
+    assert cfg.loss.guidance_scale.points == ((0, 3.0),) and cfg.loss.t_max.value == 0.4
+    assert cfg.loss.t_min.kind == "linear"  # what the child leaves alone is the base's
