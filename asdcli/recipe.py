@@ -10,6 +10,7 @@ import yaml
 
 from asdcli.config import SCHEMA_VERSION, RunConfig, build_dataclass, is_device_name, to_plain
 from asdcli.errors import ConfigError
+from asdcli.schedule import FORMS as SCHEDULE_FORMS
 
 
 def read_yaml_mapping(path: str | os.PathLike) -> dict:
@@ -39,9 +40,6 @@ def read_yaml_mapping(path: str | os.PathLike) -> dict:
     if not isinstance(data, dict):
         raise ConfigError(f"{p}: a recipe is a YAML mapping (key: value), got a {type(data).__name__}")
     return data
-
-
-SCHEDULE_FORMS = ("linear", "piecewise", "keyframes")
 
 
 def _schedule_form(value) -> str | None:
@@ -154,7 +152,7 @@ def validate(cfg: RunConfig) -> None:
     for key, val in non_negative.items():
         if val < 0:
             raise ConfigError(f"{key}: must be >= 0, got {val}")
-    lrs = _schedule_values(cfg.train.lr)
+    lrs = cfg.train.lr.values()
     if min(lrs) < 0 or max(lrs) <= 0:
         raise ConfigError(f"train.lr: must be >= 0 at every step and > 0 somewhere, got {cfg.train.lr.to_plain()}")
     if not all(0.0 <= b < 1.0 for b in cfg.train.betas):
@@ -169,17 +167,9 @@ def validate(cfg: RunConfig) -> None:
         raise ConfigError(f"name: expected a plain run name without '/', got {cfg.name!r}")
 
 
-def _schedule_values(sched) -> list[float]:
-    if sched.kind == "constant":
-        return [sched.value]
-    if sched.kind in ("piecewise", "keyframes"):  # keyframes: linear between its values
-        return [v for _, v in sched.points]
-    return [sched.start_value, sched.end_value]
-
-
 def _check_render(render) -> None:
     """Sizes and camera ranges that would crash (or exhaust memory) in the first step instead of failing here."""
-    for res in _schedule_values(render.resolution):
+    for res in render.resolution.values():
         if not 1 <= res <= 4096:
             raise ConfigError(f"render.resolution: must be between 1 and 4096 pixels, got {res:g}")
     for key, val in (("render.chunk_rays", render.chunk_rays), ("render.radius", render.radius),

@@ -20,6 +20,7 @@ from typing import Any, Literal
 from asdcli.errors import ConfigError
 
 Unit = Literal["steps", "fraction"]
+FORMS = ("linear", "piecewise", "keyframes")  # the one-key mappings a recipe may give instead of a number
 SCIENTIFIC = re.compile(r"[-+]?(\d+\.?\d*|\.\d+)[eE][-+]?\d+")  # YAML 1.1 reads 1e-3 as a string, not a number
 
 
@@ -61,13 +62,18 @@ class Schedule:
         frac = (step - start) / (end - start)
         return self.start_value + frac * (self.end_value - self.start_value)
 
-    def lowest(self) -> float:
-        """The smallest value the schedule takes at any step (a linear one lies between its ends)."""
+    def values(self) -> list[float]:
+        """The values it passes through: the extremes it takes at any step lie among them (linear and keyframes
+        interpolate between theirs)."""
         if self.kind == "constant":
-            return self.value
-        if self.kind in ("piecewise", "keyframes"):  # keyframes: linear between its values
-            return min(v for _, v in self.points)
-        return min(self.start_value, self.end_value)
+            return [self.value]
+        if self.kind in ("piecewise", "keyframes"):
+            return [v for _, v in self.points]
+        return [self.start_value, self.end_value]
+
+    def lowest(self) -> float:
+        """The smallest value the schedule takes at any step."""
+        return min(self.values())
 
     def to_plain(self) -> Any:
         """Plain YAML data that `parse_schedule` turns back into an equal object."""
@@ -116,7 +122,7 @@ def parse_schedule(value: Any, path: str) -> Schedule:
         return _parse_piecewise(body, f"{path}.{name}", name)
     from asdcli.config import did_you_mean
 
-    raise ConfigError(f"{path}: unknown schedule {name!r}{did_you_mean(name, ['linear', 'piecewise', 'keyframes'])}; "
+    raise ConfigError(f"{path}: unknown schedule {name!r}{did_you_mean(name, FORMS)}; "
                       f"expected {forms}")
 
 
