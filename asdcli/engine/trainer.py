@@ -76,13 +76,13 @@ class Trainer:
             prepare_run_dir(cfg, resume, create=False)
         self.parts = build_train_parts(cfg, self.device)
         dist_.broadcast_parameters([self.parts.generator, self.parts.background], self.dist)
-        # Groups built at rate 1.0 carry each part's scale of its rate; the train step sets "lr" from the schedule
-        # (kept out of the groups, which checkpoints save as JSON and a resume replaces).
+        # Groups built at rate 1.0 carry each part's scale of its rate; every train step sets "lr" from the
+        # schedule (kept out of the groups, which checkpoints save as JSON and a resume replaces).
         plan = ([(g, cfg.train.lr) for g in self.parts.generator.param_groups(1.0)]
                 + [(g, cfg.train.lr_background) for g in self.parts.background.param_groups(1.0)])
         plan = [(g, sched) for g, sched in plan if g["params"]]  # as build_optimizer keeps them
         self.lr_plan = [(g["lr"], sched) for g, sched in plan]
-        groups = [{**g, "lr": g["lr"] * sched.at(0, cfg.train.steps)} for g, sched in plan]
+        groups = [g for g, _ in plan]
         self.params = [p for g in groups for p in g["params"]]
         self.optimizer = build_optimizer(cfg.train, groups)
         self.run_dir = cfg.run_dir
