@@ -26,11 +26,13 @@ if str(ROOT) not in sys.path:
 
 
 def caption(colour: str, shape: str, partner: str | None) -> str:
-    article = "an" if colour[0] in "aeiou" else "a"
-    head = f"{article} {colour} {shape}"
+    """The grammar's prompt for a `colour` `shape`, alone or next to `partner` (e.g. "blue cube")."""
+    from asdcli.shapes.grammar import ObjectSpec, SceneSpec, parse_prompt
+
+    head = ObjectSpec(shape, colour)
     if not partner:
-        return head
-    return f"{head} next to {'an' if partner[0] in 'aeiou' else 'a'} {partner}"
+        return SceneSpec((head,)).text
+    return SceneSpec((head, parse_prompt(f"the {partner}").objects[0]), "next to").text
 
 
 def shape_gaps(prior, true: str, shapes: list[str], colour: str, partner: str | None, views: int, ts: list[int],
