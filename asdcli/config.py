@@ -19,7 +19,7 @@ from pathlib import Path
 from typing import Any, Literal
 
 from asdcli.errors import ConfigError
-from asdcli.schedule import SCIENTIFIC, Schedule, parse_schedule
+from asdcli.schedule import SCIENTIFIC, NamedSchedule, Schedule, parse_named_schedule, parse_schedule
 
 SCHEMA_VERSION = 1
 
@@ -159,6 +159,8 @@ def _convert(value: Any, tp: Any, path: str) -> Any:
         return value
     if tp is Schedule:
         return parse_schedule(value, path)
+    if origin is NamedSchedule:  # NamedSchedule[Literal[...]]: the Literal's values are the allowed names
+        return parse_named_schedule(value, typing.get_args(args[0]), path)
     if dataclasses.is_dataclass(tp):
         return build_dataclass(tp, value, path)
     if origin in (tuple, list, Sequence):
@@ -263,7 +265,7 @@ def _check_counts(cfg: Any, path: str) -> None:
 
 def to_plain(obj: Any) -> Any:
     """Plain YAML data (dicts, lists, numbers, strings) for a config tree; reloads to an equal object."""
-    if isinstance(obj, Schedule):
+    if isinstance(obj, (Schedule, NamedSchedule)):
         return obj.to_plain()
     if dataclasses.is_dataclass(obj):
         return {f.name: to_plain(getattr(obj, f.name)) for f in dataclasses.fields(obj)}

@@ -8,19 +8,23 @@ A recipe value is either a plain number (constant) or a one-key mapping:
 
 `unit: steps` (the default) counts optimiser steps; `unit: fraction` counts fractions of `train.steps`, so a
 recipe keeps its shape when a user shortens the run with `--steps`.
+
+A choice among names (`loss.weighting`) is a NamedSchedule: one name, or {piecewise: {0: sds, 8000: uniform}}.
 """
 
 from __future__ import annotations
 
 import math
 import re
+from collections.abc import Callable
 from dataclasses import dataclass
-from typing import Any, Literal
+from typing import Any, Generic, Literal, TypeVar
 
 from asdcli.errors import ConfigError
 
 Unit = Literal["steps", "fraction"]
 FORMS = ("linear", "piecewise", "keyframes")  # the one-key mappings a recipe may give instead of a number
+V = TypeVar("V")
 SCIENTIFIC = re.compile(r"[-+]?(\d+\.?\d*|\.\d+)[eE][-+]?\d+")  # YAML 1.1 reads 1e-3 as a string, not a number
 
 
@@ -46,11 +50,7 @@ class Schedule:
         if self.kind == "constant":
             return self.value
         if self.kind == "piecewise":
-            current = self.points[0][1]
-            for key, val in self.points:
-                if step >= key:
-                    current = val
-            return current
+            return _piecewise_at(self.points, step)
         if self.kind == "keyframes":
             return _between_keyframes(self.points, step)
         scale = float(total_steps) if self.unit == "fraction" else 1.0
@@ -156,15 +156,72 @@ def _between_keyframes(points: tuple[tuple[int, float], ...], step: int) -> floa
     return points[-1][1]
 
 
-def _parse_piecewise(body: Any, path: str, kind: str = "piecewise") -> Schedule:
+def _piecewise_at(points: tuple[tuple[int, V], ...], step: int) -> V:
+    """The value of the last key at or before `step` (the first value before the first key)."""
+    current = points[0][1]
+    for key, val in points:
+        if step >= key:
+            current = val
+    return current
+
+
+def _parse_points(body: Any, path: str, parse_value: Callable[[Any, str], V], example: str) -> tuple:
+    """Sorted ((step, value), ...) of a {STEP: VALUE} mapping whose first key is step 0."""
     if not isinstance(body, dict) or not body:
-        raise ConfigError(f"{path}: expected a non-empty mapping STEP: VALUE, e.g. {{0: 64, 10000: 256}}")
+        raise ConfigError(f"{path}: expected a non-empty mapping STEP: VALUE, e.g. {example}")
     points = []
     for key, val in body.items():
         if isinstance(key, bool) or not isinstance(key, int) or key < 0:
             raise ConfigError(f"{path}: keys are steps (integers >= 0), got {key!r}")
-        points.append((key, _number(val, f"{path}.{key}")))
+        points.append((key, parse_value(val, f"{path}.{key}")))
     points.sort()
     if points[0][0] != 0:
         raise ConfigError(f"{path}: the first key must be step 0 (the value at the start), got {points[0][0]}")
-    return Schedule(kind=kind, points=tuple(points))
+    return tuple(points)
+
+
+def _parse_piecewise(body: Any, path: str, kind: str = "piecewise") -> Schedule:
+    return Schedule(kind=kind, points=_parse_points(body, path, _number, "{0: 64, 10000: 256}"))
+
+
+@dataclass(frozen=True)
+class NamedSchedule(Generic[V]):
+    """A choice among names (a Literal's values) as a function of the training step: in a recipe one name, or
+    {piecewise: {STEP: NAME, ...}}, each name holding from its step on. Annotate a field NamedSchedule[Literal]."""
+
+    points: tuple[tuple[int, str], ...]
+
+    @staticmethod
+    def constant(name: str) -> NamedSchedule:
+        return NamedSchedule(points=((0, name),))
+
+    def at(self, step: int) -> str:
+        """The name in force at optimiser step `step`."""
+        return _piecewise_at(self.points, step)
+
+    def to_plain(self) -> Any:
+        """Plain YAML data that `parse_named_schedule` turns back into an equal object."""
+        if len(self.points) == 1:
+            return self.points[0][1]
+        return {"piecewise": {k: v for k, v in self.points}}
+
+
+def parse_named_schedule(value: Any, allowed: tuple[str, ...], path: str) -> NamedSchedule:
+    """Parse a recipe value (a name or {piecewise: {STEP: NAME}}) whose names must be among `allowed`."""
+    from asdcli.config import did_you_mean
+
+    def name(val: Any, where: str) -> str:
+        if val not in allowed:
+            raise ConfigError(f"{where}: {val!r} is not allowed{did_you_mean(str(val), allowed)}; "
+                              f"allowed: {', '.join(repr(a) for a in allowed)}")
+        return val
+
+    if isinstance(value, NamedSchedule):
+        return NamedSchedule(points=tuple((k, name(v, path)) for k, v in value.points))
+    if not isinstance(value, dict):
+        return NamedSchedule.constant(name(value, path))
+    if len(value) != 1 or "piecewise" not in value:
+        raise ConfigError(f"{path}: expected one of {', '.join(repr(a) for a in allowed)} or "
+                          f"{{piecewise: {{STEP: NAME, ...}}}}, got {value!r}")
+    example = f"{{0: {allowed[0]}, 8000: {allowed[-1]}}}"
+    return NamedSchedule(points=_parse_points(value["piecewise"], f"{path}.piecewise", name, example))

@@ -178,3 +178,27 @@ def test_a_child_recipe_replaces_its_bases_schedule(tmp_path):
     cfg = load_recipe(child)
     assert cfg.loss.guidance_scale.points == ((0, 3.0),) and cfg.loss.t_max.value == 0.4
     assert cfg.loss.t_min.kind == "linear"  # what the child leaves alone is the base's
+
+
+def test_weighting_may_switch_at_a_step():
+    switched = "loss.weighting={piecewise: {0: sds, 8000: uniform}}"
+    cfg = load_recipe(TINY, [switched])
+    assert [cfg.loss.weighting.at(s) for s in (0, 7999, 8000, 10**6)] == ["sds", "sds", "uniform", "uniform"]
+    again = load_dumped(dump_recipe(cfg)).loss.weighting
+    assert again == cfg.loss.weighting and again.points == ((0, "sds"), (8000, "uniform"))
+    plain = load_recipe(TINY)
+    assert to_plain(plain)["loss"]["weighting"] == "sds"  # one name dumps as the name, as recipes write it
+    assert load_recipe(TINY, [switched, "loss.weighting=fantasia3d"]).loss.weighting.at(9000) == "fantasia3d"
+
+
+@pytest.mark.parametrize("override, message", [
+    ("loss.weighting={piecewise: {0: sds, 8000: unifrom}}",
+     r"loss\.weighting\.piecewise\.8000: 'unifrom' is not allowed; did you mean 'uniform'\?"),
+    ("loss.weighting={piecewise: {100: uniform}}", r"loss\.weighting\.piecewise: the first key must be step 0"),
+    ("loss.weighting={linear: {from: 0, to: 1, start: 0, end: 1}}",
+     r"loss\.weighting: expected one of 'sds', 'uniform', 'fantasia3d' or \{piecewise"),
+    ("loss.weighting=3", r"loss\.weighting: 3 is not allowed"),
+])
+def test_weighting_schedule_errors_name_the_key(override, message):
+    with pytest.raises(ConfigError, match=message):
+        load_recipe(TINY, [override])

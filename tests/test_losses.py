@@ -309,6 +309,16 @@ def test_weighting_variants_scale_the_same_direction(z0, kind):
     assert not torch.allclose(grads["sds"], grads["uniform"])
 
 
+def test_a_switched_weighting_applies_from_its_step(z0):
+    switched = make_loss("asd", MockPrior(), weighting={"piecewise": {0: "sds", 5: "uniform"}})
+    for step, name in ((4, "sds"), (5, "uniform"), (9, "uniform")):
+        _, grad = run(switched, z0, make_cond(), step=step)
+        _, same = run(make_loss("asd", MockPrior(), weighting=name), z0, make_cond(), step=step)
+        _, other = run(make_loss("asd", MockPrior(), weighting="uniform" if name == "sds" else "sds"), z0,
+                       make_cond(), step=step)
+        assert torch.equal(grad, same) and not torch.allclose(grad, other)
+
+
 def test_nan_to_num_and_scheduled_grad_clip(z0):
     raw = {step: run(make_loss("asd", MockPrior(bad_values=True)), z0, make_cond(), step=step)[1]
            for step in (0, 7)}

@@ -12,15 +12,15 @@ from __future__ import annotations
 import abc
 from collections.abc import Sequence
 from dataclasses import dataclass, field
-from typing import Any, Literal
+from typing import Any
 
 import torch
 from torch import Tensor, nn
 
 from asdcli.errors import ConfigError
-from asdcli.losses.timesteps import TimestepWindow, loss_weight, sample_timesteps, timestep_window
+from asdcli.losses.timesteps import TimestepWindow, Weighting, loss_weight, sample_timesteps, timestep_window
 from asdcli.priors.base import Conditioning, Prior
-from asdcli.schedule import Schedule
+from asdcli.schedule import NamedSchedule, Schedule
 
 
 def _const(value: float) -> Any:
@@ -51,7 +51,8 @@ class ScoreDistillationConfig:
 
     kind: str  # registry name: asd | sds | csd | vsd
     guidance_scale: Schedule = _const(7.5)  # classifier-free guidance scale s (a schedule: BENCHMARKS §9e)
-    weighting: Literal["sds", "uniform", "fantasia3d"] = "sds"  # w(t): 1−ᾱ_t | 1 | √ᾱ_t(1−ᾱ_t)
+    # w(t): sds 1−ᾱ_t | uniform 1 | fantasia3d √ᾱ_t(1−ᾱ_t); a name or {piecewise: {0: sds, 8000: uniform}}
+    weighting: NamedSchedule[Weighting] = field(default_factory=lambda: NamedSchedule.constant("sds"))
     t_min: Schedule = _fraction_ramp(0.5, 0.02)  # bottom of the timestep window, fraction of T
     t_max: Schedule = _fraction_ramp(0.98, 0.5)  # top of the timestep window, fraction of T
     grad_clip: Schedule | None = None  # element-wise clamp of grad to ±value; null = off
@@ -157,7 +158,7 @@ class ScoreDistillation(nn.Module, abc.ABC):
         direction, extra = self.direction(z.detach().float(), cond, t, noise, window, gen, guidance)
         if cfg.guidance_scale.kind != "constant":  # a scheduled scale is logged; a constant one is in recipe.yaml
             extra = {**extra, "guidance_scale": guidance}
-        w = loss_weight(prior.alphas_cumprod, t, cfg.weighting).view(-1, *([1] * (z.dim() - 1)))
+        w = loss_weight(prior.alphas_cumprod, t, cfg.weighting.at(step)).view(-1, *([1] * (z.dim() - 1)))
         grad = torch.nan_to_num(w * direction)  # a NaN from the prior must not poison the generator
         if cfg.grad_clip is not None:
             clip = cfg.grad_clip.at(step, total_steps)
