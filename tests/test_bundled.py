@@ -101,3 +101,13 @@ def test_a_run_trained_on_a_gpu_generates_on_a_cpu_without_device(tmp_path):
     assert (tmp_path / "cube.glb").stat().st_size > 0
     res = asd("generate", "a red cube", "--checkpoint", run, "--out", "x.glb", "--device", "cuda", cwd=tmp_path)
     assert res.returncode == 2 and "use --device cpu" in res.stderr  # an explicit request is not corrected
+
+
+def test_the_bundled_generator_was_trained_by_the_recipe_readme_names():
+    """README and the recipe's header say `asd train recipes/shapes_generator.yaml` reproduces the bundled
+    generator; its recipe.yaml must be that recipe, schedules included, not an older copy."""
+    from asdcli.recipe import load_dumped, load_recipe
+
+    bundled = load_dumped((assets_dir() / "generator" / "recipe.yaml").read_text())
+    assert bundled == load_recipe(ROOT / "recipes" / "shapes_generator.yaml")
+    assert bundled.loss.weighting.at(8000) == "uniform" and bundled.train.steps == 10000
