@@ -137,6 +137,14 @@ def _type_name(tp: Any) -> str:
     return getattr(tp, "__name__", str(tp))
 
 
+def check_choice(value: Any, allowed: tuple, path: str) -> Any:
+    """`value` if it is one of `allowed` (a Literal's values), else the one-line error with a did-you-mean."""
+    if value not in allowed:
+        raise ConfigError(f"{path}: {value!r} is not allowed{did_you_mean(str(value), map(str, allowed))}; "
+                          f"allowed: {', '.join(repr(a) for a in allowed)}")
+    return value
+
+
 def _convert(value: Any, tp: Any, path: str) -> Any:
     origin, args = typing.get_origin(tp), typing.get_args(tp)
     if tp is Any:
@@ -152,11 +160,7 @@ def _convert(value: Any, tp: Any, path: str) -> Any:
                 errors.append(exc)
         raise ConfigError(f"{path}: expected {_type_name(tp)}, got {value!r}")
     if origin is Literal:
-        if value not in args:
-            allowed = ", ".join(repr(a) for a in args)
-            raise ConfigError(f"{path}: {value!r} is not allowed{did_you_mean(str(value), map(str, args))}; "
-                              f"allowed: {allowed}")
-        return value
+        return check_choice(value, args, path)
     if tp is Schedule:
         return parse_schedule(value, path)
     if origin is NamedSchedule:  # NamedSchedule[Literal[...]]: the Literal's values are the allowed names

@@ -165,7 +165,8 @@ def _piecewise_at(points: tuple[tuple[int, V], ...], step: int) -> V:
     return current
 
 
-def _parse_points(body: Any, path: str, parse_value: Callable[[Any, str], V], example: str) -> tuple:
+def _parse_points(body: Any, path: str, parse_value: Callable[[Any, str], V],
+                  example: str) -> tuple[tuple[int, V], ...]:
     """Sorted ((step, value), ...) of a {STEP: VALUE} mapping whose first key is step 0."""
     if not isinstance(body, dict) or not body:
         raise ConfigError(f"{path}: expected a non-empty mapping STEP: VALUE, e.g. {example}")
@@ -208,13 +209,10 @@ class NamedSchedule(Generic[V]):
 
 def parse_named_schedule(value: Any, allowed: tuple[str, ...], path: str) -> NamedSchedule:
     """Parse a recipe value (a name or {piecewise: {STEP: NAME}}) whose names must be among `allowed`."""
-    from asdcli.config import did_you_mean
+    from asdcli.config import check_choice
 
     def name(val: Any, where: str) -> str:
-        if val not in allowed:
-            raise ConfigError(f"{where}: {val!r} is not allowed{did_you_mean(str(val), allowed)}; "
-                              f"allowed: {', '.join(repr(a) for a in allowed)}")
-        return val
+        return check_choice(val, allowed, where)
 
     if isinstance(value, NamedSchedule):
         return NamedSchedule(points=tuple((k, name(v, path)) for k, v in value.points))
