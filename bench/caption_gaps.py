@@ -5,11 +5,13 @@ prior: ground-truth renders of one scene from training cameras are noised (the s
 and the prior's ε-MSE is taken under the true caption and under the caption with the shape swapped. Per true
 shape it prints `top1` (the share of views whose lowest loss is the true caption's) and, per rival shape, the
 relative loss gap (L_rival − L_true) / L_true: the larger the gap, the louder the prior's score says which shape
-it is. `--partner "blue cube"` asks the same of "a red SHAPE next to a blue cube" (the relation of ShapesWorld's
+it is. `--absolute` prints L_rival − L_true instead (the mean ε-MSE difference per timestep and draw, × 1000)
+and the true caption's loss L_true beside it: a better-trained prior lowers L_true, which alone widens the
+relative gap. `--partner "blue cube"` asks the same of "a red SHAPE next to a blue cube" (the relation of ShapesWorld's
 weakest prompts, BENCHMARKS §9g).
 
     python bench/caption_gaps.py [--prior bundled|FOLDER] [--partner "blue cube"] [--colour red]
-        [--shapes cone pyramid ...] [--views 16] [--t 50 100 200 350 500] [--reps 2]
+        [--shapes cone pyramid ...] [--views 16] [--t 50 100 200 350 500] [--reps 2] [--absolute]
 """
 
 from __future__ import annotations
@@ -36,8 +38,9 @@ def caption(colour: str, shape: str, partner: str | None) -> str:
 
 
 def shape_gaps(prior, true: str, shapes: list[str], colour: str, partner: str | None, views: int, ts: list[int],
-               reps: int, gen: torch.Generator) -> tuple[float, dict[str, float]]:
-    """(top-1 rate of the true caption over the views, {rival shape: mean relative loss gap})."""
+               reps: int, gen: torch.Generator, absolute: bool = False) -> tuple[float, float, dict[str, float]]:
+    """(top-1 rate of the true caption over the views, L_true, {rival shape: mean loss gap}): the gap relative to
+    L_true, or with `absolute` L_rival − L_true; L_true and absolute gaps are per timestep and draw, × 1000."""
     from asdcli.config import CameraConfig
     from asdcli.render.cameras import sample_training_cameras
     from asdcli.shapes.eval_prior import caption_losses
@@ -52,7 +55,10 @@ def shape_gaps(prior, true: str, shapes: list[str], colour: str, partner: str | 
     losses = caption_losses(prior, z, conds, gen, tuple(ts), reps)  # [shapes, views]
     i = shapes.index(true)
     top1 = float((losses.argmin(0) == i).float().mean())
-    return top1, {s: float(((losses[k] - losses[i]) / losses[i]).mean()) for k, s in enumerate(shapes) if k != i}
+    per_term = 1000.0 / (len(ts) * reps)
+    diffs = losses - losses[i]  # [shapes, views]
+    gaps = diffs * per_term if absolute else diffs / losses[i]
+    return top1, float(losses[i].mean()) * per_term, {s: float(gaps[k].mean()) for k, s in enumerate(shapes) if k != i}
 
 
 def main() -> None:
@@ -69,16 +75,18 @@ def main() -> None:
     ap.add_argument("--t", type=int, nargs="+", default=[50, 100, 200, 350, 500])
     ap.add_argument("--reps", type=int, default=2)
     ap.add_argument("--seed", type=int, default=0)
+    ap.add_argument("--absolute", action="store_true", help="L_rival − L_true (× 1000) instead of the relative gap")
     args = ap.parse_args()
     folder = bundled_prior() if args.prior == "bundled" else Path(args.prior)
     prior = StableDiffusionPrior(StableDiffusionPriorConfig(model=str(folder)))
     gen = torch.Generator().manual_seed(args.seed)
     for true in args.shapes:
-        top1, gaps = shape_gaps(prior, true, args.shapes, args.colour, args.partner, args.views, args.t, args.reps,
-                                gen)
+        top1, l_true, gaps = shape_gaps(prior, true, args.shapes, args.colour, args.partner, args.views, args.t,
+                                        args.reps, gen, args.absolute)
         nearest = min(gaps, key=gaps.get)
-        print(f"{caption(args.colour, true, args.partner):36s} top1 {top1:.2f}  nearest {nearest} {gaps[nearest]:+.3f}"
-              f"  | " + " ".join(f"{s} {g:+.3f}" for s, g in gaps.items()), flush=True)
+        head = f"L_true {l_true:.2f}  " if args.absolute else ""
+        print(f"{caption(args.colour, true, args.partner):36s} {head}top1 {top1:.2f}  nearest {nearest} "
+              f"{gaps[nearest]:+.3f}  | " + " ".join(f"{s} {g:+.3f}" for s, g in gaps.items()), flush=True)
 
 
 if __name__ == "__main__":

@@ -20,9 +20,26 @@ def test_the_true_shape_has_the_lower_loss_and_a_positive_gap(caption_gaps):
 
     prior = StableDiffusionPrior(StableDiffusionPriorConfig(model=str(bundled_prior())))
     gen = torch.Generator().manual_seed(0)
-    top1, gaps = caption_gaps.shape_gaps(prior, "sphere", ["sphere", "pyramid"], "red", None, 4, [100], 1, gen)
-    assert set(gaps) == {"pyramid"}
+    top1, l_true, gaps = caption_gaps.shape_gaps(prior, "sphere", ["sphere", "pyramid"], "red", None, 4, [100], 1,
+                                                 gen)
+    assert set(gaps) == {"pyramid"} and l_true > 0
     assert top1 == 1.0 and gaps["pyramid"] > 0.2, (top1, gaps)  # measured +1.07 over 16 views and 5 timesteps
     # and the other way round on a pyramid's renders
-    top1, gaps = caption_gaps.shape_gaps(prior, "pyramid", ["sphere", "pyramid"], "red", None, 4, [100], 1, gen)
+    top1, _, gaps = caption_gaps.shape_gaps(prior, "pyramid", ["sphere", "pyramid"], "red", None, 4, [100], 1, gen)
     assert top1 == 1.0 and gaps["sphere"] > 0.2, (top1, gaps)
+
+
+def test_absolute_gaps_are_the_loss_difference_on_the_same_draws(caption_gaps):
+    """--absolute: same draws (same seed) as the relative gap, L_rival − L_true per (t, draw) × 1000."""
+    from asdcli.priors.stable_diffusion import StableDiffusionPrior, StableDiffusionPriorConfig
+    from asdcli.shapes.bundled import bundled_prior
+
+    prior = StableDiffusionPrior(StableDiffusionPriorConfig(model=str(bundled_prior())))
+    args = (prior, "sphere", ["sphere", "pyramid"], "red", None, 4, [100, 300], 2)
+    top1, l_rel, rel = caption_gaps.shape_gaps(*args, torch.Generator().manual_seed(0))
+    top1_abs, l_abs, gaps = caption_gaps.shape_gaps(*args, torch.Generator().manual_seed(0), absolute=True)
+    assert (top1, l_rel) == (top1_abs, l_abs)
+    # an ε-MSE per term of order 1e-2–1e-1 reads as 10–100 after × 1000
+    assert 1.0 < l_abs < 1000.0 and gaps["pyramid"] > 0, (l_abs, gaps)
+    # the relative gap is a mean of per-view ratios, so it matches the ratio of means only roughly
+    assert 0.5 < gaps["pyramid"] / l_abs / rel["pyramid"] < 2.0, (l_abs, gaps, rel)
