@@ -7,8 +7,8 @@ shape it prints `top1` (the share of views whose lowest loss is the true caption
 relative loss gap (L_rival − L_true) / L_true: the larger the gap, the louder the prior's score says which shape
 it is. `--absolute` prints L_rival − L_true instead (the mean ε-MSE difference per timestep and draw, × 1000)
 and the true caption's loss L_true beside it: a better-trained prior lowers L_true, which alone widens the
-relative gap. `--partner "blue cube"` asks the same of "a red SHAPE next to a blue cube" (the relation of ShapesWorld's
-weakest prompts, BENCHMARKS §9g).
+relative gap (BENCHMARKS §9i). `--partner "blue cube"` asks the same of "a red SHAPE next to a blue cube" (the
+relation of ShapesWorld's weakest prompts, BENCHMARKS §9g).
 
     python bench/caption_gaps.py [--prior bundled|FOLDER] [--partner "blue cube"] [--colour red]
         [--shapes cone pyramid ...] [--views 16] [--t 50 100 200 350 500] [--reps 2] [--absolute]
