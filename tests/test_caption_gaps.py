@@ -9,16 +9,21 @@ def caption_gaps(load_bench):
     return load_bench("caption_gaps")
 
 
+@pytest.fixture(scope="module")
+def prior():
+    """The bundled prior, loaded once for the module's tests."""
+    from asdcli.priors.stable_diffusion import StableDiffusionPrior, StableDiffusionPriorConfig
+    from asdcli.shapes.bundled import bundled_prior
+
+    return StableDiffusionPrior(StableDiffusionPriorConfig(model=str(bundled_prior())))
+
+
 def test_captions_follow_the_grammar(caption_gaps):
     assert caption_gaps.caption("red", "cone", None) == "a red cone"
     assert caption_gaps.caption("orange", "cube", "orange sphere") == "an orange cube next to an orange sphere"
 
 
-def test_the_true_shape_has_the_lower_loss_and_a_positive_gap(caption_gaps):
-    from asdcli.priors.stable_diffusion import StableDiffusionPrior, StableDiffusionPriorConfig
-    from asdcli.shapes.bundled import bundled_prior
-
-    prior = StableDiffusionPrior(StableDiffusionPriorConfig(model=str(bundled_prior())))
+def test_the_true_shape_has_the_lower_loss_and_a_positive_gap(caption_gaps, prior):
     gen = torch.Generator().manual_seed(0)
     top1, l_true, gaps = caption_gaps.shape_gaps(prior, "sphere", ["sphere", "pyramid"], "red", None, 4, [100], 1,
                                                  gen)
@@ -29,12 +34,8 @@ def test_the_true_shape_has_the_lower_loss_and_a_positive_gap(caption_gaps):
     assert top1 == 1.0 and gaps["sphere"] > 0.2, (top1, gaps)
 
 
-def test_absolute_gaps_are_the_loss_difference_on_the_same_draws(caption_gaps):
+def test_absolute_gaps_are_the_loss_difference_on_the_same_draws(caption_gaps, prior):
     """--absolute: same draws (same seed) as the relative gap, L_rival − L_true per (t, draw) × 1000."""
-    from asdcli.priors.stable_diffusion import StableDiffusionPrior, StableDiffusionPriorConfig
-    from asdcli.shapes.bundled import bundled_prior
-
-    prior = StableDiffusionPrior(StableDiffusionPriorConfig(model=str(bundled_prior())))
     args = (prior, "sphere", ["sphere", "pyramid"], "red", None, 4, [100, 300], 2)
     top1, l_rel, rel = caption_gaps.shape_gaps(*args, torch.Generator().manual_seed(0))
     top1_abs, l_abs, gaps = caption_gaps.shape_gaps(*args, torch.Generator().manual_seed(0), absolute=True)
