@@ -48,7 +48,8 @@ def test_the_first_named_object_is_on_the_left_of_the_render_from_every_side():
 
 
 def _pool(pair_order: str):
-    from asdcli.shapes.train_prior import PriorData, PriorTrainConfig
+    from asdcli.shapes.prior_data import PriorData
+    from asdcli.shapes.train_prior import PriorTrainConfig
 
     cfg = PriorTrainConfig(pool=64, batch=256, image_size=8, supersample=1, dropout=0.0, single_prob=0.0,
                            next_to_prob=1.0, pair_order=pair_order)
@@ -78,8 +79,9 @@ def test_left_first_training_captions_swap_exactly_the_pairs_seen_from_behind():
 
 def test_pair_order_is_checked_and_survives_resume(tmp_path, capsys):
     from asdcli.shapes.__main__ import main
+    from asdcli.shapes.prior_data import PriorData
     from asdcli.shapes.runs import load_checkpoint
-    from asdcli.shapes.train_prior import PriorData, PriorTrainConfig, train_prior
+    from asdcli.shapes.train_prior import PriorTrainConfig, train_prior
 
     assert main(["train-prior", "--out", str(tmp_path / "x"), "--config", '{"pair_order": "left"}']) == 2
     assert capsys.readouterr().err.strip() == "error: pair_order: expected one of prompt, left_first, got 'left'"

@@ -190,7 +190,7 @@ def test_caption_loss_gaps_tell_a_prior_that_reads_the_order_from_a_bag_of_words
 
 def test_front_back_prob_shows_next_to_pairs_from_the_views_that_fix_their_order():
     from asdcli.priors.perp_neg import BACK, FRONT
-    from asdcli.shapes.train_prior import PriorData
+    from asdcli.shapes.prior_data import PriorData
 
     def views(**kw):
         data = PriorData(_prior_cfg(pool=64, single_prob=0.0, next_to_prob=1.0, **kw), torch.Generator().manual_seed(0))

@@ -307,7 +307,7 @@ def _prompts(split: str, n: int) -> list[str]:
     """Half singles, half pairs, from the split's seeded order; fewer (with a warning) where the split runs out."""
     import warnings
 
-    from asdcli.shapes.train_prior import split_singles_pairs
+    from asdcli.shapes.prior_data import split_singles_pairs
 
     singles, pairs = split_singles_pairs(0, split)
     out = singles[: n // 2] + pairs[: n - n // 2]

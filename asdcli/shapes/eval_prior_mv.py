@@ -79,7 +79,7 @@ def evaluate_prior_mv(model: str | Path, n_prompts: int = 16, scales=(1.0, 3.0, 
     from asdcli.render.cameras import sample_training_cameras
     from asdcli.shapes.eval_prior import ddim_sample, foreground
     from asdcli.shapes.gt_render import render_scenes
-    from asdcli.shapes.train_prior import split_singles_pairs
+    from asdcli.shapes.prior_data import split_singles_pairs
     from asdcli.shapes.train_prior_mv import INFO_FILE, MVPriorTrainConfig, prior_config
 
     prior = MVDreamPrior(prior_config(model))

@@ -28,6 +28,7 @@ from torch import Tensor, nn
 
 from asdcli.clip_model import CLIP_MEAN, CLIP_STD
 from asdcli.shapes.grammar import COLORS, SHAPES, SIZES, ObjectSpec, SceneSpec, held_out_combinations, parse_prompt
+from asdcli.shapes.prior_data import split_singles_pairs
 from asdcli.shapes.runs import (
     load_checkpoint,
     load_optimizer,
@@ -37,7 +38,6 @@ from asdcli.shapes.runs import (
     save_checkpoint,
     write_folder_atomic,
 )
-from asdcli.shapes.train_prior import split_singles_pairs
 from asdcli.shapes.vocab import MAX_LENGTH, build_tokenizer, write_vocab
 
 

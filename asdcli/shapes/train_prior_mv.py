@@ -43,12 +43,9 @@ import torch
 from torch import Tensor, nn
 
 from asdcli.shapes.bundled import SHAPESWORLD_PRIOR_INFO
+from asdcli.shapes.prior_data import split_singles_pairs
 from asdcli.shapes.runs import run_training
-from asdcli.shapes.train_prior import (
-    PriorTrainer,
-    export_ema_folder,
-    split_singles_pairs,
-)
+from asdcli.shapes.train_prior import PriorTrainer, export_ema_folder
 from asdcli.shapes.vocab import MAX_LENGTH, build_tokenizer, token_ids
 
 INFO_FILE = SHAPESWORLD_PRIOR_INFO[1]
