@@ -332,6 +332,20 @@ def _clip_retrieval(clip: str | Path, prompts: list[str]):
     return retrieval
 
 
+def _sample_metrics(imgs: Tensor, prompts: list[str], gt, binding) -> dict[str, float]:
+    """mask_iou, color_ok (singles), pair_color_ok, saturated and fg_fraction of samples imgs [N, 3, H, W] in
+    [0, 1] against the ground-truth renders `gt` (rgb [N, H, W, 3], alpha [N, H, W]) from the same cameras."""
+    from asdcli.shapes.grammar import parse_prompt
+
+    fg = foreground(imgs)
+    sat = ((imgs < 0.02) | (imgs > 0.98)).any(dim=1) & fg
+    oks = [color_ok(imgs[i], fg[i], gt.rgb[i].permute(2, 0, 1), gt.alpha[i], parse_prompt(p).objects[0].color)
+           for i, p in enumerate(prompts) if len(parse_prompt(p).objects) == 1]
+    return {"mask_iou": float(mask_iou(fg, gt.alpha > 0.5).mean()), "color_ok": sum(oks) / max(1, len(oks)),
+            "pair_color_ok": binding(imgs, fg), "saturated": float(sat.sum() / fg.sum().clamp(min=1)),
+            "fg_fraction": float(fg.float().mean())}
+
+
 def evaluate_prior(model: str | Path, n_prompts: int = 24, scales=(1.0, 3.0, 7.5), split: str = "test",
                    steps: int = 50, grid: str | None = None, seed: int = 0,
                    clip: str | Path | None = None) -> dict[str, Any]:
@@ -343,7 +357,6 @@ def evaluate_prior(model: str | Path, n_prompts: int = 24, scales=(1.0, 3.0, 7.5
     from asdcli.config import CameraConfig
     from asdcli.priors.stable_diffusion import StableDiffusionPrior, StableDiffusionPriorConfig
     from asdcli.render.cameras import sample_training_cameras
-    from asdcli.shapes.grammar import parse_prompt
     from asdcli.shapes.gt_render import render_scenes
 
     prior = StableDiffusionPrior(StableDiffusionPriorConfig(model=str(model)))
@@ -375,16 +388,8 @@ def evaluate_prior(model: str | Path, n_prompts: int = 24, scales=(1.0, 3.0, 7.5
     sheets = []
     for scale in scales:
         imgs = ddim_sample(prior, cond.cond, cond.uncond, float(scale), steps, torch.Generator().manual_seed(seed))
-        fg = foreground(imgs)
-        sat = ((imgs < 0.02) | (imgs > 0.98)).any(dim=1) & fg
-        oks = [color_ok(imgs[i], fg[i], gt.rgb[i].permute(2, 0, 1), gt.alpha[i], parse_prompt(p).objects[0].color)
-               for i, p in enumerate(prompts) if len(parse_prompt(p).objects) == 1]
         report[f"cfg_{scale:g}"] = {
-            "mask_iou": float(mask_iou(fg, gt_mask).mean()),
-            "color_ok": sum(oks) / max(1, len(oks)),
-            "pair_color_ok": binding(imgs, fg),
-            "saturated": float(sat.sum() / fg.sum().clamp(min=1)),
-            "fg_fraction": float(fg.float().mean()),
+            **_sample_metrics(imgs, prompts, gt, binding),
             **(retrieval(imgs.permute(0, 2, 3, 1)) if retrieval else {}),
             **(probe.sample(float(scale), steps, seed) if probe else {}),
         }
