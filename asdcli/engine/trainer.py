@@ -20,6 +20,7 @@ from asdcli.config import RunConfig
 from asdcli.engine import checkpoint as ckpt_io
 from asdcli.engine import distributed as dist_
 from asdcli.engine.components import build_train_parts, resolve_device
+from asdcli.engine.host_memory import keep_freed_host_memory
 from asdcli.engine.optim import build_optimizer
 from asdcli.engine.rundir import MetricsLog, prepare_run_dir, write_meta
 from asdcli.engine.steps import StepRunner
@@ -64,6 +65,7 @@ class Trainer:
                  quiet: bool = False):
         self.cfg, self.quiet = cfg, quiet
         self.device = resolve_device(cfg.train.device)
+        keep_freed_host_memory()  # reuse host memory step after step (on a CPU it holds all the activations)
         self.dist = dist_.setup(self.device.type)
         if self.device.type == "cuda" and self.dist.enabled:
             self.device = torch.device(self.dist.device)
