@@ -5,8 +5,9 @@
 Each measurement is a fresh process (the malloc setting lasts for the whole process): ASD_KEEP_HOST_MEMORY=0 for
 glibc's default, 1 for ours. It builds the trainer, runs warm-up steps, then times `--steps` steps on both clocks
 and counts their minor page faults. Arms: the ShapesWorld recipe (recipes/shapes_asd.yaml) with 1 and 2 views per
-prompt, and the bundled prior's trainer (`python -m asdcli.shapes train-prior`, its default batch of 64). Rounds
-alternate the two settings, the order rotated each round; a ratio is the median of the per-round ratios.
+prompt, and the bundled prior's trainer (`python -m asdcli.shapes train-prior`, its default batch of 64), which
+does not call it: this arm is why. Rounds alternate the two settings, the order rotated each round; a ratio is
+the median of the per-round ratios.
 """
 
 from __future__ import annotations
@@ -41,7 +42,7 @@ def _prior_step(tmp: Path):
     from asdcli.shapes.prior_data import PriorData
     from asdcli.shapes.train_prior import PriorTrainConfig, PriorTrainer
 
-    keep_freed_host_memory()  # as run_training does
+    keep_freed_host_memory()  # the engine's Trainer calls it; the ShapesWorld trainers do not (no gain here)
     trainer = PriorTrainer(tmp, PriorTrainConfig(pool=256), "cpu")
     trainer.data = PriorData(trainer.cfg, trainer.gen)
     return trainer.train_step

@@ -100,9 +100,6 @@ def run_training(out: str | Path, trainer_cls: type, config_cls: type, cfg: Any,
                  steps: int | None, log, stop_after: int | None, device: str = "cpu",
                  overrides: dict | None = None) -> Any:
     """Start or resume a trainer of `trainer_cls` (2D prior, 4-view prior or CLIP) in `out` and run it."""
-    from asdcli.engine.host_memory import keep_freed_host_memory
-
-    keep_freed_host_memory()  # the data renders (and on a CPU the models' activations) live in host memory
     out = Path(out)
     resuming = resume and checkpoint_path(out).exists()
     if resuming:
