@@ -15,6 +15,7 @@ from __future__ import annotations
 import json
 import os
 import resource
+import statistics
 import subprocess
 import sys
 import tempfile
@@ -93,7 +94,9 @@ def main(argv: list[str] | None = None) -> dict:
     rows = []
     for arm, per in runs.items():
         d, k = per["default"], per["keep"]
-        col = lambda rs, key: sorted(x[key] for x in rs)[len(rs) // 2]  # noqa: E731 (median of one field)
+        def col(rs: list[dict], key: str) -> float:
+            return statistics.median(x[key] for x in rs)
+
         rows.append([arm, 1000 * col(d, "cpu"), 1000 * col(k, "cpu"),
                      common.paired_ratio([x["cpu"] for x in d], [x["cpu"] for x in k]),
                      common.paired_ratio([x["wall"] for x in d], [x["wall"] for x in k]),

@@ -1,7 +1,6 @@
 """keep_freed_host_memory: large freed blocks are reused instead of page-faulted in again; the user's own glibc
 malloc settings win. Each check runs in a fresh interpreter, since the setting lasts for the whole process."""
 
-import ctypes
 import json
 import os
 import subprocess
@@ -9,10 +8,10 @@ import sys
 
 import pytest
 
-from asdcli.engine.host_memory import wanted
+from asdcli.engine.host_memory import glibc, wanted
 from asdcli.errors import UserError
 
-GLIBC = sys.platform.startswith("linux") and hasattr(ctypes.CDLL(None), "gnu_get_libc_version")
+GLIBC = glibc() is not None
 
 # Allocate, touch and free a 64 MiB block 20 times; report the minor page faults of the last 10. (The first few
 # rounds land on new addresses even when blocks are kept: torch's aligned request is a little larger than the

@@ -13,6 +13,7 @@ from __future__ import annotations
 import ctypes
 import os
 import sys
+from collections.abc import Mapping
 
 from asdcli.errors import UserError
 
@@ -26,7 +27,7 @@ _USER_SETTINGS = ("MALLOC_MMAP_MAX_", "MALLOC_TRIM_THRESHOLD_", "MALLOC_TOP_PAD_
 _done = False
 
 
-def wanted(environ: os._Environ | dict[str, str] = os.environ) -> bool:
+def wanted(environ: Mapping[str, str] = os.environ) -> bool:
     """False when ASD_KEEP_HOST_MEMORY=0 or the user set glibc's malloc options (theirs then win over ours)."""
     switch = environ.get(SWITCH, "1").strip()
     if switch not in ("0", "1"):
@@ -34,6 +35,14 @@ def wanted(environ: os._Environ | dict[str, str] = os.environ) -> bool:
                         f"{switch!r}")
     user_tuned = any(k in environ for k in _USER_SETTINGS) or "glibc.malloc." in environ.get("GLIBC_TUNABLES", "")
     return switch == "1" and not user_tuned
+
+
+def glibc() -> ctypes.CDLL | None:
+    """The process's own C library if it is glibc (whose mallopt knows the parameters above), else None."""
+    if not sys.platform.startswith("linux"):
+        return None
+    libc = ctypes.CDLL(None)
+    return libc if hasattr(libc, "gnu_get_libc_version") else None
 
 
 def keep_freed_host_memory() -> bool:
@@ -44,10 +53,10 @@ def keep_freed_host_memory() -> bool:
     global _done
     if _done:
         return True
-    if not sys.platform.startswith("linux") or not wanted():
+    if not wanted():  # first, so that a bad switch is refused on every platform
         return False
-    libc = ctypes.CDLL(None)  # the process's own C library
-    if not hasattr(libc, "gnu_get_libc_version"):  # not glibc: its mallopt may not know these parameters
+    libc = glibc()
+    if libc is None:
         return False
     # Keep up to 2 GiB free at the heap's top, grow it 64 MiB at a time, and serve no request with mmap.
     ok = libc.mallopt(M_TRIM_THRESHOLD, 2**31 - 1) and libc.mallopt(M_TOP_PAD, 64 << 20)
