@@ -12,6 +12,7 @@ relation of ShapesWorld's weakest prompts, BENCHMARKS §9g).
 
     python bench/caption_gaps.py [--prior bundled|FOLDER] [--partner "blue cube"] [--colour red]
         [--shapes cone pyramid ...] [--views 16] [--t 50 100 200 350 500] [--reps 2] [--absolute]
+        [--elevation 60 85]
 """
 
 from __future__ import annotations
@@ -37,16 +38,26 @@ def caption(colour: str, shape: str, partner: str | None) -> str:
     return SceneSpec((head, parse_prompt(f"the {partner}").objects[0]), "next to").text
 
 
-def shape_gaps(prior, true: str, shapes: list[str], colour: str, partner: str | None, views: int, ts: list[int],
-               reps: int, gen: torch.Generator, absolute: bool = False) -> tuple[float, float, dict[str, float]]:
-    """(top-1 rate of the true caption over the views, L_true, {rival shape: mean loss gap}): the gap relative to
-    L_true, or with `absolute` L_rival − L_true; L_true and absolute gaps are per timestep and draw, × 1000."""
+def gap_cameras(views: int, gen: torch.Generator, elevation: tuple[float, float] | None = None):
+    """`views` cameras drawn from the generators' training distribution; `elevation` (degrees) replaces its
+    range, e.g. (60, 85) for the views the prior was trained to caption as overhead."""
     from asdcli.config import CameraConfig
     from asdcli.render.cameras import sample_training_cameras
+
+    camera = CameraConfig() if elevation is None else CameraConfig(elevation=elevation)
+    return sample_training_cameras(camera, views, 1, gen)
+
+
+def shape_gaps(prior, true: str, shapes: list[str], colour: str, partner: str | None, views: int, ts: list[int],
+               reps: int, gen: torch.Generator, absolute: bool = False,
+               elevation: tuple[float, float] | None = None) -> tuple[float, float, dict[str, float]]:
+    """(top-1 rate of the true caption over the views, L_true, {rival shape: mean loss gap}): the gap relative to
+    L_true, or with `absolute` L_rival − L_true; L_true and absolute gaps are per timestep and draw, × 1000.
+    `elevation`: the cameras' range in degrees (`gap_cameras`)."""
     from asdcli.shapes.eval_prior import caption_losses
     from asdcli.shapes.gt_render import render_scenes
 
-    cams = sample_training_cameras(CameraConfig(), views, 1, gen)
+    cams = gap_cameras(views, gen, elevation)
     size = prior.image_size
     gt = render_scenes([caption(colour, true, partner)] * views, cams, size, size, supersample=2)
     z = gt.rgb.permute(0, 3, 1, 2) * 2 - 1  # the prior's pixel space, white background as in its training
@@ -76,13 +87,16 @@ def main() -> None:
     ap.add_argument("--reps", type=int, default=2)
     ap.add_argument("--seed", type=int, default=0)
     ap.add_argument("--absolute", action="store_true", help="L_rival − L_true (× 1000) instead of the relative gap")
+    ap.add_argument("--elevation", type=float, nargs=2, metavar=("LO", "HI"),
+                    help="camera elevation range in degrees (default: the training cameras', -10 to 45; the prior "
+                         "captions views above 60 as overhead)")
     args = ap.parse_args()
     folder = bundled_prior() if args.prior == "bundled" else Path(args.prior)
     prior = StableDiffusionPrior(StableDiffusionPriorConfig(model=str(folder)))
     gen = torch.Generator().manual_seed(args.seed)
     for true in args.shapes:
         top1, l_true, gaps = shape_gaps(prior, true, args.shapes, args.colour, args.partner, args.views, args.t,
-                                        args.reps, gen, args.absolute)
+                                        args.reps, gen, args.absolute, args.elevation)
         nearest = min(gaps, key=gaps.get)
         head = f"L_true {l_true:.2f}  " if args.absolute else ""
         print(f"{caption(args.colour, true, args.partner):36s} {head}top1 {top1:.2f}  nearest {nearest} "

@@ -44,3 +44,18 @@ def test_absolute_gaps_are_the_loss_difference_on_the_same_draws(caption_gaps, p
     assert 1.0 < l_abs < 1000.0 and gaps["pyramid"] > 0, (l_abs, gaps)
     # the relative gap is a mean of per-view ratios, so it matches the ratio of means only roughly
     assert 0.5 < gaps["pyramid"] / l_abs / rel["pyramid"] < 2.0, (l_abs, gaps, rel)
+
+
+def test_elevation_range_draws_the_overhead_views_the_prior_was_trained_on(caption_gaps):
+    """--elevation 60 85: every camera in range, and every one captioned "overhead view" by the bundled prior's
+    thresholds; the default range (-10 to 45) has none."""
+    from asdcli.priors.perp_neg import OVERHEAD, view_directions
+    from asdcli.shapes.bundled import bundled_prior, recorded_captions
+
+    thresholds = recorded_captions(bundled_prior())[0]
+    gen = torch.Generator().manual_seed(0)
+    high, low = caption_gaps.gap_cameras(32, gen, (60.0, 85.0)), caption_gaps.gap_cameras(32, gen)
+    assert 60.0 <= float(high.elevation.min()) and float(high.elevation.max()) <= 85.0
+    assert -10.0 <= float(low.elevation.min()) and float(low.elevation.max()) <= 45.0
+    assert bool((view_directions(high.elevation, high.azimuth, *thresholds) == OVERHEAD).all())
+    assert not bool((view_directions(low.elevation, low.azimuth, *thresholds) == OVERHEAD).any())
