@@ -72,6 +72,11 @@ def measure(arm: str, mode: str, args) -> dict:
     return json.loads(done.stdout.strip().splitlines()[-1])
 
 
+def col(rs: list[dict], key: str) -> float:
+    """The median over rounds of one measured field."""
+    return statistics.median(x[key] for x in rs)
+
+
 def main(argv: list[str] | None = None) -> dict:
     if argv is None and sys.argv[1:2] == ["--child"]:
         kind, views, warmup, steps = sys.argv[2], *map(int, sys.argv[3:6])
@@ -94,9 +99,6 @@ def main(argv: list[str] | None = None) -> dict:
     rows = []
     for arm, per in runs.items():
         d, k = per["default"], per["keep"]
-        def col(rs: list[dict], key: str) -> float:
-            return statistics.median(x[key] for x in rs)
-
         rows.append([arm, 1000 * col(d, "cpu"), 1000 * col(k, "cpu"),
                      common.paired_ratio([x["cpu"] for x in d], [x["cpu"] for x in k]),
                      common.paired_ratio([x["wall"] for x in d], [x["wall"] for x in k]),
