@@ -171,7 +171,6 @@ def validate(cfg: RunConfig) -> None:
             raise ConfigError(f"{key}: must be >= 0, got {val}")
     if not cfg.train.eps > 0:  # Adam divides by sqrt(v) + eps: 0 turns a zero gradient into NaN weights
         raise ConfigError(f"train.eps: must be > 0 (Adam's denominator term, e.g. 1e-8), got {cfg.train.eps:g}")
-    _check_upper_bounds(cfg)
     check_seed(cfg.seed, "seed")
     lrs = cfg.train.lr.values()
     if min(lrs) < 0 or max(lrs) <= 0:
@@ -179,6 +178,7 @@ def validate(cfg: RunConfig) -> None:
     if not all(0.0 <= b < 1.0 for b in cfg.train.betas):
         raise ConfigError(f"train.betas: each must be in [0, 1), got {list(cfg.train.betas)}")
     _check_render(cfg.render)
+    _check_upper_bounds(cfg)
     dev = cfg.train.device
     if not is_device_name(dev):
         raise ConfigError(f"train.device: expected auto, cpu, cuda or cuda:N, got {shown(dev)}")

@@ -114,7 +114,8 @@ def _write_parts(tmp: Path, step: int, parts: dict, optimizers: dict, rng: dict,
             os.fsync(fh.fileno())
 
 
-_OS_CODE = re.compile(r"code: (\d+)")  # safetensors' Rust I/O error: "IoError(Os { code: 28, kind: StorageFull"
+# safetensors' Rust I/O error text: "I/O error: No space left on device (os error 28)" or "Os { code: 28, ..."
+_OS_CODE = re.compile(r"(?:os error |code: )(\d+)")
 
 
 def _save(tensors: dict[str, torch.Tensor], path: Path) -> None:
@@ -178,7 +179,7 @@ def checkpoint_problem(ckpt: Path) -> str | None:
     try:
         state = _parse_state(ckpt)
     except UserError as exc:
-        return str(exc).split(": ", 1)[-1]
+        return str(exc).replace(f"{ckpt}/", "")
     match = STEP_RE.match(ckpt.name)
     if match and int(match.group(1)) != state["step"]:
         return f"state.json says step {state['step']}, the folder step {int(match.group(1))}"

@@ -90,15 +90,16 @@ def prepare_run_dir(cfg: RunConfig, resume: bool, create: bool = True) -> Path:
     create=True locks first and checks again under the lock, so two starts on one --out cannot both pass."""
     run = cfg.run_dir
     recipe_file = run / "recipe.yaml"
-    _check_writable(cfg)
     if resume:
         if not recipe_file.exists():
             raise UserError(f"--resume: {run} holds no run (no recipe.yaml); drop --resume to start one there")
         _check_same_recipe(cfg, load_recipe(raw=read_yaml_mapping(recipe_file)), run)
+        _check_writable(cfg)
         if create:
             lock_run_dir(run)
         return run
     _check_new(run)
+    _check_writable(cfg)
     if not create:
         return run
     try:
