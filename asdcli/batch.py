@@ -34,7 +34,9 @@ def prompts_for(model: LoadedModel, prompts_file: Path | None, split: str) -> li
     if lib is not None and recorded.is_file():
         return read_split(recorded, split)
     if cfg.prompts.items:
-        return list(cfg.prompts.items)
+        from asdcli.prompts import _check_prompts
+
+        return _check_prompts(list(cfg.prompts.items), "prompts.items")  # a run from elsewhere: checked as input
     if lib is not None:
         raise UserError(f"--prompts: the run trained on {shown(lib)}, a file outside the run folder that is read "
                         f"only when named on the command line: pass --prompts FILE")

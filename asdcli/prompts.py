@@ -79,6 +79,10 @@ def _check_visible(prompt: str, where: str) -> None:
                and unicodedata.category(ch)[0] not in "CMZ" for ch in prompt):
         raise UserError(f"{where}: the prompt holds only invisible characters (zero-width spaces or marks); "
                         f"write the prompt as visible text")
+    bad = next((ch for ch in prompt if unicodedata.category(ch) == "Cc" and not ch.isspace()), None)
+    if bad is not None:  # ESC, BEL, NUL...: a prompt printed in a table or a warning must not drive the terminal
+        raise UserError(f"{where}: the prompt holds the control character {ascii(bad)} at position "
+                        f"{prompt.index(bad)}; remove it")
 
 
 def read_library(path: str | Path) -> dict[str, list[str]]:

@@ -470,6 +470,9 @@ R2 = [
     # terminal injection: the key is shown escaped (assert_one_line checks the line is printable)
     ("recipe-key-with-escapes", lambda e: e.train(_key_with_escapes(e)), "unknown key"),
     ("override-key-with-escapes", lambda e: e.train(TINY, f"{ESCAPE_KEY}=1"), "unknown key"),
+    ("library-prompt-sets-window-title", lambda e: ["eval", "--checkpoint", e.run, "--prompts", e.prompts(
+        "p.txt", "a red cube\x1b]0;pwned\x07\n"), "--views", "1"], "control character"),
+    ("generate-prompt-with-escape", lambda e: e.generate(prompt="a red cube\x1b[2J"), "control character"),
     ("override-value-with-escapes", lambda e: e.train(TINY, f"train.optimizer='{ESCAPE_KEY}'"), "not allowed"),
     # exit 1 before, the user's to fix: now exit 2
     ("recipe-nul-name", lambda e: e.train(e.write("r.yaml", f'base: {TINY}\nname: "a\\0b"\n')), "NUL byte"),

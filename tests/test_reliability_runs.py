@@ -276,6 +276,7 @@ def test_full_disk_with_the_real_writers(run2, tmpfs, leave):
     lines = _lines(proc.stderr)
     assert proc.returncode == 1, proc.stderr
     assert len(lines) == 1 and "no space left" in lines[0], lines
+    assert ("tensorboard" if leave == 0 else "generator.safetensors") in lines[0]  # the writer that met it
     assert "Traceback" not in proc.stderr + proc.stdout and "SafetensorError" not in proc.stderr
     after = {p.name: (p / "generator.safetensors").read_bytes() for p in ckpt_io.step_dirs(run / "checkpoints")}
     assert after == before and os.readlink(run / "checkpoints" / "last") == "step_000002"

@@ -211,10 +211,10 @@ class MetricsLog:
             return
         with open(self.path, "a", encoding="utf-8") as fh:
             fh.write(json.dumps(record) + "\n")
-        tb = self._tensorboard()
-        if not tb:
-            return
         try:
+            tb = self._tensorboard()  # its constructor already writes (and may fail) from the writer thread
+            if not tb:
+                return
             step = int(record.get("step", 0))
             for key, value in record.items():
                 if key not in ("step", "time") and isinstance(value, (int, float)):
