@@ -305,3 +305,16 @@ def test_export_to_a_read_only_folder_exits_2(run2, tmp_path):
             subprocess.run(["umount", "-l", str(out)], check=False)
         else:
             out.chmod(0o755)
+
+
+def test_a_copied_last_that_is_the_only_copy_of_its_step_is_kept(run2, tmp_path):
+    copy = tmp_path / "copy"
+    shutil.copytree(run2, copy, symlinks=False)
+    ckpts = copy / "checkpoints"
+    shutil.rmtree(ckpts / "step_000002")  # `last` (a directory) now holds step 2's only copy
+    res = invoke("train", TINY, *SMALL, "train.checkpoint_every=1", "--steps", "3", "--resume",
+                 "--out", copy, "--quiet")
+    assert res.exit_code == 0, res.output
+    assert [p.name for p in ckpt_io.step_dirs(ckpts)] == ["step_000001", "step_000002", "step_000003"]
+    assert (ckpts / "step_000002" / "generator.safetensors").read_bytes() == \
+        (run2 / "checkpoints" / "step_000002" / "generator.safetensors").read_bytes()

@@ -146,10 +146,21 @@ def _point_last(ckpt_root: Path, target: str) -> None:
             raise
         link_tmp.write_text(target + "\n")
     if last.is_dir() and not last.is_symlink():
-        stale = ckpt_root / f".tmp_step_last_{os.getpid()}"  # .tmp_step_*: prune() removes it if we die here
-        os.replace(last, stale)
-        shutil.rmtree(stale, ignore_errors=True)
+        _retire_copied_last(ckpt_root, last)
     os.replace(link_tmp, last)
+
+
+def _retire_copied_last(ckpt_root: Path, last: Path) -> None:
+    """A `last` directory that is the only copy of its step becomes that step directory (keep_last then applies
+    as to any other); a duplicate of an existing step directory is removed."""
+    if checkpoint_problem(last) is None:
+        own = ckpt_root / f"step_{_parse_state(last)['step']:06d}"
+        if not own.exists():
+            os.replace(last, own)
+            return
+    stale = ckpt_root / f".tmp_step_last_{os.getpid()}"  # .tmp_step_*: prune() removes it if we die here
+    os.replace(last, stale)
+    shutil.rmtree(stale, ignore_errors=True)
 
 
 def step_dirs(ckpt_root: Path) -> list[Path]:
@@ -223,11 +234,12 @@ def resolve_checkpoint(path: str | Path, announce: bool = True) -> Path:
 
 def _newest_complete(root: Path) -> tuple[Path, list[str]]:
     skipped: list[str] = []
-    candidates = list(reversed(step_dirs(root)))
+    ranked = [(int(STEP_RE.match(d.name).group(1)), 1, d) for d in step_dirs(root)]
     last = root / "last"
-    if last.is_dir() and not last.is_symlink():
-        candidates.append(last)  # a copied `last` counts only when no step directory validates
-    for cand in candidates:
+    if last.is_dir() and not last.is_symlink():  # a copied `last` ranks by the step it holds; a tie goes to the
+        step = _parse_state(last)["step"] if checkpoint_problem(last) is None else -1  # step directory
+        ranked.append((step, 0, last))
+    for _, _, cand in sorted(ranked, key=lambda r: r[:2], reverse=True):
         problem = checkpoint_problem(cand)
         if problem is None:
             return cand, skipped
