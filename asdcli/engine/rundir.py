@@ -16,7 +16,7 @@ from typing import Any
 
 from asdcli import __version__
 from asdcli.config import RunConfig
-from asdcli.errors import UserError
+from asdcli.errors import UserError, shown
 from asdcli.recipe import dump_recipe, load_recipe, read_yaml_mapping
 
 
@@ -173,7 +173,7 @@ def _first_difference(a: Any, b: Any, path: str = "") -> str:
         for k in list(a) + [k for k in b if k not in a]:
             if a.get(k) != b.get(k):
                 return _first_difference(a.get(k), b.get(k), f"{path}.{k}" if path else k)
-    return f"{path} ({a!r} → {b!r})"
+    return f"{path} ({shown(a)} → {shown(b)})"
 
 
 def write_meta(run: Path, cfg: RunConfig, step: int, prompts: list[str], extra: dict | None = None) -> None:
