@@ -2,30 +2,44 @@
 
 from __future__ import annotations
 
+import hashlib
 import json
+import os
 from pathlib import Path
 
 import numpy as np
 import torch
 
 from asdcli.engine.inference import LoadedModel, field_state, render_orbit
-from asdcli.errors import UserError
+from asdcli.errors import UserError, shown
 
 
 def prompts_for(model: LoadedModel, prompts_file: Path | None, split: str) -> list[str]:
-    """Prompts from --prompts (a split of a JSON library) or, without it, the run's own prompts."""
-    from asdcli.prompts import SPLITS, read_split
+    """Prompts from --prompts (a split of a JSON library) or, without it, the run's own prompts: the copy of its
+    library it recorded (RUN/prompts.json), its inline prompts.items, or the bundled library it names. A path the
+    run's recipe names is never read: a run from elsewhere could name any file on this machine."""
+    from asdcli.engine.checkpoint import run_dir_of
+    from asdcli.engine.rundir import PROMPTS_NAME
+    from asdcli.prompts import BUNDLED, SPLITS, read_split
 
     if split not in SPLITS:
-        raise UserError(f"--split: expected one of {', '.join(SPLITS)}, got {split!r}")
+        raise UserError(f"--split: expected one of {', '.join(SPLITS)}, got {shown(split)}")
     if prompts_file is not None:
         return read_split(prompts_file, split)
     cfg = model.cfg
     lib = cfg.prompts.library
-    if lib is not None and (Path(lib).exists() or lib.split(":")[0] == "shapesworld"):
+    if lib is not None and (lib == BUNDLED or lib.startswith(BUNDLED + ":")):
         return read_split(lib, split)
+    recorded = run_dir_of(model.checkpoint) / PROMPTS_NAME
+    if lib is not None and recorded.is_file():
+        return read_split(recorded, split)
     if cfg.prompts.items:
-        return list(cfg.prompts.items)
+        from asdcli.prompts import _check_prompts
+
+        return _check_prompts(list(cfg.prompts.items), "prompts.items")  # a run from elsewhere: checked as input
+    if lib is not None:
+        raise UserError(f"--prompts: the run trained on {shown(lib)}, a file outside the run folder that is read "
+                        f"only when named on the command line: pass --prompts FILE")
     raise UserError("--prompts: the run names no prompt list this machine can read; pass --prompts FILE")
 
 
@@ -36,19 +50,25 @@ def _progress(quiet: bool, total: int, label: str):
                     disable=quiet)
 
 
+INDEX, SOURCES = "index.json", "index.checkpoints.json"  # file → prompt; file → checkpoint fingerprint
+
+
 def export_all(model: LoadedModel, prompts: list[str], fmt: str, out: Path, resolution: int,
                overwrite: bool, quiet: bool) -> tuple[int, int, list[tuple[str, str]]]:
-    """One mesh per prompt into `out`, plus index.json. Returns (written, skipped, failures)."""
+    """One mesh per prompt into `out`, plus index.json. Returns (written, skipped, failures).
+
+    An existing file is reused (skipped) only when index.json records it for the same prompt and
+    index.checkpoints.json for the same checkpoint; any other file keeps its name and the new mesh gets another.
+    index.json is merged with what the folder held, never replaced by this batch's prompts alone."""
     from asdcli.generate import generate_mesh
-    from asdcli.media import write_bytes_atomic
     from asdcli.mesh.export import write_mesh
     from asdcli.mesh.names import assign_filenames
 
-    if out.exists() and not out.is_dir():
-        raise UserError(f"--out {out}: exists and is not a directory")
-    out.mkdir(parents=True, exist_ok=True)
-    names = assign_filenames(prompts)
-    written, skipped, failures = 0, 0, []
+    _check_out_folder(out)
+    index, sources = _read_map(out / INDEX), _read_map(out / SOURCES)
+    fingerprint = checkpoint_fingerprint(model.checkpoint)
+    names = _names(out, prompts, fmt, index, sources, fingerprint if not overwrite else None, assign_filenames)
+    written, skipped, failures, done = 0, 0, [], {}
     with _progress(quiet, len(prompts), "export") as bar:
         task = bar.add_task("export", total=len(prompts))
         for prompt in prompts:
@@ -60,13 +80,71 @@ def export_all(model: LoadedModel, prompts: list[str], fmt: str, out: Path, reso
                     mesh, _ = generate_mesh(model, prompt, resolution)
                     write_mesh(mesh, path)
                     written += 1
+                done[path.name] = prompt
             except (UserError, ValueError, RuntimeError) as exc:  # one prompt's failure; the batch goes on
                 failures.append((prompt, str(exc)))
             bar.advance(task)
-    failed = {prompt for prompt, _ in failures}
-    index = {f"{names[p]}.{fmt}": p for p in prompts if p not in failed}
-    write_bytes_atomic(out / "index.json", (json.dumps(index, indent=2, ensure_ascii=False) + "\n").encode())
+    _write_maps(out, {**index, **done}, {**sources, **{name: fingerprint for name in done}})
     return written, skipped, failures
+
+
+def _names(out: Path, prompts: list[str], fmt: str, index: dict, sources: dict, fingerprint: str | None,
+           assign) -> dict[str, str]:
+    """File stems: a prompt's recorded file is reused when its checkpoint matches (any, with --overwrite:
+    fingerprint None); every other file of this format in `out` is taken."""
+    suffix, wanted = f".{fmt}", set(prompts)
+    keep = {}
+    for name, prompt in sorted(index.items()):
+        if name.endswith(suffix) and prompt in wanted and (fingerprint is None or sources.get(name) == fingerprint):
+            keep.setdefault(prompt, name[: -len(suffix)])
+    kept = {stem + suffix for stem in keep.values()}
+    taken = {p.name[: -len(suffix)] for p in out.iterdir() if p.name.endswith(suffix) and p.name not in kept}
+    taken |= {name[: -len(suffix)] for name in index if name.endswith(suffix) and name not in kept}
+    return assign(prompts, taken=taken, keep=keep)
+
+
+def _check_out_folder(out: Path) -> None:
+    if out.exists() and not out.is_dir():
+        raise UserError(f"--out {out}: exists and is not a directory")
+    try:
+        out.mkdir(parents=True, exist_ok=True)
+    except OSError as exc:
+        raise UserError(f"--out {out}: cannot create the folder ({exc.strerror}); choose another --out") from None
+    if not os.access(out, os.W_OK | os.X_OK):  # a read-only folder or file system
+        raise UserError(f"--out {out}: the folder is not writable; choose another --out")
+
+
+def _read_map(path: Path) -> dict[str, str]:
+    """index.json / index.checkpoints.json of an earlier export: {file name: text}; {} when absent."""
+    from asdcli.safeio import JSON_MAX_BYTES, read_bounded
+
+    if not path.exists():
+        return {}
+    try:
+        data = json.loads(read_bounded(path, JSON_MAX_BYTES, "export index"))
+    except (ValueError, RecursionError):
+        data = None
+    if not isinstance(data, dict) or not all(isinstance(k, str) and isinstance(v, str) for k, v in data.items()):
+        raise UserError(f"{path}: not an export index ({{file: prompt}}); move it away or export to another --out")
+    return data
+
+
+def _write_maps(out: Path, index: dict[str, str], sources: dict[str, str]) -> None:
+    from asdcli.media import write_bytes_atomic
+
+    present = {name for name in index if (out / name).exists()}  # files deleted since are dropped
+    for path, data in ((out / SOURCES, sources), (out / INDEX, index)):
+        kept = {k: v for k, v in sorted(data.items()) if k in present}
+        write_bytes_atomic(path, (json.dumps(kept, indent=2, ensure_ascii=False) + "\n").encode())
+
+
+def checkpoint_fingerprint(ckpt: Path) -> str:
+    """SHA-256 (16 hex digits) of the checkpoint's generator weights: equal for copies of one checkpoint."""
+    h = hashlib.sha256()
+    with open(ckpt / "generator.safetensors", "rb") as fh:
+        for block in iter(lambda: fh.read(1 << 20), b""):
+            h.update(block)
+    return h.hexdigest()[:16]
 
 
 def render_all(model: LoadedModel, prompts: list[str], views: int, resolution: int, quiet: bool,

@@ -42,7 +42,10 @@ class _OneLineUsageErrors(typer.core.TyperGroup):
 
 
 def _one_line(text: str) -> str:
-    return " ".join(str(text).split())
+    """One terminal-safe line: a key or value holding escape sequences is shown escaped, never executed."""
+    from asdcli.errors import safe_line
+
+    return safe_line(text)
 
 
 app = typer.Typer(add_completion=False, no_args_is_help=True, pretty_exceptions_enable=False,
@@ -86,14 +89,22 @@ def run_guarded(debug: bool, fn, *args, **kwargs):
     except Exception as exc:  # the contract: one line unless --debug
         if debug:
             raise
+        if type(exc).__name__ == "UnpicklingError":  # torch.load(weights_only=True) refused a model file's pickle
+            typer.echo(f"error: {_one_line(_PICKLE_REFUSED)}", err=True)
+            raise typer.Exit(2) from None
         if isinstance(exc, OSError) and exc.errno in (errno.ENOSPC, errno.EDQUOT):
-            where = f" writing {exc.filename}" if exc.filename else ""
+            where = f" writing {_one_line(exc.filename)}" if exc.filename else ""
             typer.echo(f"error: no space left on the device{where}; free disk space and rerun (files written "
                        f"before are intact)", err=True)
             raise typer.Exit(1) from None
         name = type(exc).__name__
         typer.echo(f"internal error ({name}): {_one_line(exc)}; rerun with --debug for the traceback", err=True)
         raise typer.Exit(1) from None
+
+
+_PICKLE_REFUSED = ("a model file is a pickle (.bin/.pt/.ckpt) that holds more than tensors, so it was refused "
+                   "unread (nothing in it ran); use the model's .safetensors weights, or convert the file on a "
+                   "machine where you trust its source")
 
 
 @app.command(context_settings={"allow_extra_args": False})

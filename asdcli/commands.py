@@ -48,7 +48,9 @@ def _fit_and_report(cfg, prompts, val, resume, quiet) -> None:
     try:
         result = fit(cfg, prompts, val, resume=resume, quiet=quiet)
     except TrainingAborted as exc:
-        print(f"error: {exc}", file=sys.stderr)
+        from asdcli.errors import safe_line
+
+        print(f"error: {safe_line(exc)}", file=sys.stderr)
         raise SystemExit(exc.exit_code) from None
     if not quiet:
         print(f"done: {result.step} steps at {result.steps_per_s:.2f} steps/s → {result.run_dir} "
@@ -142,8 +144,10 @@ def _warn_vocabulary(model, prompts: list[str]) -> None:
     for prompt in prompts:
         unknown = model.unknown_words(prompt)
         if unknown:
-            warnings.warn(f"words outside the model's vocabulary: {', '.join(unknown)} (in {prompt!r})",
-                          stacklevel=2)
+            from asdcli.errors import safe_line, shown
+
+            warnings.warn(f"words outside the model's vocabulary: {safe_line(', '.join(unknown))} "
+                          f"(in {shown(prompt)})", stacklevel=2)
 
 
 def export_command(run: Path, *, prompts, split, fmt, out, resolution, overwrite, device, quiet) -> None:
@@ -161,8 +165,10 @@ def export_command(run: Path, *, prompts, split, fmt, out, resolution, overwrite
     written, skipped, failures = export_all(model, items, fmt, out, resolution, overwrite, quiet)
     print(f"exported {written} asset(s) to {out} ({skipped} existing skipped, {len(failures)} failed); "
           f"index: {out / 'index.json'}")
+    from asdcli.errors import safe_line, shown
+
     for prompt, reason in failures:
-        print(f"failed: {prompt!r}: {reason}", file=sys.stderr)
+        print(f"failed: {shown(prompt)}: {safe_line(reason)}", file=sys.stderr)
     if failures:
         raise SystemExit(1)
 

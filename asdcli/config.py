@@ -18,7 +18,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Literal
 
-from asdcli.errors import ConfigError
+from asdcli.errors import ConfigError, shown
 from asdcli.schedule import SCIENTIFIC, NamedSchedule, Schedule, parse_named_schedule, parse_schedule
 
 SCHEMA_VERSION = 1
@@ -27,7 +27,7 @@ SCHEMA_VERSION = 1
 def did_you_mean(name: str, candidates: Iterable[str]) -> str:
     """'; did you mean X?' for the closest candidate, or ''."""
     close = difflib.get_close_matches(str(name), [str(c) for c in candidates], n=1, cutoff=0.6)
-    return f"; did you mean {close[0]!r}?" if close else ""
+    return f"; did you mean {shown(close[0])}?" if close else ""
 
 
 def is_device_name(name: str, auto: bool = True) -> bool:
@@ -137,10 +137,16 @@ def _type_name(tp: Any) -> str:
     return getattr(tp, "__name__", str(tp))
 
 
+def key_text(key: Any) -> str:
+    """A recipe key as a message shows it: as written when it is a short printable name, else quoted+escaped."""
+    text = str(key)
+    return text if isinstance(key, str) and len(text) <= 80 and text.isprintable() else shown(key)
+
+
 def check_choice(value: Any, allowed: tuple, path: str) -> Any:
     """`value` if it is one of `allowed` (a Literal's values), else the one-line error with a did-you-mean."""
     if value not in allowed:
-        raise ConfigError(f"{path}: {value!r} is not allowed{did_you_mean(str(value), map(str, allowed))}; "
+        raise ConfigError(f"{path}: {shown(value)} is not allowed{did_you_mean(str(value), map(str, allowed))}; "
                           f"allowed: {', '.join(repr(a) for a in allowed)}")
     return value
 
@@ -158,7 +164,9 @@ def _convert(value: Any, tp: Any, path: str) -> Any:
                 return _convert(value, arg, path)
             except ConfigError as exc:
                 errors.append(exc)
-        raise ConfigError(f"{path}: expected {_type_name(tp)}, got {value!r}")
+        if len(errors) == 1:  # `str | None`: the one type's own message (it names the problem more exactly)
+            raise errors[0]
+        raise ConfigError(f"{path}: expected {_type_name(tp)}, got {shown(value)}")
     if origin is Literal:
         return check_choice(value, args, path)
     if tp is Schedule:
@@ -171,15 +179,15 @@ def _convert(value: Any, tp: Any, path: str) -> Any:
         return _convert_sequence(value, tp, path)
     if origin is dict:
         if not isinstance(value, dict):
-            raise ConfigError(f"{path}: expected a mapping, got {value!r}")
-        return {str(k): _convert(v, args[1], f"{path}.{k}") for k, v in value.items()}
+            raise ConfigError(f"{path}: expected a mapping, got {shown(value)}")
+        return {str(k): _convert(v, args[1], f"{path}.{shown(k)}") for k, v in value.items()}
     return _convert_scalar(value, tp, path)
 
 
 def _convert_sequence(value: Any, tp: Any, path: str) -> tuple:
     args = typing.get_args(tp)
     if not isinstance(value, (list, tuple)):
-        raise ConfigError(f"{path}: expected a list, got {value!r}")
+        raise ConfigError(f"{path}: expected a list, got {shown(value)}")
     if len(args) == 2 and args[1] is Ellipsis or typing.get_origin(tp) is not tuple:
         return tuple(_convert(v, args[0], f"{path}[{i}]") for i, v in enumerate(value))
     if len(value) != len(args):
@@ -190,25 +198,27 @@ def _convert_sequence(value: Any, tp: Any, path: str) -> tuple:
 def _convert_scalar(value: Any, tp: Any, path: str) -> Any:
     if tp is bool:
         if not isinstance(value, bool):
-            raise ConfigError(f"{path}: expected true or false, got {value!r}")
+            raise ConfigError(f"{path}: expected true or false, got {shown(value)}")
         return value
     if tp is int:
         if isinstance(value, bool) or not isinstance(value, int):
-            raise ConfigError(f"{path}: expected an integer, got {value!r}")
+            raise ConfigError(f"{path}: expected an integer, got {shown(value)}")
         return value
     if tp is float:
         if isinstance(value, str) and SCIENTIFIC.fullmatch(value.strip()):  # YAML 1.1 reads 1e-3 as a string
             value = float(value)
         if isinstance(value, bool) or not isinstance(value, (int, float)):
-            raise ConfigError(f"{path}: expected a number, got {value!r}")
+            raise ConfigError(f"{path}: expected a number, got {shown(value)}")
         if not math.isfinite(value):
-            raise ConfigError(f"{path}: expected a finite number, got {value!r}")
+            raise ConfigError(f"{path}: expected a finite number, got {shown(value)}")
         return float(value)
     if tp is str:
         if not isinstance(value, str):
-            raise ConfigError(f"{path}: expected a string, got {value!r}")
+            raise ConfigError(f"{path}: expected a string, got {shown(value)}")
+        if "\x00" in value:  # no path, name or prompt can hold one (open() raises ValueError on it)
+            raise ConfigError(f"{path}: {shown(value)} holds a NUL byte (\\x00); remove it")
         return value
-    raise ConfigError(f"{path}: unsupported config type {tp!r}")
+    raise ConfigError(f"{path}: unsupported config type {shown(tp)}")
 
 
 def build_dataclass(cls: type, data: Any, path: str) -> Any:
@@ -216,13 +226,14 @@ def build_dataclass(cls: type, data: Any, path: str) -> Any:
     if isinstance(data, cls):
         return data
     if not isinstance(data, dict):
-        raise ConfigError(f"{path or 'recipe'}: expected a mapping, got {data!r}")
+        raise ConfigError(f"{path or 'recipe'}: expected a mapping, got {shown(data)}")
     hints = typing.get_type_hints(cls)
     fields = {f.name: f for f in dataclasses.fields(cls)}
     prefix = f"{path}." if path else ""
     for key in data:
         if key not in fields:
-            raise ConfigError(f"{prefix}{key}: unknown key{did_you_mean(str(key), fields)}; "
+            raise ConfigError(f"{prefix}{key_text(key)}: unknown key"
+                              f"{did_you_mean(str(key), fields)}; "
                               f"allowed: {', '.join(fields)}")
     kwargs = {}
     for name, f in fields.items():
@@ -245,15 +256,32 @@ def _build_kind(family: str, data: Any, path: str) -> Any:
     if not isinstance(data, dict) or "kind" not in data:
         raise ConfigError(f"{path}: expected a mapping with a 'kind' key")
     if not isinstance(data["kind"], str):
-        raise ConfigError(f"{path}.kind: expected a string, got {data['kind']!r}")
+        raise ConfigError(f"{path}.kind: expected a string, got {shown(data['kind'])}")
     cfg = build_dataclass(config_class(family, data["kind"], f"{path}.kind"), data, path)
     _check_counts(cfg, path)
     return cfg
 
 
 # Integer fields of a component config (prior, generator, loss) are sizes and counts: never negative, and 0 only
-# where it means "none" (layers, noise width, bias volumes); a seed may be any integer.
+# where it means "none" (layers, noise width, bias volumes). Each also has an upper bound, so a typo such as
+# plane_res=100000 fails here (and at --dry-run) instead of allocating terabytes in the first step.
 _ZERO_OK = ("num_layers", "mapping_layers", "mlp_layers", "z_dim", "bias_volume_max_res")
+SIZE_MAX = 65536  # widths, channels, timesteps: far above any recipe
+_SIZE_MAX_BY_NAME = {"log2_hashmap_size": 26, "n_levels": 64, "num_layers": 256, "mapping_layers": 256,
+                     "mlp_layers": 256, "num_views": 64, "image_size": 4096}
+RES_MAX = 2048  # grid / plane / volume sides (plane_res, high_res, img_resolution, ...): 2048² is 4M cells a plane
+SEED_MAX = 2**32 - 1  # numpy and torch both take it; seed·1000 + rank stays inside int64
+
+
+def _size_max(name: str) -> int:
+    if name in _SIZE_MAX_BY_NAME:
+        return _SIZE_MAX_BY_NAME[name]
+    return RES_MAX if name.endswith(("_res", "resolution")) else SIZE_MAX
+
+
+def check_seed(value: int, path: str) -> None:
+    if not 0 <= value <= SEED_MAX:
+        raise ConfigError(f"{path}: must be between 0 and {SEED_MAX} (2^32 - 1), got {shown(value)}")
 
 
 def _check_counts(cfg: Any, path: str) -> None:
@@ -261,10 +289,13 @@ def _check_counts(cfg: Any, path: str) -> None:
         value = getattr(cfg, f.name)
         if dataclasses.is_dataclass(value):
             _check_counts(value, f"{path}.{f.name}")
-        elif isinstance(value, int) and not isinstance(value, bool) and f.name != "seed":
-            low = 0 if f.name in _ZERO_OK else 1
-            if value < low:
-                raise ConfigError(f"{path}.{f.name}: must be >= {low}, got {value}")
+        elif isinstance(value, int) and not isinstance(value, bool):
+            if f.name == "seed":
+                check_seed(value, f"{path}.seed")
+                continue
+            low, high = (0 if f.name in _ZERO_OK else 1), _size_max(f.name)
+            if not low <= value <= high:
+                raise ConfigError(f"{path}.{f.name}: must be between {low} and {high:,}, got {shown(value)}")
 
 
 def to_plain(obj: Any) -> Any:

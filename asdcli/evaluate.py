@@ -62,7 +62,12 @@ def load_clip(model: str | os.PathLike):
     try:
         clip = CLIPModel.from_pretrained(source)
         tokenizer = AutoTokenizer.from_pretrained(source)
-    except (OSError, ValueError) as err:
+    except Exception as err:
+        if type(err).__name__ == "UnpicklingError":  # weights_only=True refused it: name the folder, run nothing
+            raise UserError(f"--clip-model {source}: its weights are a pickle holding more than tensors, refused "
+                            "unread; use a folder with model.safetensors") from None
+        if not isinstance(err, (OSError, ValueError)):
+            raise
         reason = str(err).strip().splitlines()[0] if str(err).strip() else type(err).__name__
         if local.is_dir():
             raise UserError(f"{source} is not a loadable transformers CLIP model ({reason}); it needs "

@@ -11,17 +11,20 @@ from asdcli.errors import UserError
 SPLITS = ("train", "val", "test")
 
 
+PROMPTS_MAX_BYTES = 64 << 20  # a 100k-prompt corpus is ~10 MB; /dev/zero or a wrong file fails at once
+
+
 def _read_text(path: Path) -> str:
+    """The file's text (bounded in size, a leading UTF-8 BOM dropped)."""
+    from asdcli.safeio import check_path, decode_text, read_bounded
+
+    path = check_path(path, "prompt file")
     if not path.exists():
         raise UserError(f"{path}: prompt file not found")
     if path.is_dir():
         raise UserError(f"{path}: is a directory; pass a .json prompt library or a .txt file (one prompt a line)")
-    try:
-        return path.read_bytes().decode("utf-8")
-    except UnicodeDecodeError as exc:
-        raise UserError(f"{path}: not UTF-8 (byte {exc.start}); save the prompt file as UTF-8") from None
-    except OSError as exc:
-        raise UserError(f"{path}: cannot read ({exc.strerror})") from None
+    data = read_bounded(path, PROMPTS_MAX_BYTES, "prompt file")
+    return decode_text(data, path, "save the prompt file as UTF-8")
 
 
 def _check_prompts(prompts: list, where: str) -> list[str]:
@@ -33,6 +36,7 @@ def _check_prompts(prompts: list, where: str) -> list[str]:
         if not p.strip():
             raise UserError(f"{where}[{i}]: empty prompt; remove the entry or write the prompt")
         _check_unicode(p, f"{where}[{i}]")
+        _check_visible(p, f"{where}[{i}]")
         out.append(" ".join(p.split()))
     unique = list(dict.fromkeys(out))
     if len(unique) != len(out):
@@ -61,6 +65,24 @@ def _check_unicode(prompt: str, where: str) -> None:
     except UnicodeEncodeError as exc:
         raise UserError(f"{where}: the prompt holds an invalid character at position {exc.start} "
                         f"(a lone surrogate or undecodable byte); write it as UTF-8 text") from None
+
+
+# Characters that draw nothing although Unicode calls them letters or symbols (fillers, a blank braille cell).
+_BLANK_LETTERS = frozenset("\u115f\u1160\u3164\uffa0\u2800")
+
+
+def _check_visible(prompt: str, where: str) -> None:
+    """A prompt of only zero-width or invisible characters (U+200B, U+FEFF, U+2060, ...) reads as empty."""
+    import unicodedata
+
+    if not any(ch.isprintable() and not ch.isspace() and ch not in _BLANK_LETTERS
+               and unicodedata.category(ch)[0] not in "CMZ" for ch in prompt):
+        raise UserError(f"{where}: the prompt holds only invisible characters (zero-width spaces or marks); "
+                        f"write the prompt as visible text")
+    bad = next((ch for ch in prompt if unicodedata.category(ch) == "Cc" and not ch.isspace()), None)
+    if bad is not None:  # ESC, BEL, NUL...: a prompt printed in a table or a warning must not drive the terminal
+        raise UserError(f"{where}: the prompt holds the control character {ascii(bad)} at position "
+                        f"{prompt.index(bad)}; remove it")
 
 
 def read_library(path: str | Path) -> dict[str, list[str]]:
@@ -114,4 +136,5 @@ def check_prompt(prompt: str) -> str:
     if not prompt or not prompt.strip():
         raise UserError('PROMPT: empty prompt; write what to generate, e.g. "a red cube"')
     _check_unicode(prompt, "PROMPT")
+    _check_visible(prompt, "PROMPT")
     return " ".join(prompt.split())

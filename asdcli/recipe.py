@@ -8,26 +8,31 @@ from typing import Any
 
 import yaml
 
-from asdcli.config import SCHEMA_VERSION, RunConfig, build_dataclass, is_device_name, to_plain
-from asdcli.errors import ConfigError
+from asdcli.config import SCHEMA_VERSION, RunConfig, build_dataclass, check_seed, is_device_name, to_plain
+from asdcli.errors import ConfigError, UserError, shown
+from asdcli.safeio import RECIPE_MAX_BYTES, check_path, decode_text, read_bounded, safe_yaml
 from asdcli.schedule import FORMS as SCHEDULE_FORMS
 
 
 def read_yaml_mapping(path: str | os.PathLike) -> dict:
-    """A YAML file that must hold a mapping; every failure is one ConfigError line."""
-    p = Path(path)
-    if not p.exists():
-        raise ConfigError(f"{p}: recipe file not found; check the path (recipes live in recipes/*.yaml)")
+    """A YAML file that must hold a mapping; every failure is one ConfigError line. The file is read only up to
+    RECIPE_MAX_BYTES and its YAML bounded (see asdcli.safeio) before any value is built."""
+    p = check_path(path, "recipe path")
     if p.is_dir():
         raise ConfigError(f"{p}: is a directory; pass a recipe YAML file such as {p}/tiny_cpu.yaml")
     try:
-        text = p.read_text(encoding="utf-8")
-    except UnicodeDecodeError:
-        raise ConfigError(f"{p}: not UTF-8 text; save the recipe as UTF-8 YAML") from None
-    except OSError as exc:
-        raise ConfigError(f"{p}: cannot read ({exc.strerror})") from None
+        data = read_bounded(p, RECIPE_MAX_BYTES, "recipe file")
+    except UserError as exc:
+        msg = str(exc).replace("recipe file not found", "recipe file not found; check the path (recipes live "
+                                                         "in recipes/*.yaml)")
+        raise ConfigError(msg) from None
+    text = decode_text(data, p, "save the recipe as UTF-8 YAML").replace("not UTF-8 (", "not UTF-8 text (")
+    return _yaml_mapping(text, p)
+
+
+def _yaml_mapping(text: str, p: Path) -> dict:
     try:
-        data = yaml.safe_load(text)
+        data = safe_yaml(text, str(p))
     except yaml.YAMLError as exc:
         mark = getattr(exc, "problem_mark", None)
         where = f" at line {mark.line + 1}, column {mark.column + 1}" if mark else ""
@@ -66,7 +71,10 @@ def merge(base: dict, child: dict) -> dict:
 
 def load_raw(path: str | os.PathLike, _seen: tuple = ()) -> dict:
     """The recipe as plain data with its `base:` chain merged in (base first)."""
-    p = Path(path).resolve()
+    try:
+        p = check_path(path, "base").resolve()
+    except (OSError, RuntimeError):  # a symlink loop (RuntimeError before Python 3.13)
+        raise ConfigError(f"{path}: cannot read (a symlink loop); point at the recipe file itself") from None
     if p in _seen:
         raise ConfigError(f"{p}: `base:` chain loops back to this file")
     data = read_yaml_mapping(path)
@@ -74,7 +82,8 @@ def load_raw(path: str | os.PathLike, _seen: tuple = ()) -> dict:
     if base is None:
         return data
     if not isinstance(base, str):
-        raise ConfigError(f"{path}: base: expected a recipe path (string), got {base!r}")
+        raise ConfigError(f"{path}: base: expected a recipe path (string), got {shown(base)}")
+    check_path(base, f"{path}: base")
     base_path = (Path(path).parent / base) if not Path(base).is_absolute() else Path(base)
     return merge(load_raw(base_path, _seen + (p,)), data)
 
@@ -82,14 +91,14 @@ def load_raw(path: str | os.PathLike, _seen: tuple = ()) -> dict:
 def parse_override(text: str) -> tuple[list[str], Any]:
     """'train.steps=10' → (['train', 'steps'], 10); the value is typed by YAML."""
     if "=" not in text:
-        raise ConfigError(f"override {text!r}: expected key.path=value, e.g. train.steps=100")
+        raise ConfigError(f"override {shown(text)}: expected key.path=value, e.g. train.steps=100")
     key, _, raw = text.partition("=")
     parts = key.strip().split(".")
     if not key.strip() or any(not p for p in parts):
-        raise ConfigError(f"override {text!r}: empty key; expected key.path=value, e.g. train.steps=100")
+        raise ConfigError(f"override {shown(text)}: empty key; expected key.path=value, e.g. train.steps=100")
     try:
-        value = yaml.safe_load(raw) if raw.strip() else ""
-    except yaml.YAMLError:
+        value = safe_yaml(raw, f"override {key.strip()}") if raw.strip() else ""
+    except (yaml.YAMLError, RecursionError):
         value = raw
     return parts, value
 
@@ -121,7 +130,7 @@ def load_recipe(path: str | os.PathLike | None = None, overrides: list[str] = ()
     data.pop("schema_version", None) if data.get("schema_version") == SCHEMA_VERSION else None
     if "schema_version" in data:
         raise ConfigError(f"schema_version: this asd reads version {SCHEMA_VERSION}, the recipe has "
-                          f"{data['schema_version']!r}; use the asd release that wrote it")
+                          f"{shown(data['schema_version'])}; use the asd release that wrote it")
     for item in overrides:
         data = apply_override(data, *parse_override(item))
     for dotted, value in (flags or {}).items():  # named flags: the caller drops the ones not given
@@ -129,6 +138,14 @@ def load_recipe(path: str | os.PathLike | None = None, overrides: list[str] = ()
     cfg = build_dataclass(RunConfig, data, "")
     validate(cfg)
     return cfg
+
+
+# Upper bounds of the run's own counts: what one step allocates grows with them, so a typo (samples_per_ray=1e8)
+# must fail at load (and --dry-run), not as an out-of-memory kill minutes later.
+_COUNT_MAX = {"train.grad_accum": 4096, "train.keep_last": 100_000, "train.val_views": 360,
+              "render.prompts_per_step": 4096, "render.views_per_prompt": 256, "render.samples_per_ray": 4096,
+              "render.importance_samples": 4096, "render.chunk_rays": 1 << 24, "prompts.num_val": 100_000}
+SAMPLES_PER_STEP_MAX = 1 << 33  # P·V·resolution²·samples: ~8.6e9 points a step is beyond any GPU's memory
 
 
 def validate(cfg: RunConfig) -> None:
@@ -147,24 +164,42 @@ def validate(cfg: RunConfig) -> None:
     if cfg.train.val_every < 0:
         raise ConfigError(f"train.val_every: must be >= 0 (0 = only at the end), got {cfg.train.val_every}")
     non_negative = {"prompts.num_val": cfg.prompts.num_val, "render.importance_samples": cfg.render.importance_samples,
-                    "train.eps": cfg.train.eps, "train.weight_decay": cfg.train.weight_decay,
+                    "train.weight_decay": cfg.train.weight_decay,
                     "train.lr_background": cfg.train.lr_background.lowest()}
     for key, val in non_negative.items():
         if val < 0:
             raise ConfigError(f"{key}: must be >= 0, got {val}")
+    if not cfg.train.eps > 0:  # Adam divides by sqrt(v) + eps: 0 turns a zero gradient into NaN weights
+        raise ConfigError(f"train.eps: must be > 0 (Adam's denominator term, e.g. 1e-8), got {cfg.train.eps:g}")
+    check_seed(cfg.seed, "seed")
     lrs = cfg.train.lr.values()
     if min(lrs) < 0 or max(lrs) <= 0:
         raise ConfigError(f"train.lr: must be >= 0 at every step and > 0 somewhere, got {cfg.train.lr.to_plain()}")
     if not all(0.0 <= b < 1.0 for b in cfg.train.betas):
         raise ConfigError(f"train.betas: each must be in [0, 1), got {list(cfg.train.betas)}")
     _check_render(cfg.render)
+    _check_upper_bounds(cfg)
     dev = cfg.train.device
     if not is_device_name(dev):
-        raise ConfigError(f"train.device: expected auto, cpu, cuda or cuda:N, got {dev!r}")
+        raise ConfigError(f"train.device: expected auto, cpu, cuda or cuda:N, got {shown(dev)}")
     if cfg.prompts.library is None and not cfg.prompts.items:
         raise ConfigError("prompts: give prompts.library (a JSON or text file) or prompts.items (a list)")
     if not cfg.name or "/" in cfg.name or cfg.name in (".", ".."):
-        raise ConfigError(f"name: expected a plain run name without '/', got {cfg.name!r}")
+        raise ConfigError(f"name: expected a plain run name without '/', got {shown(cfg.name)}")
+
+
+def _check_upper_bounds(cfg: RunConfig) -> None:
+    for key, high in _COUNT_MAX.items():
+        section, _, name = key.partition(".")
+        val = getattr(getattr(cfg, section), name)
+        if val > high:
+            raise ConfigError(f"{key}: at most {high:,}, got {val:,}; lower it (it sets what one step allocates)")
+    r = cfg.render
+    points = (r.prompts_per_step * r.views_per_prompt * max(r.resolution.values()) ** 2
+              * (r.samples_per_ray + r.importance_samples))
+    if points > SAMPLES_PER_STEP_MAX:
+        raise ConfigError(f"render: prompts_per_step · views_per_prompt · resolution² · samples = {points:.3g} "
+                          f"points a step, over {SAMPLES_PER_STEP_MAX:.3g}; lower one of them")
 
 
 def _check_render(render) -> None:
@@ -195,7 +230,7 @@ def dump_recipe(cfg: RunConfig) -> str:
 
 def load_dumped(text: str) -> RunConfig:
     try:
-        data = yaml.safe_load(text)
+        data = safe_yaml(text, "recipe.yaml")
     except (yaml.YAMLError, RecursionError):
         raise ConfigError("recipe.yaml: malformed YAML; the run directory is damaged") from None
     if not isinstance(data, dict):

@@ -266,3 +266,36 @@ def test_nan_and_huge_values_are_user_errors():
         with pytest.raises(UserError):
             load_recipe(TINY, [override])
     assert math.isfinite(load_recipe(TINY, ["train.lr=1e-3"]).train.lr.value)
+
+
+# ---------------------------------------------------------------------------- messages and YAML bounds
+@FUZZ
+@given(text=st.text(max_size=5000) | st.binary(max_size=200).map(lambda b: b.decode("latin-1")))
+def test_message_values_are_one_printable_bounded_line(text):
+    """Whatever a key, value or prompt holds (escape sequences, newlines, bidi marks), a message shows it on one
+    printable line, a value at most SHOWN_MAX characters."""
+    from asdcli.errors import LINE_MAX, SHOWN_MAX, safe_line, shown
+
+    line, value = safe_line(f"error: {text}"), shown(text)
+    assert line.isprintable() and len(line) <= LINE_MAX
+    assert value.isprintable() and len(value) <= SHOWN_MAX
+
+
+@FUZZ
+@given(depth=st.integers(1, 12), width=st.integers(1, 12))
+def test_yaml_aliases_are_measured_before_they_are_built(depth, width):
+    """A nest of anchors `depth` deep and `width` wide expands to ~width^depth values: loaded when that is under
+    the bound, refused (ConfigError, never a MemoryError or a hang) when over."""
+    from asdcli.errors import ConfigError
+    from asdcli.safeio import YAML_MAX_NODES, safe_yaml
+
+    levels = [f"&a0 [{', '.join(['x'] * width)}]"]
+    levels += [f"&a{i} [{', '.join([f'*a{i - 1}'] * width)}]" for i in range(1, depth)]
+    text = "[" + ", ".join(levels) + "]"
+    expanded = 1 + sum(sum(width ** k for k in range(level + 2)) for level in range(depth))
+    if expanded > YAML_MAX_NODES:
+        with pytest.raises(ConfigError, match="too large after expanding aliases"):
+            safe_yaml(text, "fuzz")
+    else:
+        data = safe_yaml(text, "fuzz")
+        assert len(data) == depth and len(data[-1]) == width

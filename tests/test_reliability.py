@@ -54,6 +54,8 @@ def assert_one_line(res, code: int, expect: str) -> str:
     assert len(lines) == 1, f"expected one line on stderr, got {lines!r}"
     assert "Traceback" not in res.stdout + res.stderr
     assert expect.lower() in lines[0].lower(), f"{expect!r} not in {lines[0]!r}"
+    assert lines[0].isprintable(), f"raw control characters reach the terminal: {lines[0]!r}"
+    assert len(lines[0]) <= 2000
     return lines[0]
 
 
@@ -127,16 +129,19 @@ def _truncated(env: Env) -> Path:
     return copy
 
 
-def _unreadable(monkeypatch, name: str, method: str):
-    """Running as root, chmod cannot make a file unreadable: make reading it fail as EACCES would."""
-    real = getattr(Path, method)
+def _unreadable(monkeypatch, name: str):
+    """Running as root, chmod cannot make a file unreadable: make opening it (in asdcli.safeio, where every
+    input file is read) fail as EACCES would."""
+    import builtins
 
-    def read(self, *args, **kwargs):
-        if self.name == name:
-            raise PermissionError(errno.EACCES, "Permission denied", str(self))
-        return real(self, *args, **kwargs)
+    from asdcli import safeio
 
-    monkeypatch.setattr(Path, method, read)
+    def fake_open(path, *args, **kwargs):
+        if Path(path).name == name:
+            raise PermissionError(errno.EACCES, "Permission denied", str(path))
+        return builtins.open(path, *args, **kwargs)
+
+    monkeypatch.setattr(safeio, "open", fake_open, raising=False)
 
 
 def _unwritable_folder(monkeypatch):
@@ -184,7 +189,7 @@ CASES = [
      "malformed YAML"),
     ("recipe-not-utf8", lambda e: e.train(e.write("r.yaml", b"name: caf\xe9\n")), "not UTF-8"),
     ("recipe-nested-too-deep", lambda e: e.train(e.write("r.yaml", LONG_YAML)), "nested too deeply"),
-    ("recipe-unreadable", lambda e: (_unreadable(e.monkeypatch, "r.yaml", "read_text"),
+    ("recipe-unreadable", lambda e: (_unreadable(e.monkeypatch, "r.yaml"),
                                      e.train(e.write("r.yaml", "name: x\n")))[1], "cannot read"),
     ("recipe-unknown-top-key", lambda e: e.train(e.recipe(lambda r: r.update(bogus=1))), "bogus: unknown key"),
     ("recipe-unknown-nested-key", lambda e: e.train(e.recipe(lambda r: r["render"].update(resolutoin=8))),
@@ -218,8 +223,8 @@ CASES = [
     ("override-nan-lr", lambda e: e.train(TINY, "train.lr=.nan"), "finite"),
     ("override-inf-guidance", lambda e: e.train(TINY, "loss.guidance_scale=.inf"), "finite"),
     ("override-negative-generator-size", lambda e: e.train(TINY, "generator.plane_res=-1"),
-     "generator.plane_res: must be >= 1"),
-    ("override-zero-generator-width", lambda e: e.train(TINY, "generator.plane_channels=0"), "must be >= 1"),
+     "generator.plane_res: must be between 1 and"),
+    ("override-zero-generator-width", lambda e: e.train(TINY, "generator.plane_channels=0"), "must be between 1 and"),
     ("override-unbuildable-generator", lambda e: e.train(TINY, "generator.num_heads=3"), "not divisible"),
     ("override-bad-betas", lambda e: e.train(TINY, "train.betas=[2, 3]"), "train.betas"),
     ("override-negative-num-val", lambda e: e.train(TINY, "prompts.num_val=-1"), "prompts.num_val"),
@@ -248,7 +253,7 @@ CASES = [
      "nested too deeply"),
     ("library-not-utf8", lambda e: e.train(TINY, _lib(e, "p.txt", b"a red \xff cube")),
      "not UTF-8"),
-    ("library-unreadable", lambda e: (_unreadable(e.monkeypatch, "p.txt", "read_bytes"),
+    ("library-unreadable", lambda e: (_unreadable(e.monkeypatch, "p.txt"),
                                       e.train(TINY, _lib(e, "p.txt", "a cube")))[1],
      "cannot read"),
     ("library-empty-prompt", lambda e: e.train(TINY, _lib(e, "p.json", json.dumps({"train": ["a red cube", " "]}))),
@@ -330,6 +335,181 @@ CASES = [
 ]
 
 
+# -------------------------------------------------------------------------- round 2: hostile inputs (issue 34)
+ALIAS_BOMB = "[" + ", ".join(
+    [f"&a0 [{', '.join(['x'] * 9)}]"] + [f"&a{i} [{', '.join([f'*a{i - 1}'] * 9)}]" for i in range(1, 9)]) + "]"
+ESCAPE_KEY = "\x1b[2K\r\x1b[32mdone: 50 steps\x1b[0m"  # would erase the error line and print a fake success
+
+
+def _key_with_escapes(env: Env) -> Path:
+    return env.write("r.yaml", f"base: {TINY}\n{json.dumps(ESCAPE_KEY)}: 1\n")
+
+
+def _symlink_loop(env: Env) -> Path:
+    a, b = env.tmp / "loop_a.yaml", env.tmp / "loop_b.yaml"
+    a.symlink_to(b)
+    b.symlink_to(a)
+    return a
+
+
+def _with_state(env: Env, text: str) -> Path:
+    copy = env.run_copy()
+    (copy / "checkpoints" / "last" / "state.json").write_text(text)
+    return copy
+
+
+def _edit_tensors(env: Env, name: str, edit) -> Path:
+    from safetensors.torch import load_file, save_file
+
+    copy = env.run_copy()
+    path = copy / "checkpoints" / "last" / f"{name}.safetensors"
+    sd = load_file(str(path))
+    edit(sd)
+    save_file(sd, str(path))
+    return copy
+
+
+def _reshape_first_moment(sd: dict) -> None:
+    import torch
+
+    key = next(k for k, v in sd.items() if v.dim() > 0)
+    sd[key] = torch.zeros(sd[key].numel() + 1)
+
+
+def _rng_as_float(sd: dict) -> None:
+    sd["gen.rank0"] = sd["gen.rank0"].float()
+
+
+def _resume(env: Env, run: Path) -> list:
+    return ["train", TINY, *SMALL, "--resume", "--steps", "2", "--out", run, "--quiet"]
+
+
+class _Payload:
+    """A pickle that would create `marker` when loaded: what a hostile .bin/.pt does with a shell."""
+
+    def __init__(self, marker: Path):
+        self.marker = marker
+
+    def __reduce__(self):
+        return (Path.touch, (self.marker,))
+
+
+def _pickle_only(folder: Path, marker: Path) -> None:
+    """Every *.safetensors under `folder` becomes the pickled .bin transformers/diffusers fall back to."""
+    import torch
+    from safetensors.torch import load_file
+
+    for f in list(folder.rglob("*.safetensors")):
+        sd = load_file(str(f))
+        sd["payload"] = _Payload(marker)
+        torch.save(sd, f.with_name("diffusion_pytorch_model.bin" if f.name.startswith("diffusion")
+                                   else "pytorch_model.bin"))
+        f.unlink()
+
+
+def _pickle_clip(env: Env) -> Path:
+    from asdcli.shapes.bundled import bundled_clip
+
+    folder = env.tmp / "clip"
+    shutil.copytree(bundled_clip(), folder)
+    _pickle_only(folder, env.tmp / "pwned")
+    return folder
+
+
+def _pickle_sd(env: Env) -> Path:
+    from asdcli.priors.tiny import save_tiny_sd_folder
+
+    folder = save_tiny_sd_folder(env.tmp / "sd", seed=0)
+    _pickle_only(folder, env.tmp / "pwned")
+    return folder
+
+
+def _library_outside(env: Env) -> Path:
+    def edit(text: str) -> str:
+        raw = yaml.safe_load(text)
+        raw["prompts"] = {"library": "/etc/passwd"}
+        return yaml.safe_dump(raw)
+
+    return env.run_copy(edit)
+
+
+def _no_generator(env: Env) -> Path:
+    copy = env.run_copy()
+    env.weights().unlink()
+    return copy
+
+
+def _world_size_2(env: Env) -> None:
+    env.monkeypatch.setenv("WORLD_SIZE", "2")
+    for key in ("RANK", "MASTER_ADDR", "MASTER_PORT"):
+        env.monkeypatch.delenv(key, raising=False)
+
+
+R2 = [
+    # data loss / wrong output
+    ("recipe-duplicate-section", lambda e: e.train(e.write("r.yaml", f"base: {TINY}\ntrain: {{steps: 3}}\n"
+                                                                      f"train: {{lr: 0.1}}\n")), "appears twice"),
+    # denial of service: bounded before use, even with --dry-run
+    ("recipe-alias-bomb", lambda e: e.train(e.write("r.yaml", f"base: {TINY}\nseed: {ALIAS_BOMB}\n"), "--dry-run"),
+     "too large after expanding aliases"),
+    ("override-alias-bomb", lambda e: e.train(TINY, f"seed={ALIAS_BOMB}", "--dry-run"),
+     "too large after expanding aliases"),
+    ("recipe-dev-zero", lambda e: e.train("/dev/zero", "--dry-run"), "larger than 1 MiB"),
+    ("library-dev-zero", lambda e: e.train(TINY, "prompts.library=/dev/zero", "--dry-run"), "larger than 64 MiB"),
+    ("export-prompts-dev-zero", lambda e: ["export", e.run, "--prompts", "/dev/zero", "--out", e.tmp / "o"],
+     "larger than 64 MiB"),
+    ("dry-run-huge-plane-res", lambda e: e.train(TINY, "generator.plane_res=100000", "--dry-run"),
+     "generator.plane_res: must be between 1 and 2,048"),
+    ("dry-run-huge-samples", lambda e: e.train(TINY, "render.samples_per_ray=100000000", "--dry-run"),
+     "render.samples_per_ray: at most 4,096"),
+    ("dry-run-samples-1e8", lambda e: e.train(TINY, "render.samples_per_ray=1e8", "--dry-run"), "expected an integer"),
+    ("dry-run-points-per-step", lambda e: e.train(TINY, "render.resolution=4096", "render.samples_per_ray=4096",
+                                                  "--dry-run"), "points a step"),
+    ("dry-run-huge-prompts-per-step", lambda e: e.train(TINY, "render.prompts_per_step=1000000", "--dry-run"),
+     "render.prompts_per_step: at most"),
+    # terminal injection: the key is shown escaped (assert_one_line checks the line is printable)
+    ("recipe-key-with-escapes", lambda e: e.train(_key_with_escapes(e)), "unknown key"),
+    ("override-key-with-escapes", lambda e: e.train(TINY, f"{ESCAPE_KEY}=1"), "unknown key"),
+    ("library-prompt-sets-window-title", lambda e: ["eval", "--checkpoint", e.run, "--prompts", e.prompts(
+        "p.txt", "a red cube\x1b]0;pwned\x07\n"), "--views", "1"], "control character"),
+    ("generate-prompt-with-escape", lambda e: e.generate(prompt="a red cube\x1b[2J"), "control character"),
+    ("override-value-with-escapes", lambda e: e.train(TINY, f"train.optimizer='{ESCAPE_KEY}'"), "not allowed"),
+    # exit 1 before, the user's to fix: now exit 2
+    ("recipe-nul-name", lambda e: e.train(e.write("r.yaml", f'base: {TINY}\nname: "a\\0b"\n')), "NUL byte"),
+    ("recipe-nul-output-dir", lambda e: ["train", e.write("r.yaml", f'base: {TINY}\noutput: {{dir: "o\\0x"}}\n'),
+                                         "--quiet"], "NUL byte"),
+    ("recipe-nul-base", lambda e: e.train(e.write("r.yaml", 'base: "x\\0y"\n')), "NUL byte"),
+    ("recipe-symlink-loop", lambda e: e.train(_symlink_loop(e)), "symlink loop"),
+    ("override-seed-huge", lambda e: e.train(TINY, "seed=100000000000000000000"), "seed: must be between 0"),
+    ("override-seed-1e20", lambda e: e.train(TINY, "seed=1e20"), "seed: expected an integer"),
+    ("override-seed-negative", lambda e: e.train(TINY, "seed=-1"), "seed: must be between 0"),
+    ("override-eps-zero", lambda e: e.train(TINY, "train.eps=0"), "train.eps: must be > 0"),
+    ("text-cache-unwritable", lambda e: e.train(TINY, *SMALL, f"train.text_cache={e.write('f', 'x')}/cache"),
+     "train.text_cache"),
+    ("world-size-without-torchrun", lambda e: (_world_size_2(e), e.train(TINY, *SMALL))[1], "torchrun"),
+    ("resume-state-empty-object", lambda e: _resume(e, _with_state(e, "{}")), 'no "step"'),
+    ("resume-state-step-string", lambda e: _resume(e, _with_state(e, '{"step": "12"}')),
+     "must be a non-negative integer"),
+    ("resume-state-not-json", lambda e: _resume(e, _with_state(e, "\0\0")), "state.json: unreadable"),
+    ("resume-optimizer-other-shape", lambda e: _resume(e, _edit_tensors(e, "optimizer", _reshape_first_moment)),
+     "does not fit this recipe"),
+    ("resume-rng-wrong-dtype", lambda e: _resume(e, _edit_tensors(e, "rng", _rng_as_float)), "expected uint8"),
+    ("eval-clip-pickle-only", lambda e: ["eval", "--checkpoint", e.run, "--clip-score", "--clip-model",
+                                         _pickle_clip(e), "--views", "1", "--resolution", "16"], "pickle"),
+    ("prior-sd-pickle-only", lambda e: e.train(TINY, _prior(_pickle_sd(e))), "pickle"),
+    # wrong or noisy messages
+    ("generate-generator-deleted", lambda e: e.generate(ckpt=_no_generator(e)), "generator.safetensors is missing"),
+    # leaks and odd input
+    ("export-library-outside-run", lambda e: ["export", _library_outside(e), "--out", e.tmp / "o"],
+     "outside the run folder"),
+    ("generate-zero-width-prompt", lambda e: e.generate(prompt="\u200b\u2060\ufeff"), "invisible"),
+    ("distill-zero-width-prompt", lambda e: ["distill", "\u200b \u200b", "--out", e.tmp / "d"], "invisible"),
+    ("library-zero-width-prompt", lambda e: e.train(TINY, _lib(e, "p.txt", "a red cube\n\u200b\u200c\n")),
+     "invisible"),
+]
+CASES += R2
+
+
 def test_table_has_enough_cases():
     assert len(CASES) >= 30
     assert len({case[0] for case in CASES}) == len(CASES)
@@ -345,6 +525,7 @@ def test_bad_input_exits_2_with_one_line_and_writes_nothing(run_dir, tmp_path, m
     assert_one_line(res, 2, expect)
     assert snapshot(tmp_path) == before, "a failed command wrote or changed files"
     assert snapshot(run_dir) == before_run
+    assert not (tmp_path / "pwned").exists()  # a pickle payload never ran
 
 
 SUBPROCESS_CASES = {  # the same contract through a real interpreter (the console script's code path)

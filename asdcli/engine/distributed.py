@@ -14,6 +14,8 @@ from dataclasses import dataclass
 import torch
 import torch.distributed as dist
 
+from asdcli.errors import UserError, shown
+
 
 @dataclass(frozen=True)
 class DistInfo:
@@ -33,9 +35,17 @@ class DistInfo:
 
 def setup(device_kind: str) -> DistInfo:
     """Initialise the process group when launched by torchrun (WORLD_SIZE > 1): NCCL on GPU, gloo on CPU."""
-    world = int(os.environ.get("WORLD_SIZE", "1"))
+    raw = os.environ.get("WORLD_SIZE", "1")
+    try:
+        world = int(raw)
+    except ValueError:
+        raise UserError(f"WORLD_SIZE: expected a whole number of processes, got {shown(raw)}") from None
     if world <= 1:
         return DistInfo()
+    missing = [k for k in ("RANK", "MASTER_ADDR", "MASTER_PORT") if not os.environ.get(k)]
+    if missing:  # init_process_group would fail with a ValueError deep in torch (an internal error)
+        raise UserError(f"WORLD_SIZE={world} but {', '.join(missing)} not set: launch with `torchrun "
+                        f"--nproc_per_node {world} -m asdcli train ...`, or unset WORLD_SIZE for one process")
     if not dist.is_initialized():
         dist.init_process_group(backend="nccl" if device_kind == "cuda" else "gloo")
     local = int(os.environ.get("LOCAL_RANK", "0"))

@@ -1,7 +1,11 @@
-"""A run directory that describes itself: recipe.yaml (resolved, plain YAML), meta.json, metrics.jsonl."""
+"""A run directory that describes itself: recipe.yaml (resolved, plain YAML), prompts.json (the prompt library
+it trained on, so `asd export RUN` never has to read a file the recipe names), meta.json, metrics.jsonl; and
+`.lock`, the advisory lock one `asd train` holds on it while it runs (released by the kernel on any exit)."""
 
 from __future__ import annotations
 
+import errno
+import fcntl
 import hashlib
 import json
 import os
@@ -12,7 +16,7 @@ from typing import Any
 
 from asdcli import __version__
 from asdcli.config import RunConfig
-from asdcli.errors import UserError
+from asdcli.errors import UserError, shown
 from asdcli.recipe import dump_recipe, load_recipe, read_yaml_mapping
 
 
@@ -33,29 +37,121 @@ def prompts_hash(prompts: list[str]) -> str:
     return h.hexdigest()[:16]
 
 
+LOCK_NAME = ".lock"
+_HELD: dict[Path, int] = {}  # run directory → descriptor whose flock this process holds
+
+
+def lock_run_dir(run: Path) -> None:
+    """Take the run's advisory lock (fcntl.flock on RUN/.lock, which records the holder's pid). flock is
+    released by the kernel when the process ends however it ends, so a lock file left behind by a killed run is
+    stale and simply taken over; a lock held by a live process is one UserError line naming its pid."""
+    key = run.resolve()
+    if key in _HELD:
+        return
+    fd = os.open(run / LOCK_NAME, os.O_RDWR | os.O_CREAT, 0o644)
+    try:
+        fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+    except OSError as exc:
+        holder = os.pread(fd, 32, 0).decode("ascii", "replace").strip() or "unknown"
+        os.close(fd)
+        if exc.errno not in (errno.EAGAIN, errno.EACCES, errno.EWOULDBLOCK):
+            raise
+        raise UserError(f"{run}: in use by another asd run (pid {holder}{_liveness(holder)}); wait for it to "
+                        f"finish or stop it, or pass another --out") from None
+    os.ftruncate(fd, 0)
+    os.pwrite(fd, f"{os.getpid()}\n".encode(), 0)
+    _HELD[key] = fd
+
+
+def _liveness(pid: str) -> str:
+    """'' for a live holder; a hint when the recorded pid is gone (a child that inherited the lock holds it)."""
+    try:
+        os.kill(int(pid), 0)
+    except (ValueError, ProcessLookupError):
+        return ", no longer running: a process it started still holds the lock"
+    except PermissionError:
+        pass
+    return ""
+
+
+def unlock_run_dir(run: Path) -> None:
+    fd = _HELD.pop(run.resolve(), None)
+    if fd is not None:
+        os.close(fd)  # closing the only descriptor releases the flock
+
+
+def _is_empty(run: Path) -> bool:
+    return not any(p.name != LOCK_NAME for p in run.iterdir())
+
+
 def prepare_run_dir(cfg: RunConfig, resume: bool, create: bool = True) -> Path:
-    """Create (or, with resume, check) the run directory. Nothing existing is overwritten. create=False only
-    checks (nothing is written), so a bad --out fails before any model loads."""
+    """Create (or, with resume, check) the run directory and take its lock. Nothing existing is overwritten.
+    create=False only checks (nothing is written, no lock taken), so a bad --out fails before any model loads;
+    create=True locks first and checks again under the lock, so two starts on one --out cannot both pass."""
     run = cfg.run_dir
     recipe_file = run / "recipe.yaml"
     if resume:
         if not recipe_file.exists():
             raise UserError(f"--resume: {run} holds no run (no recipe.yaml); drop --resume to start one there")
         _check_same_recipe(cfg, load_recipe(raw=read_yaml_mapping(recipe_file)), run)
+        _check_writable(cfg)
+        if create:
+            lock_run_dir(run)
         return run
-    if run.exists() and not run.is_dir():
-        raise UserError(f"{run}: exists and is not a directory; choose another --out")
-    if run.exists() and any(run.iterdir()):
-        raise UserError(f"{run}: run directory exists and is not empty; pass --resume to continue it, "
-                        f"or --out NEW_DIR for a new run")
+    _check_new(run)
+    _check_writable(cfg)
     if not create:
         return run
     try:
         run.mkdir(parents=True, exist_ok=True)
     except OSError as exc:
         raise UserError(f"{run}: cannot create the run directory ({exc.strerror}); choose another --out") from None
-    atomic_write_text(recipe_file, dump_recipe(cfg))
+    lock_run_dir(run)
+    try:
+        _check_new(run)
+        atomic_write_text(recipe_file, dump_recipe(cfg))
+        _record_prompts(cfg, run)
+    except BaseException:
+        unlock_run_dir(run)
+        raise
     return run
+
+
+def _check_new(run: Path) -> None:
+    if run.exists() and not run.is_dir():
+        raise UserError(f"{run}: exists and is not a directory; choose another --out")
+    if run.exists() and not _is_empty(run):
+        raise UserError(f"{run}: run directory exists and is not empty; pass --resume to continue it, "
+                        f"or --out NEW_DIR for a new run")
+
+
+def _check_writable(cfg: RunConfig) -> None:
+    """The folders a run writes to (its own, train.text_cache) can be created and written: checked before any
+    model loads, without creating anything."""
+    folders = [("run directory", cfg.run_dir)] + ([("train.text_cache", Path(cfg.train.text_cache))]
+                                          if cfg.train.text_cache else [])
+    for key, folder in folders:
+        near = folder
+        while not near.exists() and near != near.parent:
+            near = near.parent
+        if near.exists() and not near.is_dir():
+            raise UserError(f"{key}: {folder}: {near} is a file, not a folder; choose another path")
+        if not os.access(near, os.W_OK | os.X_OK):
+            raise UserError(f"{key}: {folder}: {near} is not writable; choose a folder you can write")
+
+
+def _record_prompts(cfg: RunConfig, run: Path) -> None:
+    """A copy of the prompt library file the run trains on (the bundled `shapesworld` library is rebuilt from
+    its name instead): `asd export RUN` / `asd eval` read this, never a path the recipe names."""
+    from asdcli.prompts import BUNDLED, read_library
+
+    lib = cfg.prompts.library
+    if lib is None or lib == BUNDLED or lib.startswith(BUNDLED + ":"):
+        return
+    atomic_write_text(run / PROMPTS_NAME, json.dumps(read_library(lib), ensure_ascii=False, indent=1))
+
+
+PROMPTS_NAME = "prompts.json"
 
 
 def _check_same_recipe(new: RunConfig, old: RunConfig, run: Path) -> None:
@@ -77,7 +173,7 @@ def _first_difference(a: Any, b: Any, path: str = "") -> str:
         for k in list(a) + [k for k in b if k not in a]:
             if a.get(k) != b.get(k):
                 return _first_difference(a.get(k), b.get(k), f"{path}.{k}" if path else k)
-    return f"{path} ({a!r} → {b!r})"
+    return f"{path} ({shown(a)} → {shown(b)})"
 
 
 def write_meta(run: Path, cfg: RunConfig, step: int, prompts: list[str], extra: dict | None = None) -> None:
@@ -106,6 +202,7 @@ class MetricsLog:
             except ImportError:  # optional: metrics.jsonl is the log of record
                 self._tb = False
             else:
+                _quiet_tensorboard_thread()
                 self._tb = SummaryWriter(log_dir=str(self.path.parent / "tensorboard"))
         return self._tb
 
@@ -114,10 +211,40 @@ class MetricsLog:
             return
         with open(self.path, "a", encoding="utf-8") as fh:
             fh.write(json.dumps(record) + "\n")
-        tb = self._tensorboard()
-        if tb:
+        try:
+            tb = self._tensorboard()  # its constructor already writes (and may fail) from the writer thread
+            if not tb:
+                return
             step = int(record.get("step", 0))
             for key, value in record.items():
                 if key not in ("step", "time") and isinstance(value, (int, float)):
                     tb.add_scalar(key, value, step)
             tb.flush()
+        except Exception as exc:  # the writer thread's own failure, re-raised here by TensorBoard
+            self._tb = False  # metrics.jsonl is the log of record: the run goes on without event files
+            nospace = isinstance(exc, OSError) and exc.errno in (errno.ENOSPC, errno.EDQUOT)
+            if nospace:
+                raise OSError(exc.errno, os.strerror(exc.errno), str(self.path.parent / "tensorboard")) from None
+            import warnings
+
+            warnings.warn(f"TensorBoard logging stopped ({type(exc).__name__}); metrics.jsonl goes on",
+                          stacklevel=2)
+
+
+def _quiet_tensorboard_thread() -> None:
+    """TensorBoard writes event files from a thread that, on a full disk, raises there (threading prints a
+    traceback) and again in the next add_scalar/flush of the main thread, where MetricsLog handles it. Silence
+    the thread's copy only; every other thread's exceptions are reported as before."""
+    import threading
+
+    previous = threading.excepthook
+    if getattr(previous, "_asd_quiet_tb", False):
+        return
+
+    def hook(args) -> None:
+        if type(args.thread).__name__ == "_AsyncWriterThread":
+            return
+        previous(args)
+
+    hook._asd_quiet_tb = True  # type: ignore[attr-defined]
+    threading.excepthook = hook

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import shutil
 import signal
+import sys
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -22,7 +23,7 @@ from asdcli.engine import distributed as dist_
 from asdcli.engine.components import build_train_parts, resolve_device
 from asdcli.engine.host_memory import keep_freed_host_memory
 from asdcli.engine.optim import build_optimizer
-from asdcli.engine.rundir import MetricsLog, prepare_run_dir, write_meta
+from asdcli.engine.rundir import MetricsLog, prepare_run_dir, unlock_run_dir, write_meta
 from asdcli.engine.steps import StepRunner
 from asdcli.errors import UserError
 
@@ -98,7 +99,7 @@ class Trainer:
         self.steps = StepRunner(cfg, self.parts, self.text, self.device)
         self.metrics = MetricsLog(self.run_dir / "metrics.jsonl", enabled=self.dist.is_main)
         self._stop_signal: int | None = None
-        if resume and ckpt_io.step_dirs(self.run_dir / "checkpoints"):  # none yet (killed early): from step 0
+        if resume and ckpt_io.any_checkpoint(self.run_dir / "checkpoints"):  # none (killed early): step 0
             self._load(ckpt_io.resolve_checkpoint(self.run_dir))
         self._created_run_dir = self.dist.is_main and not resume and not self.run_dir.exists()
         if self.dist.is_main:
@@ -107,23 +108,23 @@ class Trainer:
 
     # ------------------------------------------------------------------------------------------ state
     def _load(self, ckpt: Path) -> None:
-        ckpt_io.load_weights_strict(self.parts.generator, ckpt_io.load_part(ckpt, "generator"), "generator", ckpt)
+        ckpt_io.load_weights_strict(self.parts.generator, ckpt_io.load_part(ckpt, "generator", required=True),
+                                    "generator", ckpt)
         ckpt_io.load_weights_strict(self.parts.background, ckpt_io.load_part(ckpt, "background"),
                                     "background", ckpt)
         loss_sd = ckpt_io.load_part(ckpt, "loss")
         if loss_sd or self.parts.loss.state_dict():
             ckpt_io.load_weights_strict(self.parts.loss, loss_sd, "loss", ckpt)
-        self.optimizer.load_state_dict(ckpt_io.load_optimizer(ckpt))
+        ckpt_io.load_optimizer_into(self.optimizer, ckpt)
         loss_opt = ckpt_io.load_optimizer(ckpt, "loss_optimizer")
         if loss_opt is not None:
             self.parts.loss.load_optimizer_state_dict(loss_opt)
-        rng = ckpt_io.load_part(ckpt, "rng")
-        key = f"gen.rank{self.dist.rank}"
-        if key not in rng:
-            raise UserError(f"{ckpt}: no RNG state for rank {self.dist.rank}; resume with the same number of ranks")
-        self.gen.set_state(rng[key])
-        torch.set_rng_state(rng["torch_cpu"])
+        gen_state, cpu_state = ckpt_io.load_rng(ckpt, self.dist.rank)
+        self.gen.set_state(gen_state)
+        torch.set_rng_state(cpu_state)
         st = ckpt_io.load_state(ckpt)
+        if not self.quiet and self.dist.is_main:
+            print(f"resuming from {ckpt} (step {st['step']})", file=sys.stderr)
         self.state = TrainState(step=st["step"], nonfinite_in_a_row=st.get("nonfinite_in_a_row", 0),
                                 nonfinite_total=st.get("nonfinite_total", 0))
 
@@ -185,15 +186,20 @@ class Trainer:
         try:
             return self._fit()
         except BaseException:
-            # A run this call created that failed before its first checkpoint holds nothing to resume: remove it
-            # (nothing half-written is left behind; a later checkpoint keeps the run for --resume).
-            if self._created_run_dir and not ckpt_io.step_dirs(self.run_dir / "checkpoints"):
+            # A run folder this call created that failed before its first checkpoint holds nothing to resume:
+            # remove it (a folder the user had, even empty, is kept; a stop signal writes a checkpoint first).
+            if self._created_run_dir and not ckpt_io.any_checkpoint(self.run_dir / "checkpoints"):
                 shutil.rmtree(self.run_dir, ignore_errors=True)
             raise
+        finally:
+            unlock_run_dir(self.run_dir)
 
     def _fit(self) -> FitResult:
         cfg, total = self.cfg, self.cfg.train.steps
-        old_handler = signal.signal(signal.SIGTERM, self._on_sigterm) if _main_thread() else None
+        # SIGTERM and SIGINT (Ctrl-C) both finish the step, write a checkpoint and exit 128 + signal; a second
+        # Ctrl-C while that happens stops at once (KeyboardInterrupt), the last complete checkpoint kept.
+        old_handlers = {sig: signal.signal(sig, self._on_stop_signal) for sig in _STOP_SIGNALS} \
+            if _main_thread() else {}
         t0, done0, last = time.perf_counter(), self.state.step, {}
         try:
             with _progress(self.quiet or not self.dist.is_main, total, self.state.step) as bar:
@@ -205,8 +211,8 @@ class Trainer:
                         self.metrics.write({**last, "steps_per_s": rate, "time": time.time()})
                     self._after_step(total)
         finally:
-            if old_handler is not None:
-                signal.signal(signal.SIGTERM, old_handler)
+            for sig, handler in old_handlers.items():
+                signal.signal(sig, handler)
         rate = (self.state.step - done0) / max(time.perf_counter() - t0, 1e-9)
         dist_.shutdown(self.dist)
         return FitResult(self.run_dir, self.state.step, rate, self.state.nonfinite_total, last)
@@ -224,8 +230,13 @@ class Trainer:
             raise TrainingAborted(f"stopped by signal {self._stop_signal} at step {step}; checkpoint written; "
                                   f"continue with --resume", exit_code=128 + int(self._stop_signal or 15))
 
-    def _on_sigterm(self, signum, frame) -> None:
+    def _on_stop_signal(self, signum, frame) -> None:
+        if self._stop_signal is not None and signum == signal.SIGINT:
+            raise KeyboardInterrupt  # asked twice: stop now
         self._stop_signal = signum
+
+
+_STOP_SIGNALS = (signal.SIGTERM, signal.SIGINT)
 
 
 def attach_text_cache(prior, root: str, prompts: list[str], info: dist_.DistInfo, quiet: bool) -> None:

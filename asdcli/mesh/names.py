@@ -10,7 +10,8 @@ Rules of `safe_filename` (the result is a stem: the caller adds ".glb", ".png", 
 - Empty results become "prompt"; Windows device names (CON, NUL, COM1, ...) get a trailing "_".
 - Longer than `max_len`: cut at a "_" boundary and suffixed with 8 hex digits of the prompt's SHA-1, so long
   prompts that share a prefix still get different names.
-`assign_filenames` then gives every prompt whose name collides with another's a SHA-1 suffix too.
+`assign_filenames` then gives every prompt whose name collides with another's (or with a name already taken in
+the output folder) a SHA-1 suffix too, so "a red cube" and "a red cube." never share a file.
 """
 
 from __future__ import annotations
@@ -68,28 +69,35 @@ def safe_filename(prompt: str, max_len: int = 80) -> str:
     return stem
 
 
-def assign_filenames(prompts: Iterable[str], max_len: int = 80) -> dict[str, str]:
+def assign_filenames(prompts: Iterable[str], max_len: int = 80, taken: Iterable[str] = (),
+                     keep: dict[str, str] | None = None) -> dict[str, str]:
     """Unique file stems for the distinct prompts: {prompt: stem}.
 
-    A prompt keeps `safe_filename(prompt)` unless another distinct prompt maps to the same stem; then every
-    prompt of that group gets "-<sha1 prefix>". The result depends only on the set of prompts (not on their
-    order), so reruns give the same names. If a suffixed name still collides, the hash gets longer.
+    keep: {prompt: stem} names already recorded for these prompts (an earlier export), reused as they are.
+    taken: stems that belong to something else (another prompt's file in the output folder, an unknown file).
+    A prompt keeps `safe_filename(prompt)` unless another distinct prompt maps to the same stem or the stem is
+    taken; then it gets "-<sha1 prefix>". Given the same keep/taken, the result depends only on the set of
+    prompts (not on their order), so reruns give the same names. If a suffixed name still collides, the hash
+    gets longer.
     """
     distinct = sorted(set(prompts))
+    names = {p: stem for p, stem in (keep or {}).items() if p in set(distinct)}
+    blocked = set(taken) | set(names.values())
     groups: dict[str, list[str]] = defaultdict(list)
     for prompt in distinct:
-        groups[safe_filename(prompt, max_len)].append(prompt)
-    names = {group[0]: stem for stem, group in groups.items() if len(group) == 1}
-    taken = set(names.values())
+        if prompt not in names:
+            groups[safe_filename(prompt, max_len)].append(prompt)
+    for stem, group in groups.items():
+        if len(group) == 1 and stem not in blocked:
+            names[group[0]] = stem
+            blocked.add(stem)
     for stem, group in sorted(groups.items()):
-        if len(group) == 1:
-            continue
-        for prompt in group:
+        for prompt in (p for p in group if p not in names):
             length = _HASH_LEN
             name = _with_suffix(stem, prompt_hash(prompt, length), max_len)
-            while name in taken and length < min(40, max_len - 2):
+            while name in blocked and length < min(40, max_len - 2):
                 length += 4
                 name = _with_suffix(stem, prompt_hash(prompt, length), max_len)
             names[prompt] = name
-            taken.add(name)
+            blocked.add(name)
     return {prompt: names[prompt] for prompt in distinct}
