@@ -67,8 +67,9 @@ class Arm:
 
 
 def build_grid() -> list[Arm]:
-    arms = [Arm(m, n, s) for m in METHODS for n in CORPORA for s in SEEDS]
-    return arms + [Arm(m, FULL_CORPUS, s, v) for (m, v) in VARIANTS for s in SEEDS]
+    """Seed 0 of every arm first, then seed 1: a budget that runs out leaves one seed of everything."""
+    return [arm for s in SEEDS for arm in [Arm(m, n, s) for m in METHODS for n in CORPORA]
+            + [Arm(m, FULL_CORPUS, s, v) for (m, v) in VARIANTS]]
 
 
 def method_keys(method: str) -> tuple[str, ...]:
@@ -157,6 +158,7 @@ def run_arm(arm: Arm, args, deadline: float) -> str:
             need = (stop - now) * seconds_per_step(arm, store) + args.score_seconds
             if time.time() + need > deadline:
                 return f"paused at step {now} (the next segment needs ~{need / 60:.0f} min)"
+            set_run_device(run, args.device)
             t0 = time.time()
             try:
                 fit(arm_config(arm, stop, run, args.device, args.set), lib["train"], [], resume=now > 0,
@@ -176,12 +178,28 @@ def run_arm(arm: Arm, args, deadline: float) -> str:
         if args.mechanism:
             from asd_direction import mechanism_rows
 
-            for r in mechanism_rows(step_dir, train_sample(args.mechanism_prompts), seed=arm.seed):
+            for r in mechanism_rows(step_dir, train_sample(args.mechanism_prompts), seed=arm.seed,
+                                    device=args.device):
                 append_row(store / "mechanism.jsonl", {"step": stop, **r})
         study_state.snapshot_weights(step_dir, store / "weights" / f"step_{stop:06d}.safetensors")
         study_state.export(step_dir, run, store / "state")
         done = stop
     return "done"
+
+
+def set_run_device(run: Path, device: str) -> None:
+    """Point a run's recipe.yaml at this sitting's device: the engine resumes only an identical recipe, and an
+    arm may move between a GPU session and a CPU sitting (every training draw is on the CPU either way)."""
+    import yaml
+
+    from asdcli.engine.rundir import atomic_write_text
+
+    file = run / "recipe.yaml"
+    if file.is_file():
+        data = yaml.safe_load(file.read_text())
+        if data["train"]["device"] != device:
+            data["train"]["device"] = device
+            atomic_write_text(file, yaml.safe_dump(data, sort_keys=False, allow_unicode=True))
 
 
 def seconds_per_step(arm: Arm, store: Path) -> float:

@@ -133,12 +133,23 @@ def test_a_tiny_arm_resumes_from_its_committed_state(study, tiny_arm):
     shutil.rmtree(tmp / "runs")  # a fresh checkout: only bench/study/ARM survives
     store = tmp / "state" / "asd-64-s0"
     compact = load_file(str(store / "state" / "generator.safetensors"))
+    recipe = store / "state" / "recipe.yaml"  # as a GPU session leaves it: the CPU sitting continues the arm
+    recipe.write_text(recipe.read_text().replace("device: cpu", "device: cuda"))
     assert study.main(["run", "--steps", "5", *args]) == 0
     run = tmp / "runs" / "asd-64-s0" / "run"
     restored = load_file(str(run / "checkpoints" / "step_000004" / "generator.safetensors"))
     assert all(restored[k].dtype == torch.float32 and torch.equal(restored[k], compact[k].float()) for k in compact)
     assert [json.loads(x)["step"] for x in (store / "curve.jsonl").read_text().splitlines()] == [1, 2, 3, 4, 5]
     assert json.loads((store / "state" / "state.json").read_text())["step"] == 5
+    compact_5 = load_file(str(store / "weights" / "step_000005.safetensors"))
+    from asd_direction import arm_checkpoints
+
+    from asdcli.engine.inference import load_model
+
+    snaps = arm_checkpoints(store, tmp / "snapshots")  # the committed weight snapshots, loadable by the engine
+    assert [p.name for p in snaps] == [f"step_00000{i}" for i in range(1, 6)]
+    model = load_model(snaps[-1])
+    assert all(torch.equal(v, compact_5[k].float()) for k, v in model.generator.state_dict().items())
     bad = [a if a != "2" else "3" for a in args]  # another train sample: the arm refuses to mix settings
     assert study.main(["run", "--steps", "5", *bad]) == 2
     out = tmp / "report"
