@@ -148,6 +148,9 @@ def run_arm(arm: Arm, args, deadline: float) -> str:
     done = study_state.compact_step(store / "state")
     if local_step(run) < done:  # a fresh checkout, or a machine that lost the run: continue from the commit
         study_state.restore(store / "state", run)
+    diverged = [e for e in read_rows(store / "events.jsonl") if e.get("diverged")]
+    if diverged:  # an outcome, not a failure to retry every sitting
+        return f"diverged at step {diverged[-1]['step']} (delete {store / 'events.jsonl'} to try again)"
     lib = read_library(f"shapesworld:{arm.corpus}")
     scored = {r["step"] for r in read_rows(store / "curve.jsonl")}
     for stop in score_steps(args.steps, args.score_every):
@@ -155,7 +158,7 @@ def run_arm(arm: Arm, args, deadline: float) -> str:
         if stop in scored and stop <= done:
             continue
         if stop > now:
-            need = (stop - now) * seconds_per_step(arm, store) + args.score_seconds
+            need = (stop - now) * seconds_per_step(arm, store) + score_seconds(store, args)
             if time.time() + need > deadline:
                 return f"paused at step {now} (the next segment needs ~{need / 60:.0f} min)"
             set_run_device(run, args.device)
@@ -163,9 +166,11 @@ def run_arm(arm: Arm, args, deadline: float) -> str:
             try:
                 fit(arm_config(arm, stop, run, args.device, args.set), lib["train"], [], resume=now > 0,
                     quiet=args.quiet)
-            except TrainingAborted as exc:  # diverged: the last finite checkpoint stays; the curve says why
-                append_row(store / "events.jsonl", {"step": local_step(run), "event": str(exc)})
-                return f"aborted at step {local_step(run)}: {exc}"
+            except TrainingAborted as exc:  # the last finite checkpoint stays
+                if exc.exit_code != 1:  # SIGTERM/SIGINT: checkpoint written, the sitting ends here
+                    raise SystemExit(exc.exit_code) from None
+                append_row(store / "events.jsonl", {"step": local_step(run), "diverged": True, "event": str(exc)})
+                return f"diverged at step {local_step(run)}: {exc}"
             train_s = time.time() - t0
         else:
             train_s = None
@@ -173,18 +178,29 @@ def run_arm(arm: Arm, args, deadline: float) -> str:
         if not (step_dir / "state.json").is_file():  # pruned: this sitting's run went past it unscored
             append_row(store / "events.jsonl", {"step": stop, "event": "checkpoint gone before scoring"})
             continue
-        row = score_checkpoint(step_dir, arm, args)
-        append_row(store / "curve.jsonl", {"step": stop, "train_seconds": train_s, "device": args.device, **row})
+        row = {"step": stop, "train_seconds": train_s, "device": args.device, **score_checkpoint(step_dir, arm, args)}
         if args.mechanism:
             from asd_direction import mechanism_rows
+            from study_report import mechanism_summary
 
-            for r in mechanism_rows(step_dir, train_sample(args.mechanism_prompts), seed=arm.seed,
-                                    device=args.device):
+            t0 = time.time()
+            mech = mechanism_rows(step_dir, train_sample(args.mechanism_prompts), seed=arm.seed, device=args.device)
+            row.update(mechanism=mechanism_summary(mech), mechanism_seconds=time.time() - t0)
+            for r in mech:
                 append_row(store / "mechanism.jsonl", {"step": stop, **r})
+        append_row(store / "curve.jsonl", row)  # last: a row means the step was scored and probed
         study_state.snapshot_weights(step_dir, store / "weights" / f"step_{stop:06d}.safetensors")
         study_state.export(step_dir, run, store / "state")
         done = stop
     return "done"
+
+
+def score_seconds(store: Path, args) -> float:
+    """What scoring and probing took at this arm's last scored step, else --score-seconds."""
+    rows = read_rows(store / "curve.jsonl")
+    if rows and "seconds" in rows[-1]:
+        return rows[-1]["seconds"] + rows[-1].get("mechanism_seconds", 0.0)
+    return args.score_seconds
 
 
 def set_run_device(run: Path, device: str) -> None:
@@ -219,6 +235,8 @@ def settings_of(arm: Arm, args) -> dict:
 # ------------------------------------------------------------------------------------------------ sittings
 def arm_state(arm: Arm, state_root: Path, steps: int) -> tuple[int, str]:
     done = study_state.compact_step(state_root / arm.name / "state")
+    if any(e.get("diverged") for e in read_rows(state_root / arm.name / "events.jsonl")):
+        return steps, f"diverged (at step {done})"
     return done, "done" if done >= steps else ("to do" if done == 0 else f"at step {done}")
 
 

@@ -61,21 +61,24 @@ def fmt(s: dict | None) -> str:
     return f"{s['mean']:.3f} ± {s['spread']:.3f}" + ("" if s["n"] >= MIN_SEEDS else " (1 seed)")
 
 
+def mechanism_summary(rows: list[dict]) -> dict[str, float | None]:
+    """Means over a checkpoint's probed timesteps: |async| / |guidance|, cos(ASD, CSD) on the parameters and
+    in the prior's space, |SDS residual| / |guidance|."""
+    guided = [x for x in rows if x["guidance"] > 0]
+    return {"ratio": _mean([x["async"] / x["guidance"] for x in guided]),
+            "pcos_asd_csd": _mean([x["pcos_asd_csd"] for x in rows]),
+            "cos_asd_csd": _mean([x["cos_asd_csd"] for x in rows]),
+            "sds_ratio": _mean([x["sds_residual"] / x["guidance"] for x in guided])}
+
+
 def load(grid, state: Path) -> dict[str, dict[int, list[dict]]]:
-    """config → {step: [curve row of each seed that reached it]}, with each row's mechanism summary added."""
+    """config → {step: [curve row of each seed that reached it]}. A step scored twice (a sitting that ended
+    between scoring and saving the state retrains that segment) counts once: its last row."""
     out: dict[str, dict[int, list[dict]]] = {}
     for arm in grid:
-        folder = state / arm.name
-        rows = _rows(folder / "curve.jsonl")
-        mech: dict[int, list[dict]] = {}
-        for r in _rows(folder / "mechanism.jsonl"):
-            mech.setdefault(r["step"], []).append(r)
-        for r in rows:
-            m = mech.get(r["step"], [])
-            r["mechanism"] = {"ratio": _mean([x["async"] / x["guidance"] for x in m if x["guidance"] > 0]),
-                              "pcos_asd_csd": _mean([x["pcos_asd_csd"] for x in m]),
-                              "cos_asd_csd": _mean([x["cos_asd_csd"] for x in m])}
-            out.setdefault(arm.config, {}).setdefault(r["step"], []).append(r)
+        rows = {r["step"]: r for r in _rows(state / arm.name / "curve.jsonl")}
+        for step, r in sorted(rows.items()):
+            out.setdefault(arm.config, {}).setdefault(step, []).append(r)
     return out
 
 
@@ -100,18 +103,29 @@ def at(curves: dict[int, list[dict]], step: int | None, path: str) -> dict | Non
     return stats([v for v in (get(r, path) for r in rows) if v is not None])
 
 
-def table(grid, data: dict) -> list[str]:
-    """Markdown: one row per config at its final step, mean ± spread over seeds."""
+def diverged(grid, state: Path) -> dict[str, int]:
+    """config → how many of its seeds diverged (too many non-finite steps in a row: the engine aborted)."""
+    out: dict[str, int] = {}
+    for arm in grid:
+        if any(e.get("diverged") for e in _rows(state / arm.name / "events.jsonl")):
+            out[arm.config] = out.get(arm.config, 0) + 1
+    return out
+
+
+def table(grid, data: dict, lost: dict[str, int] | None = None) -> list[str]:
+    """Markdown: one row per config at its final step, mean ± spread over seeds (a diverged seed is scored at
+    its last finite checkpoint's step and flagged in the seeds column)."""
     head = ["arm", "corpus", "step", "seeds", *[t for _, t, _ in METRICS], *[t for _, t in MECHANISM]]
     lines = ["| " + " | ".join(head) + " |", "|:---|" + "---:|" * (len(head) - 1)]
     for config in dict.fromkeys(a.config for a in grid):
         curves = data.get(config, {})
         step = final_step(curves)
-        seeds = len(curves.get(step, [])) if step is not None else 0
+        seeds = str(len(curves.get(step, [])) if step is not None else 0)
+        seeds += f" ({(lost or {})[config]} diverged)" if (lost or {}).get(config) else ""
         corpus = config.rsplit("-", 1)[1]
         cells = [fmt(at(curves, step, p)) for p, _, _ in METRICS]
         cells += [fmt(at(curves, step, f"mechanism.{k}")) for k, _ in MECHANISM]
-        lines.append("| " + " | ".join([config, corpus, str(step or "–"), str(seeds), *cells]) + " |")
+        lines.append("| " + " | ".join([config, corpus, str(step or "–"), seeds, *cells]) + " |")
     return lines
 
 
@@ -137,7 +151,8 @@ def report(grid, state: Path, out: Path) -> int:
     out.mkdir(parents=True, exist_ok=True)
     data = load(grid, state)
     md = ["### Method study (mean ± half the range over seeds, at each arm's last step all its seeds reached)",
-          "", *table(grid, data), "", "### Differences (called only where the seed ranges do not overlap)", "",
+          "", *table(grid, data, diverged(grid, state)), "",
+          "### Differences (called only where the seed ranges do not overlap)", "",
           *calls(grid, data), "", "### Verdict (two sentences; cite only differences marked better/worse above)",
           "", "TODO after the grid has run: <ASD vs the others as the corpus grows>. <What the mechanism "
           "figures show: the asynchronous term against the guidance term, cos(ASD, CSD)>.", ""]

@@ -192,8 +192,9 @@ def test_report_gives_mean_and_spread_and_calls_only_outside_it(study, tmp_path)
               "sds-64-s0": (0.30, 0.25, 0.20), "sds-64-s1": (0.20, 0.35, 0.22), "csd-64-s0": (0.1, 0.1, 0.1)}
     for name, (train_r, test_r, colour) in values.items():
         (tmp_path / name).mkdir()
-        (tmp_path / name / "curve.jsonl").write_text(_curve(500, 0.0, 0.0, 0.3) + _curve(1000, train_r, test_r,
-                                                                                            colour))
+        stale = _curve(1000, 0.9, 0.9, 0.9) if name == "asd-64-s0" else ""  # scored twice: the last row counts
+        (tmp_path / name / "curve.jsonl").write_text(_curve(500, 0.0, 0.0, 0.3) + stale +
+                                                     _curve(1000, train_r, test_r, colour))
     assert study.main(["report", "--state", str(tmp_path), "--out", str(tmp_path / "out")]) == 0
     md = (tmp_path / "out" / "study.md").read_text()
     assert "| asd-64 | 64 | 1000 | 2 | 0.450 ± 0.050 | 0.250 ± 0.050 |" in md
