@@ -31,7 +31,7 @@ from pathlib import Path
 sys.path.insert(0, str(Path(__file__).resolve().parent))  # the bench helpers are plain modules beside this one
 import common  # noqa: E402
 import study_state  # noqa: E402
-from study_score import sample_prompts  # noqa: E402, F401 - BENCHMARKS §9b–§9k cite study.py's sample_prompts
+from study_score import sample_prompts, train_sample  # noqa: E402, F401 - §9b–§9k cite study.py's sample_prompts
 
 ROOT = common.ROOT
 RECIPE = ROOT / "recipes" / "shapes_generator.yaml"
@@ -138,7 +138,7 @@ def check_settings(store: Path, settings: dict) -> None:
 def run_arm(arm: Arm, args, deadline: float) -> str:
     """Train the arm segment by segment until its steps or the deadline; score, probe and commit-ready store
     after each segment. Returns the arm's state afterwards."""
-    from study_score import score_checkpoint, train_sample
+    from study_score import score_checkpoint
 
     from asdcli.engine.trainer import TrainingAborted, fit
     from asdcli.prompts import read_library
@@ -229,7 +229,8 @@ def seconds_per_step(arm: Arm, store: Path) -> float:
 def settings_of(arm: Arm, args) -> dict:
     return {"arm": arm.name, "overrides": arm_overrides(arm, args.set), "steps": args.steps,
             "score_every": args.score_every, "train_sample": args.train_sample, "test_sample": args.test_sample,
-            "views": args.views, "resolution": args.resolution, "clip": args.clip, "mechanism": args.mechanism}
+            "views": args.views, "resolution": args.resolution, "clip": args.clip, "clip_train": args.clip_train,
+            "mechanism": args.mechanism}
 
 
 # ------------------------------------------------------------------------------------------------ sittings
@@ -280,7 +281,7 @@ def run_parallel(arms: list[Arm], args, deadline: float) -> list[str]:
 
 def child_args(args) -> list[str]:
     keys = ("steps", "score_every", "threads", "device", "state", "runs", "train_sample", "test_sample", "views",
-            "resolution", "clip", "score_seconds", "mechanism", "mechanism_prompts")
+            "resolution", "clip", "clip_train", "score_seconds", "mechanism", "mechanism_prompts")
     out = [part for k in keys for part in (f"--{k.replace('_', '-')}", str(getattr(args, k)))]
     return out + ["--quiet"] + [part for s in args.set for part in ("--set", s)]
 
@@ -321,7 +322,8 @@ def parse(argv: list[str] | None) -> argparse.Namespace:
     ap.add_argument("--runs", default=str(RUNS), help="local fp32 runs (default bench/results/study_runs)")
     ap.add_argument("--train-sample", type=int, default=64, help="train prompts scored (the 64-prompt corpus)")
     ap.add_argument("--test-sample", type=int, default=64, help="held-out test prompts scored")
-    ap.add_argument("--views", type=int, default=8, help="orbit views per prompt for CLIP R@1")
+    ap.add_argument("--views", type=int, default=4, help="orbit views per prompt for CLIP R@1")
+    ap.add_argument("--clip-train", type=int, default=0, help="1: CLIP R@1 on the train sample too")
     ap.add_argument("--resolution", type=int, default=64, help="orbit render side for CLIP R@1")
     ap.add_argument("--clip", default="bundled", help="CLIP for R@1: bundled, a model folder, or none")
     ap.add_argument("--mechanism", type=int, default=1, help="1: probe the update directions at each score")

@@ -1,7 +1,9 @@
 """Scores of one method-study checkpoint, on a train sample and a held-out test sample fixed for every arm.
 
 `asd eval`'s own command body gives shape_r@1 (retrieval among the evaluated prompts: 64 each, chance 1/64),
-IoU next to the blob baseline, colour error and the bundled CLIP's R@1. On top, from occupancy grids at 32³:
+IoU next to the blob baseline, colour error and the bundled CLIP's R@1 (on the test sample; on the train sample
+the same ground-truth columns come from the function `asd eval` calls, without the orbit renders that only CLIP
+needs and that cost most of the time). On top, from occupancy grids at 32³:
 
 - collapsed: the fraction of prompts whose shape is empty (< 0.1 % of the box) or fills it (> 50 %);
 - diversity: 1 − the mean best-rotation IoU between different prompts' shapes (0: every prompt the same
@@ -42,16 +44,15 @@ def test_sample(n: int) -> list[str]:
     return sample_prompts(None, "test", n, SAMPLE_SEED)
 
 
-def shape_stats(step_dir: Path, prompts: list[str], device: str, res: int = 32) -> dict[str, float]:
-    """Collapse and diversity of the checkpoint's shapes for `prompts` (see the module docstring)."""
+def shape_stats(model, prompts: list[str], res: int = 32) -> dict[str, float]:
+    """Collapse and diversity of a loaded model's shapes for `prompts` (see the module docstring)."""
     import torch
 
-    from asdcli.engine.inference import field_state, load_model
+    from asdcli.engine.inference import field_state
     from asdcli.shapes.evaluation import predicted_occupancy
     from asdcli.shapes.grammar import parse_prompt
     from asdcli.shapes.metrics import gt_occupancy, iou_matrix
 
-    model = load_model(step_dir, device)
     occs = []
     for start in range(0, len(prompts), 8):
         part = prompts[start:start + 8]
@@ -89,15 +90,30 @@ def eval_summary(step_dir: Path, prompts: list[str], folder: Path, name: str, ar
     return json.loads(out.read_text())["summary"]
 
 
+def ground_truth(model, prompts: list[str]) -> dict[str, Any]:
+    """`asd eval`'s ground-truth columns without its renders (they serve CLIP only): the means of the same
+    `ground_truth_metrics` its command body calls."""
+    from asdcli.shapes.evaluation import ground_truth_metrics
+
+    cols = ground_truth_metrics(model, prompts)
+    return {"n_prompts": len(prompts), **{k: sum(v) / len(v) for k, v in cols.items()}}
+
+
 def score_checkpoint(step_dir: Path, arm, args) -> dict[str, Any]:
-    """{"train": {...}, "test": {...}}: eval summary + shape stats for each sample; "seconds" of scoring."""
+    """{"train": {...}, "test": {...}, "seconds"}: ground-truth metrics and shape stats on both samples, and the
+    bundled CLIP's R@1 through `asd eval` on the test sample (on train too with --clip-train 1): its orbit
+    renders are most of the scoring time (3.4 CPU s a prompt at 8 views of 64², docs/study/DESIGN.md)."""
     import time
+
+    from asdcli.engine.inference import load_model
 
     t0 = time.time()
     folder = step_dir.parent.parent.parent / "eval" / step_dir.name
+    model = load_model(step_dir, args.device)
     out: dict[str, Any] = {}
     for split, prompts in (("train", train_sample(args.train_sample)), ("test", test_sample(args.test_sample))):
-        out[split] = {**eval_summary(step_dir, prompts, folder, split, args),
-                      **shape_stats(step_dir, prompts, args.device)}
+        clip = args.clip != "none" and (split == "test" or args.clip_train)
+        metrics = eval_summary(step_dir, prompts, folder, split, args) if clip else ground_truth(model, prompts)
+        out[split] = {**metrics, **shape_stats(model, prompts)}
     out["seconds"] = time.time() - t0
     return out

@@ -99,20 +99,31 @@ def tiny_arm(study, tmp_path_factory):
             str(tmp / "runs"), "--train-sample", "2", "--test-sample", "2", "--views", "1", "--resolution", "16",
             "--clip", str(clip), "--mechanism-prompts", "1", "--quiet", *SETS]
     assert study.main(["run", "--steps", "4", *args]) == 0
-    return tmp, args
+    return tmp, args, study.train_sample(2)
 
 
 def test_a_tiny_arm_is_scored_and_probed_at_every_checkpoint(tiny_arm):
-    tmp, _ = tiny_arm
+    tmp = tiny_arm[0]
     store = tmp / "state" / "asd-64-s0"
     curve = [json.loads(x) for x in (store / "curve.jsonl").read_text().splitlines()]
     assert [r["step"] for r in curve] == [1, 2, 3, 4]
     for row in curve:
         for split in ("train", "test"):
             assert row[split]["n_prompts"] == 2
-            assert {"shape_r@1", "iou", "iou_blob_baseline", "color_error", "r_at_1", "collapsed",
-                    "diversity", "gt_diversity"} <= set(row[split])
+            assert {"shape_r@1", "iou", "iou_blob_baseline", "color_error", "collapsed", "diversity",
+                    "gt_diversity"} <= set(row[split])
             assert 0.0 <= row[split]["collapsed"] <= 1.0 and 0.0 <= row[split]["gt_diversity"] <= 1.0
+        assert "r_at_1" in row["test"] and "r_at_1" not in row["train"]  # CLIP renders: held-out prompts only
+    from asdcli.commands import eval_command
+
+    prompts = tmp / "train.txt"  # the train columns are `asd eval`'s own, without its renders
+    prompts.write_text("\n".join(tiny_arm[2]) + "\n")
+    eval_command(checkpoint=tmp / "runs" / "asd-64-s0" / "run" / "checkpoints" / "step_000004", prompts=prompts,
+                 split="test", clip_score=False, clip_model=None, views=1, resolution=16, json_path=tmp / "e.json",
+                 csv_path=None, sheet=None, device="cpu", quiet=True)
+    summary = json.loads((tmp / "e.json").read_text())["summary"]
+    for key in ("shape_r@1", "iou", "iou_blob_baseline", "color_error"):
+        assert curve[-1]["train"][key] == pytest.approx(summary[key], abs=1e-6)
     mech = [json.loads(x) for x in (store / "mechanism.jsonl").read_text().splitlines()]
     assert sorted({r["step"] for r in mech}) == [1, 2, 3, 4] and len(mech) == 16
     for r in mech:  # ASD's direction is guidance + asynchronous term: the triangle inequality, per image
@@ -129,7 +140,7 @@ def test_a_tiny_arm_is_scored_and_probed_at_every_checkpoint(tiny_arm):
 
 
 def test_a_tiny_arm_resumes_from_its_committed_state(study, tiny_arm):
-    tmp, args = tiny_arm
+    tmp, args, _ = tiny_arm
     shutil.rmtree(tmp / "runs")  # a fresh checkout: only bench/study/ARM survives
     store = tmp / "state" / "asd-64-s0"
     compact = load_file(str(store / "state" / "generator.safetensors"))
