@@ -22,6 +22,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import math
 import subprocess
 import sys
 import time
@@ -242,19 +243,21 @@ def arm_state(arm: Arm, state_root: Path, steps: int) -> tuple[int, str]:
 
 
 def plan(arms: list[Arm], args) -> int:
-    """The grid, each arm's committed step, and the CPU time left at the measured step time (1 thread)."""
-    rows, left_s = [], 0.0
+    """The grid, each arm's committed step, and the CPU time left: MEASURED_S_PER_STEP per training step and
+    --score-seconds per scored checkpoint (1 thread per arm; process CPU time = wall time on an idle core)."""
+    rows, train_s, score_s = [], 0.0, 0.0
     for arm in arms:
         done, state = arm_state(arm, Path(args.state), args.steps)
-        left = max(args.steps - done, 0) * MEASURED_S_PER_STEP[arm.method]
-        left += len([s for s in score_steps(args.steps, args.score_every) if s > done]) * args.score_seconds
-        left_s += left
-        rows.append([arm.name, " ".join(arm_overrides(arm)[:1] + list(arm.overrides)), state, left / 3600])
+        train = max(args.steps - done, 0) * MEASURED_S_PER_STEP[arm.method]
+        score = len([s for s in score_steps(args.steps, args.score_every) if s > done]) * args.score_seconds
+        train_s, score_s = train_s + train, score_s + score
+        rows.append([arm.name, " ".join(arm_overrides(arm)[:1] + list(arm.overrides)), state, (train + score) / 3600])
     common.table(f"study grid: {len(arms)} arms × {args.steps} steps, scored every {args.score_every}",
                  ["arm", "changes", "state", "CPU h left"], rows)
-    cores = max(1, args.jobs)
-    print(f"left: {left_s / 3600:.1f} CPU hours at 1 thread per arm; {left_s / 3600 / cores:.1f} h wall with "
-          f"{cores} arm(s) at once on an idle machine, {left_s / 3600 / cores / 2.5:.0f} sittings of 150 min")
+    total, jobs = (train_s + score_s) / 3600, max(1, args.jobs)
+    print(f"left: {total:.1f} CPU hours ({train_s / 3600:.1f} training, {score_s / 3600:.1f} scoring) at 1 thread "
+          f"per arm; {total / jobs:.1f} h wall with {jobs} arm(s) at once on idle cores, "
+          f"{math.ceil(total / jobs / 2.5)} sittings of 150 min")
     return 0
 
 
@@ -313,7 +316,8 @@ def parse(argv: list[str] | None) -> argparse.Namespace:
     ap.add_argument("--score-every", type=int, default=SCORE_EVERY, help="steps between scored checkpoints")
     ap.add_argument("--budget-min", type=float, default=None, help="stop starting segments after this long")
     ap.add_argument("--deadline", type=float, default=None, help=argparse.SUPPRESS)  # children of --jobs
-    ap.add_argument("--score-seconds", type=float, default=120.0, help="time one scoring takes (for --budget-min)")
+    ap.add_argument("--score-seconds", type=float, default=160.0,
+                    help="CPU s to score and probe a checkpoint (measured 157), until an arm has its own figure")
     ap.add_argument("--jobs", type=int, default=1, help="arms trained at once, in child processes")
     ap.add_argument("--threads", type=int, default=1, help="torch threads per arm")
     ap.add_argument("--device", default="cpu", help="cpu, cuda or cuda:N (arms resume on either)")

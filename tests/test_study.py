@@ -84,8 +84,8 @@ def test_plan_lists_every_arm_and_the_cpu_time_left(study, tmp_path, capsys):
     out = capsys.readouterr().out
     assert "30 arms × 4000 steps" in out and "vsd-6118-s1" in out and "to do" in out
     per_step = sum(study.MEASURED_S_PER_STEP[a.method] for a in study.build_grid())
-    hours = (per_step * 4000 + 30 * 8 * 120) / 3600
-    assert f"left: {hours:.1f} CPU hours" in out
+    train, score = per_step * 4000 / 3600, 30 * 8 * study.parse(["plan"]).score_seconds / 3600
+    assert f"left: {train + score:.1f} CPU hours ({train:.1f} training, {score:.1f} scoring)" in out
     assert study.main(["run", "--only", "nope"]) == 2
 
 
