@@ -292,18 +292,12 @@ def child_args(args) -> list[str]:
 def run(arms: list[Arm], args) -> int:
     import torch
 
-    from asdcli.errors import UserError
-
     torch.set_num_threads(max(1, args.threads))
     deadline = args.deadline or (time.time() + args.budget_min * 60 if args.budget_min else float("inf"))
     if args.jobs > 1:
         return 1 if run_parallel(arms, args, deadline) else 0
-    try:
-        for arm in arms:
-            print(f"{arm.name}: {run_arm(arm, args, deadline)}", flush=True)
-    except UserError as exc:
-        print(f"error: {exc}", file=sys.stderr)
-        return 2
+    for arm in arms:
+        print(f"{arm.name}: {run_arm(arm, args, deadline)}", flush=True)
     return 0
 
 
@@ -350,6 +344,16 @@ def main(argv: list[str] | None = None) -> int:
               file=sys.stderr)
         return 2
     arms = [a for a in grid if args.only is None or a.name in args.only]
+    from asdcli.errors import UserError
+
+    try:
+        return dispatch(args, grid, arms)
+    except UserError as exc:  # a bad --set, a settings mismatch, a damaged state: one line, exit 2
+        print(f"error: {exc}", file=sys.stderr)
+        return 2
+
+
+def dispatch(args, grid: list[Arm], arms: list[Arm]) -> int:
     if args.command == "plan":
         return plan(arms, args)
     if args.command == "run":
