@@ -98,6 +98,26 @@ def arm_config(arm: Arm, steps: int, run: Path, device: str = "cpu", extra: list
                                                             "train.device": device})
 
 
+def fraction_schedules(plain, path: str = "") -> list[str]:
+    """Key paths of schedules counted in fractions of `train.steps` in a plain (to_plain) config."""
+    if isinstance(plain, dict):
+        if plain.get("unit") == "fraction":  # the body of {linear: {...}}: name the scheduled key
+            return [path.removesuffix(".linear")]
+        return [p for k, v in plain.items() for p in fraction_schedules(v, f"{path}.{k}" if path else str(k))]
+    return []
+
+
+def check_segmentable(cfg) -> None:
+    """Segments end a run at an earlier `train.steps`: a schedule counted in fractions of it would stretch."""
+    from asdcli.config import to_plain
+    from asdcli.errors import UserError
+
+    bad = fraction_schedules(to_plain(cfg))
+    if bad:
+        raise UserError(f"{', '.join(bad)}: a schedule in fractions of train.steps changes when the study trains in "
+                        f"segments; give it in steps (unit: steps)")
+
+
 def score_steps(total: int, every: int) -> list[int]:
     return sorted({*range(every, total, every), total})
 
@@ -145,6 +165,7 @@ def run_arm(arm: Arm, args, deadline: float) -> str:
     from asdcli.prompts import read_library
 
     store, run = Path(args.state) / arm.name, Path(args.runs) / arm.name / "run"
+    check_segmentable(arm_config(arm, args.steps, run, args.device, args.set))
     check_settings(store, settings_of(arm, args))
     done = study_state.compact_step(store / "state")
     if local_step(run) < done:  # a fresh checkout, or a machine that lost the run: continue from the commit

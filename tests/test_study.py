@@ -87,6 +87,9 @@ def test_plan_lists_every_arm_and_the_cpu_time_left(study, tmp_path, capsys):
     train, score = per_step * 4000 / 3600, 30 * 8 * study.parse(["plan"]).score_seconds / 3600
     assert f"left: {train + score:.1f} CPU hours ({train:.1f} training, {score:.1f} scoring)" in out
     assert study.main(["run", "--only", "nope"]) == 2
+    assert study.main(["run", "--only", "asd-64-s0", "--state", str(tmp_path), "--set",  # no segments then
+                       "loss.t_min={linear: {from: 0.5, to: 0.02, start: 0, end: 1, unit: fraction}}"]) == 2
+    assert "loss.t_min: a schedule in fractions" in capsys.readouterr().err and not any(tmp_path.iterdir())
 
 
 @pytest.fixture(scope="module")
