@@ -1,28 +1,21 @@
-"""The ShapesWorld method study: ASD vs SDS vs CSD vs VSD at equal steps over nested corpora, scored against ground
-truth on train prompts and on held-out test prompts (DESIGN §8, the paper's corpus-scaling claim).
+"""The ShapesWorld method study: ASD vs SDS, CSD and VSD as the corpus grows, with seeds, on the bundled recipe
+(docs/study/DESIGN.md holds the design; BENCHMARKS §8 the results).
 
-    python bench/study.py [--full] [--ablation] [--steps N] [--threads T] [--jobs J] [--dry-run] [--only ARM ...]
-                          [--set KEY=VALUE ...] [--seed S] [--runs DIR] [--out DIR] [--clip MODEL|none]
+    python bench/study.py plan     [--steps N]                   the grid, each arm's state, the cost left
+    python bench/study.py run      [--only ARM ...] [--budget-min M] [--jobs J] [--device cpu|cuda] ...
+    python bench/study.py report   [--out docs/study]            table, curves, verdict template
+    python bench/study.py steptime [--methods asd ...]           s/step of the bundled recipe per loss
+    python bench/study.py drift    [--before 30 --after 20]      compact-state resume vs uninterrupted
 
-Arms. Reduced grid (default): ASD, SDS × shapesworld:16, :256 at 1000 steps. `--full`: ASD, SDS, CSD, VSD ×
-:16, :256, :4096 at 3000 steps. `--ablation` adds the Δt ablation on :256 with ASD:
-η = 0 (t⁺ = t), fixed η·(t − t_min) with η = 0.1 (`shift_random: false`), random η = 0.1 (the grid's asd-256),
-random η = 0.2. Every arm is recipes/shapes_{method}.yaml (identical but for the loss) with the same generator,
-steps, seed and overrides (`--set`), trained with the engine behind `asd train` (`asdcli.engine.trainer.fit`).
+Arms: {asd, sds, csd, vsd} × shapesworld:{64, 1024, 6118} × seeds {0, 1}, plus on 6118 SDS at a constant CFG
+100 and ASD at η 0 and 0.2 (both seeds): 30 arms. Each is recipes/shapes_generator.yaml with `loss.kind` and the
+method's own keys (those of recipes/shapes_{method}.yaml's loss section that the shared score-distillation
+config lacks: VSD's LoRA options) overridden, plus the corpus and the seed; every schedule is the recipe's.
 
-Scores, by `asd eval`'s own command body (`asdcli.commands.eval_command`): shape_r@1, iou next to
-iou_blob_baseline, color_error and CLIP R@1 (bundled CLIP) on a seeded sample of up to --train-sample train
-prompts of the arm's corpus and --test-sample test-split prompts (the same for every arm; R@1 and shape_r@1
-retrieve within the evaluated set, so train figures of :16 retrieve among 16, not 64). Reliability: non-finite
-steps (`nonfinite_total` of metrics.jsonl; an aborted run counts as diverged and is scored at its last finite
-checkpoint) and collapse on the test sample at 32³: occupancy empty (< 0.1 % of the box) or filling it
-(> 50 %) for most prompts, or every prompt the same shape (mean best-rotation IoU between different prompts'
-shapes ≥ 0.9; `gt_pairwise_iou` is the same figure for the true scenes).
-
-Resumable: an arm whose result.json exists is skipped; a half-trained one resumes from its last checkpoint
-(every 250 steps). Runs live in --runs (default bench/results/study_runs/steps{N}-seed{S}/ARM/). Outputs in --out
-(default bench/results/): study.json, study.md (tables for BENCHMARKS.md) and study_{split}_{metric}.png
-(metric vs corpus size, one line per method). `--jobs 2` trains two arms at a time in child processes.
+An arm trains in segments of --score-every steps (the recipe's schedules count steps, so a segmented run
+replays the uninterrupted one). After each segment its checkpoint is scored (bench/study_score.py) and probed
+(bench/asd_direction.py `mechanism_rows`), and the arm's compact state (bench/study_state.py) is written to
+bench/study/ARM/ with the scores, so the next sitting continues it from a fresh checkout.
 """
 
 from __future__ import annotations
@@ -30,381 +23,369 @@ from __future__ import annotations
 import argparse
 import json
 import math
-import os
-import random
 import subprocess
 import sys
 import time
-from dataclasses import asdict, dataclass
+from dataclasses import dataclass, fields
 from pathlib import Path
-from typing import Any
 
-import common
+sys.path.insert(0, str(Path(__file__).resolve().parent))  # the bench helpers are plain modules beside this one
+import common  # noqa: E402
+import study_state  # noqa: E402
+from study_score import sample_prompts, train_sample  # noqa: E402, F401 - §9b–§9k cite study.py's sample_prompts
 
 ROOT = common.ROOT
-RECIPES = ROOT / "recipes"
-REDUCED = (("asd", "sds"), (16, 256), 1000)  # methods, corpus sizes, steps
-FULL = (("asd", "sds", "csd", "vsd"), (16, 256, 4096), 3000)
-ABLATION_CORPUS = 256
-ABLATION = {"asd-eta0": ("loss.shift_ratio=0",), "asd-fixed0.1": ("loss.shift_random=false",),
-            "asd": (), "asd-rand0.2": ("loss.shift_ratio=0.2",)}
-METRICS = ("shape_r@1", "iou", "color_error", "r_at_1")
-EMPTY_FILL, FULL_FILL, SAME_SHAPE_IOU = 1e-3, 0.5, 0.9
+RECIPE = ROOT / "recipes" / "shapes_generator.yaml"
+STATE = ROOT / "bench" / "study"  # committed: compact state, scores and mechanism rows per arm
+RUNS = common.RESULTS / "study_runs"  # local, gitignored: full fp32 run directories
+METHODS, CORPORA, SEEDS = ("asd", "sds", "csd", "vsd"), (64, 1024, 6118), (0, 1)
+FULL_CORPUS = 6118  # the whole ShapesWorld train split (build_library(0)["train"])
+VARIANTS = {("sds", "cfg100"): ("loss.guidance_scale=100",),  # DreamFusion's constant scale, the whole run
+            ("asd", "eta0"): ("loss.shift_ratio=0",), ("asd", "eta0.2"): ("loss.shift_ratio=0.2",)}
+STEPS, SCORE_EVERY = 4000, 500  # the bundled recipe left chance by ~4,000 steps at 8 prompts (BENCHMARKS §9k)
+MEASURED_S_PER_STEP = {"asd": 1.23, "sds": 1.12, "csd": 1.12, "vsd": 1.61}  # CPU s, 1 thread (`steptime`)
 
 
 @dataclass(frozen=True)
 class Arm:
-    name: str
-    method: str  # loss kind: recipes/shapes_{method}.yaml
-    corpus: int  # train prompts: prompts.library=shapesworld:{corpus}
-    overrides: tuple[str, ...] = ()
-    group: str = "grid"  # grid | ablation
+    method: str
+    corpus: int
+    seed: int
+    variant: str = ""  # "" (the recipe's loss settings) or a key of VARIANTS
 
     @property
-    def recipe(self) -> Path:
-        return RECIPES / f"shapes_{self.method}.yaml"
+    def config(self) -> str:
+        """The arm without its seed: what mean and spread are taken over."""
+        return f"{self.method}{'-' + self.variant if self.variant else ''}-{self.corpus}"
+
+    @property
+    def name(self) -> str:
+        return f"{self.config}-s{self.seed}"
+
+    @property
+    def overrides(self) -> tuple[str, ...]:
+        return VARIANTS.get((self.method, self.variant), ())
 
 
-def build_grid(full: bool, ablation: bool) -> list[Arm]:
-    methods, corpora, _ = FULL if full else REDUCED
-    arms = [Arm(f"{m}-{n}", m, n) for m in methods for n in corpora]
-    if ablation:
-        names = {a.name for a in arms}
-        arms += [Arm(f"{k}-{ABLATION_CORPUS}", "asd", ABLATION_CORPUS, o, "ablation") for k, o in ABLATION.items()
-                 if f"{k}-{ABLATION_CORPUS}" not in names]
-    return arms
+def build_grid() -> list[Arm]:
+    """Seed 0 of every arm first, then seed 1: a budget that runs out leaves one seed of everything."""
+    return [arm for s in SEEDS for arm in [Arm(m, n, s) for m in METHODS for n in CORPORA]
+            + [Arm(m, FULL_CORPUS, s, v) for (m, v) in VARIANTS]]
 
 
-def sample_prompts(corpus: int | None, split: str, n: int, seed: int) -> list[str]:
-    """Up to n prompts of a split (train = the nested corpus of that size), seeded, in the split's order."""
-    from asdcli.shapes.library import build_library
+def method_keys(method: str) -> tuple[str, ...]:
+    """Overrides for the method's own loss keys: those of recipes/shapes_{method}.yaml's loss section that the
+    shared score-distillation config lacks (VSD's LoRA options; none for SDS, CSD, and ASD keeps its defaults)."""
+    from asdcli.losses.base import ScoreDistillationConfig
+    from asdcli.recipe import load_raw
 
-    items = build_library(0, corpus)[split]
-    if len(items) <= n:
-        return list(items)
-    keep = set(random.Random(f"study-{split}-{seed}").sample(range(len(items)), n))
-    return [p for i, p in enumerate(items) if i in keep]
+    shared = {f.name for f in fields(ScoreDistillationConfig)}
+    loss = load_raw(ROOT / "recipes" / f"shapes_{method}.yaml")["loss"]
+    return tuple(f"loss.{k}={json.dumps(v)}" for k, v in loss.items() if k not in shared)
 
 
-def write_json(path: Path, data: Any) -> None:
-    tmp = path.with_name(f".{path.name}.tmp")
-    tmp.write_text(json.dumps(data, indent=1, default=str) + "\n")
-    os.replace(tmp, path)
+def arm_overrides(arm: Arm, extra: list[str] = ()) -> list[str]:
+    """Everything an arm changes in recipes/shapes_generator.yaml. No validation prompts: they would only cost
+    time at every segment's end (scoring happens here instead)."""
+    return [f"loss.kind={arm.method}", *method_keys(arm.method), f"prompts.library=shapesworld:{arm.corpus}",
+            f"seed={arm.seed}", "prompts.num_val=0", "train.val_every=0", *arm.overrides, *extra]
+
+
+def arm_config(arm: Arm, steps: int, run: Path, device: str = "cpu", extra: list[str] = ()):
+    from asdcli.recipe import load_recipe
+
+    return load_recipe(RECIPE, arm_overrides(arm, extra), {"train.steps": steps, "output.dir": str(run),
+                                                            "train.device": device})
+
+
+def fraction_schedules(plain, path: str = "") -> list[str]:
+    """Key paths of schedules counted in fractions of `train.steps` in a plain (to_plain) config."""
+    if isinstance(plain, dict):
+        if plain.get("unit") == "fraction":  # the body of {linear: {...}}: name the scheduled key
+            return [path.removesuffix(".linear")]
+        return [p for k, v in plain.items() for p in fraction_schedules(v, f"{path}.{k}" if path else str(k))]
+    return []
+
+
+def check_segmentable(cfg) -> None:
+    """Segments end a run at an earlier `train.steps`: a schedule counted in fractions of it would stretch."""
+    from asdcli.config import to_plain
+    from asdcli.errors import UserError
+
+    bad = fraction_schedules(to_plain(cfg))
+    if bad:
+        raise UserError(f"{', '.join(bad)}: a schedule in fractions of train.steps changes when the study trains in "
+                        f"segments; give it in steps (unit: steps)")
+
+
+def score_steps(total: int, every: int) -> list[int]:
+    return sorted({*range(every, total, every), total})
 
 
 # ------------------------------------------------------------------------------------------------ one arm
-def train_arm(arm: Arm, run: Path, args, steps: int) -> dict[str, Any]:
-    """Train (or resume) the arm's run; returns time, speed and divergence."""
+def local_step(run: Path) -> int:
     from asdcli.engine.checkpoint import step_dirs
+
+    dirs = step_dirs(run / "checkpoints")
+    return json.loads((dirs[-1] / "state.json").read_text())["step"] if dirs else 0
+
+
+def read_rows(path: Path) -> list[dict]:
+    return [json.loads(x) for x in path.read_text().splitlines() if x.strip()] if path.is_file() else []
+
+
+def append_row(path: Path, row: dict) -> None:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    with open(path, "a", encoding="utf-8") as fh:
+        fh.write(json.dumps(row) + "\n")
+
+
+def check_settings(store: Path, settings: dict) -> None:
+    """An arm continues only under the settings it started with (the total steps may grow)."""
+    from asdcli.errors import UserError
+
+    file = store / "arm.json"
+    if file.is_file():
+        old = json.loads(file.read_text())
+        diff = sorted(k for k in set(old) | set(settings) if k != "steps" and old.get(k) != settings.get(k))
+        if diff:
+            raise UserError(f"{store.name}: started with other settings ({', '.join(diff)}: "
+                            f"{[old.get(k) for k in diff]} now {[settings.get(k) for k in diff]}); "
+                            f"pass the same ones, or --state DIR for a new study")
+    store.mkdir(parents=True, exist_ok=True)
+    file.write_text(json.dumps(settings, indent=1) + "\n")
+
+
+def run_arm(arm: Arm, args, deadline: float) -> str:
+    """Train the arm segment by segment until its steps or the deadline; score, probe and commit-ready store
+    after each segment. Returns the arm's state afterwards."""
+    from study_score import score_checkpoint
+
     from asdcli.engine.trainer import TrainingAborted, fit
     from asdcli.prompts import read_library
-    from asdcli.recipe import load_recipe
 
-    overrides = [f"prompts.library=shapesworld:{arm.corpus}", "train.val_every=0", f"seed={args.seed}",
-                 *args.set, *arm.overrides]
-    cfg = load_recipe(arm.recipe, overrides, {"train.steps": steps, "output.dir": str(run),
-                                                 "train.device": args.device})
-    lib = read_library(cfg.prompts.library)
-    meta = run / "meta.json"
-    if meta.is_file() and json.loads(meta.read_text()).get("step") == steps:
-        return {"train_seconds": None, "diverged": None}  # trained before an interrupted evaluation
-    t0, diverged = time.time(), None
-    try:
-        fit(cfg, lib["train"], lib["val"], resume=bool(step_dirs(run / "checkpoints")), quiet=args.quiet)
-    except TrainingAborted as exc:  # too many non-finite steps in a row: the last finite checkpoint remains
-        diverged = str(exc)
-    return {"train_seconds": time.time() - t0, "diverged": diverged}
+    store, run = Path(args.state) / arm.name, Path(args.runs) / arm.name / "run"
+    check_segmentable(arm_config(arm, args.steps, run, args.device, args.set))
+    check_settings(store, settings_of(arm, args))
+    done = study_state.compact_step(store / "state")
+    if local_step(run) < done:  # a fresh checkout, or a machine that lost the run: continue from the commit
+        study_state.restore(store / "state", run)
+    diverged = [e for e in read_rows(store / "events.jsonl") if e.get("diverged")]
+    if diverged:  # an outcome, not a failure to retry every sitting
+        return f"diverged at step {diverged[-1]['step']} (delete {store / 'events.jsonl'} to try again)"
+    lib = read_library(f"shapesworld:{arm.corpus}")
+    scored = {r["step"] for r in read_rows(store / "curve.jsonl")}
+    for stop in score_steps(args.steps, args.score_every):
+        now = local_step(run)
+        if stop in scored and stop <= done:
+            continue
+        if stop > now:
+            need = (stop - now) * seconds_per_step(arm, store) + score_seconds(store, args)
+            if time.time() + need > deadline:
+                return f"paused at step {now} (the next segment needs ~{need / 60:.0f} min)"
+            set_run_device(run, args.device)
+            t0 = time.time()
+            try:
+                fit(arm_config(arm, stop, run, args.device, args.set), lib["train"], [], resume=now > 0,
+                    quiet=args.quiet)
+            except TrainingAborted as exc:  # the last finite checkpoint stays
+                if exc.exit_code != 1:  # SIGTERM/SIGINT: checkpoint written, the sitting ends here
+                    raise SystemExit(exc.exit_code) from None
+                append_row(store / "events.jsonl", {"step": local_step(run), "diverged": True, "event": str(exc)})
+                return f"diverged at step {local_step(run)}: {exc}"
+            train_s = time.time() - t0
+        else:
+            train_s = None
+        step_dir = run / "checkpoints" / f"step_{stop:06d}"
+        if not (step_dir / "state.json").is_file():  # pruned: this sitting's run went past it unscored
+            append_row(store / "events.jsonl", {"step": stop, "event": "checkpoint gone before scoring"})
+            continue
+        row = {"step": stop, "train_seconds": train_s, "device": args.device, **score_checkpoint(step_dir, arm, args)}
+        if args.mechanism:
+            from asd_direction import mechanism_rows
+            from study_report import mechanism_summary
+
+            t0 = time.time()
+            mech = mechanism_rows(step_dir, train_sample(args.mechanism_prompts), seed=arm.seed, device=args.device)
+            row.update(mechanism=mechanism_summary(mech), mechanism_seconds=time.time() - t0)
+            for r in mech:
+                append_row(store / "mechanism.jsonl", {"step": stop, **r})
+        append_row(store / "curve.jsonl", row)  # last: a row means the step was scored and probed
+        study_state.snapshot_weights(step_dir, store / "weights" / f"step_{stop:06d}.safetensors")
+        study_state.export(step_dir, run, store / "state")
+        done = stop
+    return "done"
 
 
-def last_metrics(run: Path) -> dict[str, Any]:
-    """The last record of the run's metrics.jsonl (cumulative nonfinite_total, steps_per_s), or {}."""
-    lines = (run / "metrics.jsonl").read_text().splitlines() if (run / "metrics.jsonl").is_file() else []
-    return json.loads(lines[-1]) if lines else {}
+def score_seconds(store: Path, args) -> float:
+    """What scoring and probing took at this arm's last scored step, else --score-seconds."""
+    rows = read_rows(store / "curve.jsonl")
+    if rows and "seconds" in rows[-1]:
+        return rows[-1]["seconds"] + rows[-1].get("mechanism_seconds", 0.0)
+    return args.score_seconds
 
 
-def collapse_stats(run: Path, prompts: list[str], device: str, res: int = 32) -> dict[str, Any]:
-    """Occupancy fill per prompt and shape diversity on `prompts` (see the module docstring)."""
+def set_run_device(run: Path, device: str) -> None:
+    """Point a run's recipe.yaml at this sitting's device: the engine resumes only an identical recipe, and an
+    arm may move between a GPU session and a CPU sitting (every training draw is on the CPU either way)."""
+    import yaml
+
+    from asdcli.engine.rundir import atomic_write_text
+
+    file = run / "recipe.yaml"
+    if file.is_file():
+        data = yaml.safe_load(file.read_text())
+        if data["train"]["device"] != device:
+            data["train"]["device"] = device
+            atomic_write_text(file, yaml.safe_dump(data, sort_keys=False, allow_unicode=True))
+
+
+def seconds_per_step(arm: Arm, store: Path) -> float:
+    """This arm's own measured rate (its last segment), else the measured CPU rate of its loss."""
+    rows = [r for r in read_rows(store / "curve.jsonl") if r.get("train_seconds")]
+    if len(rows) >= 2:
+        return rows[-1]["train_seconds"] / (rows[-1]["step"] - rows[-2]["step"])
+    return MEASURED_S_PER_STEP[arm.method]
+
+
+def settings_of(arm: Arm, args) -> dict:
+    return {"arm": arm.name, "overrides": arm_overrides(arm, args.set), "steps": args.steps,
+            "score_every": args.score_every, "train_sample": args.train_sample, "test_sample": args.test_sample,
+            "views": args.views, "resolution": args.resolution, "clip": args.clip, "clip_train": args.clip_train,
+            "mechanism": args.mechanism}
+
+
+# ------------------------------------------------------------------------------------------------ sittings
+def arm_state(arm: Arm, state_root: Path, steps: int) -> tuple[int, str]:
+    done = study_state.compact_step(state_root / arm.name / "state")
+    if any(e.get("diverged") for e in read_rows(state_root / arm.name / "events.jsonl")):
+        return steps, f"diverged (at step {done})"
+    return done, "done" if done >= steps else ("to do" if done == 0 else f"at step {done}")
+
+
+def plan(arms: list[Arm], args) -> int:
+    """The grid, each arm's committed step, and the CPU time left: MEASURED_S_PER_STEP per training step and
+    --score-seconds per scored checkpoint (1 thread per arm; process CPU time = wall time on an idle core)."""
+    rows, train_s, score_s = [], 0.0, 0.0
+    for arm in arms:
+        done, state = arm_state(arm, Path(args.state), args.steps)
+        train = max(args.steps - done, 0) * MEASURED_S_PER_STEP[arm.method]
+        score = len([s for s in score_steps(args.steps, args.score_every) if s > done]) * args.score_seconds
+        train_s, score_s = train_s + train, score_s + score
+        rows.append([arm.name, " ".join(arm_overrides(arm)[:1] + list(arm.overrides)), state, (train + score) / 3600])
+    common.table(f"study grid: {len(arms)} arms × {args.steps} steps, scored every {args.score_every}",
+                 ["arm", "changes", "state", "CPU h left"], rows)
+    total, jobs = (train_s + score_s) / 3600, max(1, args.jobs)
+    print(f"left: {total:.1f} CPU hours ({train_s / 3600:.1f} training, {score_s / 3600:.1f} scoring) at 1 thread "
+          f"per arm; {total / jobs:.1f} h wall with {jobs} arm(s) at once on idle cores, "
+          f"{math.ceil(total / jobs / 2.5)} sittings of 150 min")
+    return 0
+
+
+def run_parallel(arms: list[Arm], args, deadline: float) -> list[str]:
+    """Up to args.jobs child processes, one arm each, every one bounded by the same deadline."""
+    pending, running, failed = list(arms), [], []
+    while pending or running:
+        while pending and len(running) < args.jobs:
+            arm = pending.pop(0)
+            log_dir = Path(args.runs) / arm.name
+            log_dir.mkdir(parents=True, exist_ok=True)
+            log = open(log_dir / "log.txt", "a")  # noqa: SIM115 - the child owns it until it exits
+            cmd = [sys.executable, str(Path(__file__).resolve()), "run", "--only", arm.name, "--jobs", "1",
+                   "--deadline", str(deadline), *child_args(args)]
+            running.append((arm, subprocess.Popen(cmd, stdout=log, stderr=subprocess.STDOUT,
+                                                  env=common.child_env(args.threads))))
+        time.sleep(2)
+        for arm, proc in [r for r in running if r[1].poll() is not None]:
+            running.remove((arm, proc))
+            print(f"{arm.name}: exit {proc.returncode}", flush=True)
+            failed += [arm.name] if proc.returncode else []
+    return failed
+
+
+def child_args(args) -> list[str]:
+    keys = ("steps", "score_every", "threads", "device", "state", "runs", "train_sample", "test_sample", "views",
+            "resolution", "clip", "clip_train", "score_seconds", "mechanism", "mechanism_prompts")
+    out = [part for k in keys for part in (f"--{k.replace('_', '-')}", str(getattr(args, k)))]
+    return out + ["--quiet"] + [part for s in args.set for part in ("--set", s)]
+
+
+def run(arms: list[Arm], args) -> int:
     import torch
 
-    from asdcli.engine.inference import field_state, load_model
-    from asdcli.shapes.evaluation import predicted_occupancy
-    from asdcli.shapes.grammar import parse_prompt
-    from asdcli.shapes.metrics import gt_occupancy, iou_matrix
-
-    model = load_model(run, device)
-    occs = []
-    for start in range(0, len(prompts), 8):
-        state, _ = field_state(model, prompts[start:start + 8], seed=model.cfg.seed)
-        occs += [predicted_occupancy(model, state, i, res) for i in range(len(prompts[start:start + 8]))]
-    fill = torch.stack([o.float().mean() for o in occs])
-    off = ~torch.eye(len(occs), dtype=torch.bool)
-
-    def pairwise(grids) -> float:
-        return float(iou_matrix(grids, torch.stack(list(grids)))[off].mean()) if len(grids) > 1 else float("nan")
-
-    stats = {"fill_mean": float(fill.mean()), "empty_frac": float((fill < EMPTY_FILL).float().mean()),
-             "full_frac": float((fill > FULL_FILL).float().mean()), "pairwise_iou": pairwise(occs),
-             "gt_pairwise_iou": pairwise(list(gt_occupancy([parse_prompt(p) for p in prompts], res)))}
-    reasons = [name for name, hit in (("empty", stats["empty_frac"] > 0.5), ("full", stats["full_frac"] > 0.5),
-                                      ("same shape", stats["pairwise_iou"] >= SAME_SHAPE_IOU)) if hit]
-    return {**stats, "collapsed": bool(reasons), "reasons": reasons}
-
-
-def score(run: Path, folder: Path, split: str, prompts: list[str], args) -> dict[str, Any]:
-    """`asd eval` on the prompt sample (written as a .txt prompt file) → its summary."""
-    from asdcli.commands import eval_command
-
-    file = folder / f"prompts_{split}.txt"
-    file.write_text("\n".join(prompts) + "\n")
-    out = folder / f"eval_{split}.json"
-    clip = None if args.clip == "none" else args.clip
-    eval_command(checkpoint=run, prompts=file, split="test", clip_score=clip is not None, clip_model=clip,
-                 views=args.views, resolution=args.resolution, json_path=out, csv_path=None,
-                 sheet=folder / f"sheet_{split}.png", device=args.device, quiet=True)
-    return json.loads(out.read_text())["summary"]
-
-
-def run_arm(arm: Arm, root: Path, args, steps: int) -> dict[str, Any]:
-    """Train, score and check one arm; the result is written to RUNS/ARM/result.json (skipped if present)."""
-    folder = root / arm.name
-    result_file = folder / "result.json"
-    if result_file.is_file():
-        return json.loads(result_file.read_text())
-    folder.mkdir(parents=True, exist_ok=True)
-    run = folder / "run"
-    print(f"{arm.name}: training {steps} steps ({arm.recipe.name}, shapesworld:{arm.corpus})", flush=True)
-    trained = train_arm(arm, run, args, steps)
-    last = last_metrics(run)
-    result = {**asdict(arm), "arm": arm.name, "recipe": arm.recipe.name, "steps": steps, "seed": args.seed,
-              **trained, "steps_done": last.get("step", -1) + 1, "steps_per_s": last.get("steps_per_s"),
-              "nonfinite_total": int(last.get("nonfinite_total", 0)), "train": {}, "test": {},
-              "collapse": {"collapsed": False, "reasons": []}}
-    if (run / "meta.json").is_file():  # a run that diverged before its first checkpoint has nothing to score
-        print(f"{arm.name}: scoring", flush=True)
-        test_prompts = sample_prompts(None, "test", args.test_sample, args.seed)
-        result.update(train=score(run, folder, "train", sample_prompts(arm.corpus, "train", args.train_sample,
-                                                                       args.seed), args),
-                      test=score(run, folder, "test", test_prompts, args),
-                      collapse=collapse_stats(run, test_prompts, args.device))
-    write_json(result_file, result)
-    return result
-
-
-# ------------------------------------------------------------------------------------------------ report
-COLORS = {"asd": (214, 39, 40), "sds": (31, 119, 180), "csd": (44, 160, 44), "vsd": (148, 103, 189),
-          "blob baseline": (150, 150, 150)}
-
-
-def line_plot(path: Path, title: str, series: dict[str, list[tuple[int, float]]]) -> Path:
-    """A PNG line plot (PIL only, no matplotlib): x = corpus size on a log2 axis, one line per series."""
-    from PIL import Image, ImageDraw
-
-    w, h, left, right, top, bottom = 600, 380, 60, 130, 34, 44
-    img = Image.new("RGB", (w, h), "white")
-    d = ImageDraw.Draw(img)
-    pts = [(x, y) for s in series.values() for x, y in s if y is not None and math.isfinite(y)]
-    xs = sorted({x for x, _ in pts}) or [1]
-    lx0, lx1 = math.log2(xs[0]) - 0.5, math.log2(xs[-1]) + 0.5
-    y0 = min([0.0] + [y for _, y in pts])
-    y1 = max([y for _, y in pts] + [y0 + 1e-6]) * 1.08
-
-    def px(x: float) -> float:
-        return left + (math.log2(x) - lx0) / (lx1 - lx0) * (w - left - right)
-
-    def py(y: float) -> float:
-        return h - bottom - (y - y0) / (y1 - y0) * (h - top - bottom)
-
-    for i in range(5):  # horizontal grid with labels
-        y = y0 + (y1 - y0) * i / 4
-        d.line([(left, py(y)), (w - right, py(y))], fill=(225, 225, 225))
-        d.text((6, py(y) - 6), f"{y:.3g}", fill="black")
-    d.line([(left, top), (left, h - bottom), (w - right, h - bottom)], fill="black")
-    for x in xs:
-        d.line([(px(x), h - bottom), (px(x), h - bottom + 4)], fill="black")
-        d.text((px(x) - 10, h - bottom + 6), str(x), fill="black")
-    d.text((left, 10), title, fill="black")
-    d.text((left + 120, h - 18), "train prompts (corpus size, log scale)", fill="black")
-    for k, (name, s) in enumerate(series.items()):
-        color = COLORS.get(name, (0, 0, 0))
-        xy = [(px(x), py(y)) for x, y in s if y is not None and math.isfinite(y)]
-        if len(xy) > 1:
-            d.line(xy, fill=color, width=1 if name == "blob baseline" else 2)
-        for x, y in xy:
-            d.ellipse([x - 3, y - 3, x + 3, y + 3], fill=color)
-        d.line([(w - right + 10, top + 8 + 16 * k), (w - right + 30, top + 8 + 16 * k)], fill=color, width=2)
-        d.text((w - right + 36, top + 2 + 16 * k), name, fill="black")
-    tmp = path.with_name(f".{path.name}.tmp.png")
-    img.save(tmp)
-    os.replace(tmp, path)
-    return path
-
-
-def plots(results: list[dict], out: Path) -> list[Path]:
-    """study_{split}_{metric}.png for the grid arms: each metric's mean vs corpus size, one line per method."""
-    grid, paths = [r for r in results if r["group"] == "grid"], []
-    if not grid:
-        return paths
-    for split in ("test", "train"):
-        for metric in METRICS:
-            series = {m: sorted((r["corpus"], r[split].get(metric)) for r in grid if r["method"] == m)
-                      for m in dict.fromkeys(r["method"] for r in grid)}
-            if metric == "iou":
-                series["blob baseline"] = sorted((r["corpus"], r[split].get("iou_blob_baseline")) for r in grid
-                                                 if r["method"] == grid[0]["method"])
-            if any(y is not None for s in series.values() for _, y in s):
-                name = metric.replace("@", "")
-                paths.append(line_plot(out / f"study_{split}_{name}.png", f"{metric} ({split} prompts)", series))
-    return paths
-
-
-def table_rows(results: list[dict]) -> list[list[Any]]:
-    rows = []
-    for r in results:
-        tr, te, c = r["train"], r["test"], r["collapse"]
-        status = "diverged" if r.get("diverged") else ("collapsed: " + ", ".join(c["reasons"]) if c["collapsed"]
-                                                        else "ok")
-        cells = [tr.get("shape_r@1"), te.get("shape_r@1"), te.get("iou"), te.get("iou_blob_baseline"),
-                 te.get("color_error"), tr.get("r_at_1"), te.get("r_at_1")]
-        rows.append([r["arm"], r["corpus"], *("–" if v is None else v for v in cells), r["nonfinite_total"], status])
-    return rows
-
-
-HEADER = ["arm", "corpus", "train shape_r@1", "test shape_r@1", "test IoU", "blob IoU", "test colour err",
-          "train CLIP R@1", "test CLIP R@1", "non-finite", "status"]
-
-
-def report(results: list[dict], out: Path, settings: dict) -> None:
-    """study.json, study.md (Markdown tables) and the PNG plots in `out`."""
-    out.mkdir(parents=True, exist_ok=True)
-    write_json(out / "study.json", {"benchmark": "study", "machine": common.machine(), "settings": settings,
-                                    "arms": results})
-    lines = [f"Method study: {settings['steps']} steps, seed {settings['seed']}, test sample "
-             f"{settings['test_sample']} prompts, {settings['views']} views at {settings['resolution']}² for CLIP.", ""]
-    by_name = {r["arm"]: r for r in results}
-    ablation = [by_name[f"{k}-{ABLATION_CORPUS}"] for k in ABLATION if f"{k}-{ABLATION_CORPUS}" in by_name]
-    tables = [("Methods × corpus size", [r for r in results if r["group"] == "grid"])]
-    if any(r["group"] == "ablation" for r in ablation):  # asd-256 is the ablation's random η = 0.1 arm
-        tables.append(("Δt ablation (ASD, 256 prompts): η = 0, fixed 0.1, random 0.1 (asd-256), random 0.2",
-                       ablation))
-    for title, group in tables:
-        tab = common.table(title, HEADER, table_rows(group))
-        lines += [f"### {title}", "", "| " + " | ".join(tab["header"]) + " |",
-                  "|" + "|".join(":---" if i == 0 else "---:" for i in range(len(HEADER))) + "|"]
-        lines += ["| " + " | ".join(row) + " |" for row in tab["rows"]] + [""]
-    (out / "study.md").write_text("\n".join(lines))
-    for path in plots(results, out):
-        print(f"wrote {path}")
-    print(f"wrote {out / 'study.json'} and {out / 'study.md'}", flush=True)
+    torch.set_num_threads(max(1, args.threads))
+    deadline = args.deadline or (time.time() + args.budget_min * 60 if args.budget_min else float("inf"))
+    if args.jobs > 1:
+        return 1 if run_parallel(arms, args, deadline) else 0
+    for arm in arms:
+        print(f"{arm.name}: {run_arm(arm, args, deadline)}", flush=True)
+    return 0
 
 
 # ------------------------------------------------------------------------------------------------ CLI
 def parse(argv: list[str] | None) -> argparse.Namespace:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    ap.add_argument("--full", action="store_true", help="ASD, SDS, CSD, VSD × 16, 256, 4096 prompts")
-    ap.add_argument("--ablation", action="store_true", help="add the Δt ablation (ASD on 256 prompts)")
-    ap.add_argument("--steps", type=int, default=None, help="steps per arm (default 1000, --full 3000)")
-    ap.add_argument("--threads", type=int, default=1, help="torch CPU threads per arm")
+    ap.add_argument("command", choices=("plan", "run", "report", "steptime", "drift"))
+    ap.add_argument("--only", nargs="+", default=None, metavar="ARM", help="these arms (names from `plan`)")
+    ap.add_argument("--steps", type=int, default=STEPS, help=f"steps per arm (default {STEPS})")
+    ap.add_argument("--score-every", type=int, default=SCORE_EVERY, help="steps between scored checkpoints")
+    ap.add_argument("--budget-min", type=float, default=None, help="stop starting segments after this long")
+    ap.add_argument("--deadline", type=float, default=None, help=argparse.SUPPRESS)  # children of --jobs
+    ap.add_argument("--score-seconds", type=float, default=160.0,
+                    help="CPU s to score and probe a checkpoint (measured 157), until an arm has its own figure")
     ap.add_argument("--jobs", type=int, default=1, help="arms trained at once, in child processes")
-    ap.add_argument("--dry-run", action="store_true", help="print the grid and each arm's state, run nothing")
-    ap.add_argument("--only", nargs="+", default=None, metavar="ARM", help="run only these arms of the grid")
-    ap.add_argument("--set", action="append", default=[], metavar="KEY=VALUE",
-                    help="recipe override for every arm (repeatable), e.g. --set render.samples_per_ray=32")
-    ap.add_argument("--seed", type=int, default=0, help="the recipe seed of every arm")
-    ap.add_argument("--train-sample", type=int, default=64, help="train prompts scored per arm (at most)")
-    ap.add_argument("--test-sample", type=int, default=64, help="held-out test prompts scored per arm")
-    ap.add_argument("--views", type=int, default=8, help="orbit views per prompt for CLIP R@1")
+    ap.add_argument("--threads", type=int, default=1, help="torch threads per arm")
+    ap.add_argument("--device", default="cpu", help="cpu, cuda or cuda:N (arms resume on either)")
+    ap.add_argument("--set", action="append", default=[], metavar="KEY=VALUE", help="override for every arm")
+    ap.add_argument("--state", default=str(STATE), help="committed state and scores (default bench/study)")
+    ap.add_argument("--runs", default=str(RUNS), help="local fp32 runs (default bench/results/study_runs)")
+    ap.add_argument("--train-sample", type=int, default=64, help="train prompts scored (the 64-prompt corpus)")
+    ap.add_argument("--test-sample", type=int, default=64, help="held-out test prompts scored")
+    ap.add_argument("--views", type=int, default=4, help="orbit views per prompt for CLIP R@1")
+    ap.add_argument("--clip-train", type=int, default=0, help="1: CLIP R@1 on the train sample too")
     ap.add_argument("--resolution", type=int, default=64, help="orbit render side for CLIP R@1")
-    ap.add_argument("--clip", default="bundled:shapes-clip", help="CLIP model for R@1, or 'none'")
-    ap.add_argument("--runs", default=str(common.RESULTS / "study_runs"), help="folder of the arms' runs")
-    ap.add_argument("--out", default=str(common.RESULTS), help="folder of study.json, study.md and the plots")
+    ap.add_argument("--clip", default="bundled", help="CLIP for R@1: bundled, a model folder, or none")
+    ap.add_argument("--mechanism", type=int, default=1, help="1: probe the update directions at each score")
+    ap.add_argument("--mechanism-prompts", type=int, default=8, help="train prompts the probe renders")
+    ap.add_argument("--out", default=str(ROOT / "docs" / "study"), help="report: folder of plots and tables")
+    ap.add_argument("--methods", nargs="+", default=list(METHODS), help="steptime: losses to time")
+    ap.add_argument("--time-steps", type=int, default=10, help="steptime: steps timed (after 3 untimed)")
+    ap.add_argument("--before", type=int, default=30, help="drift: steps before the compact round trip")
+    ap.add_argument("--after", type=int, default=20, help="drift: steps after it")
     ap.add_argument("--quiet", action="store_true", help="no training progress bars")
-    ap.add_argument("--device", default="cpu", help="cpu, cuda or cuda:N: where arms train and are scored")
-    ap.add_argument("--no-report", action="store_true", help=argparse.SUPPRESS)  # child processes of --jobs
     return ap.parse_args(argv)
-
-
-def arm_state(arm: Arm, root: Path) -> str:
-    folder = root / arm.name
-    if (folder / "result.json").is_file():
-        return "done"
-    meta = folder / "run" / "meta.json"
-    return f"resumes at step {json.loads(meta.read_text())['step']}" if meta.is_file() else "to do"
-
-
-def child_command(arm: Arm, args, steps: int) -> list[str]:
-    """This script for one arm, with the parent's settings (what a --jobs child runs)."""
-    cmd = [sys.executable, str(Path(__file__).resolve()), "--only", arm.name, "--no-report", "--quiet",
-           "--steps", str(steps), "--threads", str(args.threads), "--seed", str(args.seed),
-           "--train-sample", str(args.train_sample), "--test-sample", str(args.test_sample),
-           "--views", str(args.views), "--resolution", str(args.resolution), "--clip", args.clip,
-           "--runs", args.runs, "--device", args.device]
-    cmd += ["--full"] * args.full + ["--ablation"] * args.ablation
-    return cmd + [part for s in args.set for part in ("--set", s)]
-
-
-def run_parallel(arms: list[Arm], root: Path, args, steps: int) -> list[str]:
-    """Up to args.jobs child processes at a time, one per arm; each logs to RUNS/ARM/log.txt."""
-    pending = [a for a in arms if not (root / a.name / "result.json").is_file()]
-    running: list[tuple[Arm, subprocess.Popen]] = []
-    failed = []
-    while pending or running:
-        while pending and len(running) < args.jobs:
-            arm = pending.pop(0)
-            (root / arm.name).mkdir(parents=True, exist_ok=True)
-            log = open(root / arm.name / "log.txt", "a")  # noqa: SIM115 - closed with the process below
-            proc = subprocess.Popen(child_command(arm, args, steps), stdout=log, stderr=subprocess.STDOUT,
-                                    env=common.child_env(args.threads))  # same cwd: relative paths hold
-            running.append((arm, proc))
-            print(f"{arm.name}: started (pid {proc.pid})", flush=True)
-        time.sleep(2)
-        for arm, proc in [r for r in running if r[1].poll() is not None]:
-            running.remove((arm, proc))
-            print(f"{arm.name}: exit {proc.returncode}", flush=True)
-            if proc.returncode:
-                failed.append(arm.name)
-    if failed:
-        print(f"failed arms (see their log.txt): {', '.join(failed)}", file=sys.stderr)
-    return failed
 
 
 def main(argv: list[str] | None = None) -> int:
     args = parse(argv)
-    steps = args.steps or (FULL if args.full else REDUCED)[2]
-    grid = build_grid(args.full, args.ablation)
+    grid = build_grid()
     unknown = sorted(set(args.only or ()) - {a.name for a in grid})
     if unknown:
-        print(f"error: --only: no arm named {', '.join(unknown)} in this grid; arms: "
-              f"{', '.join(a.name for a in grid)}", file=sys.stderr)
+        print(f"error: --only: no arm named {', '.join(unknown)}; arms: {', '.join(a.name for a in grid)}",
+              file=sys.stderr)
         return 2
     arms = [a for a in grid if args.only is None or a.name in args.only]
-    root = Path(args.runs) / f"steps{steps}-seed{args.seed}"
-    if args.dry_run:
-        common.table(f"study grid: {len(arms)} arms × {steps} steps (runs in {root})",
-                     ["arm", "group", "recipe", "corpus", "overrides", "state"],
-                     [[a.name, a.group, a.recipe.name, a.corpus, " ".join(a.overrides) or "–", arm_state(a, root)]
-                      for a in arms])
-        return 0
-    import torch
-
     from asdcli.errors import UserError
 
-    torch.set_num_threads(max(1, args.threads))
-    failed: list[str] = []
     try:
-        if args.jobs > 1:
-            failed = run_parallel(arms, root, args, steps)
-        else:
-            for arm in arms:
-                run_arm(arm, root, args, steps)
-    except UserError as exc:
+        return dispatch(args, grid, arms)
+    except UserError as exc:  # a bad --set, a settings mismatch, a damaged state: one line, exit 2
         print(f"error: {exc}", file=sys.stderr)
         return 2
-    if not args.no_report:
-        results = [json.loads((root / a.name / "result.json").read_text()) for a in grid
-                   if (root / a.name / "result.json").is_file()]
-        settings = {k: v for k, v in vars(args).items() if k not in ("no_report", "dry_run", "only")}
-        report(results, Path(args.out), {**settings, "steps": steps})
-    return 1 if failed else 0
+
+
+def dispatch(args, grid: list[Arm], arms: list[Arm]) -> int:
+    if args.command == "plan":
+        return plan(arms, args)
+    if args.command == "run":
+        return run(arms, args)
+    if args.command == "report":
+        from study_report import report
+
+        return report(grid, Path(args.state), Path(args.out))
+    from study_measure import drift_command, steptime_command
+
+    return steptime_command(args) if args.command == "steptime" else drift_command(args)
 
 
 if __name__ == "__main__":

@@ -61,3 +61,30 @@ def test_excess_reads_washed_out_as_less_chroma_and_more_brightness(load_bench):
     assert chroma == pytest.approx(0.6 - 0.7, abs=1e-6) and brightness == pytest.approx(1.5 / 3 - 1.0 / 3, abs=1e-6)
     chroma, brightness = excess(torch.tensor([[1.0, 0.0, 0.0]] * 3), red)  # saturated, same lightness
     assert chroma == pytest.approx(0.3, abs=1e-6) and brightness == pytest.approx(0.0, abs=1e-6)
+
+
+@pytest.fixture(scope="module")
+def mechanism(load_bench):
+    from asdcli.shapes.bundled import bundled_checkpoint
+
+    rows = load_bench("asd_direction").mechanism_rows
+    return {eta: rows(bundled_checkpoint(), PROMPTS, ts=(200,), eta=eta)[0] for eta in (0.0, 0.5)}
+
+
+def test_mechanism_at_eta_zero_asd_is_csd_scaled(mechanism):
+    still = mechanism[0.0]
+    assert still["step"] == 10000 and still["scale"] == pytest.approx(1.5)  # the bundled recipe's late scale
+    assert still["async"] < 1e-4
+    assert still["asd"] == pytest.approx(still["guidance"], rel=1e-3)  # ε̂_cfg − ε̂_c = (s − 1)(ε_c − ε_u)
+    assert still["cos_asd_csd"] == pytest.approx(1.0, abs=1e-4)
+    assert still["pcos_asd_csd"] == pytest.approx(1.0, abs=1e-4)  # the same gradient on the generator's weights
+    assert still["cos_asd_sds"] < 0.99  # SDS's residual ε̂_cfg − ε is another direction
+
+
+def test_mechanism_with_a_shift_turns_asd_away_from_csd(mechanism):
+    shifted, still = mechanism[0.5], mechanism[0.0]
+    assert shifted["async"] > 1e-3
+    assert shifted["guidance"] == pytest.approx(still["guidance"], rel=1e-4)  # Δt leaves the guidance term alone
+    assert shifted["sds_residual"] == pytest.approx(still["sds_residual"], rel=1e-4)
+    assert shifted["cos_asd_csd"] < 1.0 - 1e-4
+    assert shifted["asd"] <= shifted["guidance"] + shifted["async"] + 1e-5
