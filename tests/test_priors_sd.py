@@ -33,6 +33,16 @@ def vae_folder(tmp_path_factory):
     return save_tiny_sd_folder(tmp_path_factory.mktemp("tiny_sd_vae"), seed=0, with_vae=True)
 
 
+# Two module instances holding the same weights (loaded vs built, frozen vs a trainable copy) may run different
+# kernel blockings: ~1e-6 apart on some x86-64 CPUs (0 on this one); compared at this tolerance, |ε| is O(1).
+SAME_ATOL = 1e-5
+
+
+def _close(a, b, atol=SAME_ATOL):
+    torch.testing.assert_close(a, b, rtol=0, atol=atol)
+    return True
+
+
 def _batch(prior, n=2, seed=0):
     g = torch.Generator().manual_seed(seed)
     z = torch.randn(n, prior.unet.config.in_channels, prior.unet.config.sample_size,
@@ -56,9 +66,9 @@ def test_save_load_round_trip_matches_in_process_prior(tiny, pixel_folder):
     assert loaded.vae is None and loaded.image_size == tiny.image_size == 16
     assert torch.equal(loaded.alphas_cumprod, tiny.alphas_cumprod)
     z, t, text = _batch(tiny)
-    assert torch.equal(loaded.predict_noise(z, t, text), tiny.predict_noise(z, t, text))
+    assert _close(loaded.predict_noise(z, t, text), tiny.predict_noise(z, t, text))
     a, b = loaded.encode_text(["a cat, side view"]), tiny.encode_text(["a cat, side view"])
-    assert torch.equal(a.tokens, b.tokens) and torch.equal(a.pooled, b.pooled)
+    assert _close(a.tokens, b.tokens) and _close(a.pooled, b.pooled)
 
 
 def test_fp32_on_cpu_and_dtype_resolution(pixel_folder):
@@ -101,7 +111,7 @@ def test_unet_forward_runs_a_trainable_copy_with_gradient(tiny):
     out = tiny.unet_forward(lora_like, z, t, text)
     out.square().mean().backward()
     assert any(p.grad is not None and p.grad.abs().sum() > 0 for p in lora_like.parameters())
-    assert torch.equal(out.detach(), tiny.predict_noise(z, t, text))
+    assert _close(out.detach(), tiny.predict_noise(z, t, text))
 
 
 @pytest.mark.parametrize("elev, azi, thresholds, expected", [
@@ -214,13 +224,13 @@ def test_bad_local_folders_are_user_errors(tmp_path, pixel_folder):
     # The text-only path needs only tokenizer/ and text_encoder/.
     enc = load_text_encoder(StableDiffusionPriorConfig(model=str(pixel_folder)))
     direct = load_clip_text(pixel_folder, "x", torch.device("cpu"))
-    assert torch.equal(enc.encode(["a cat"]).pooled, direct.encode(["a cat"]).pooled)
+    assert _close(enc.encode(["a cat"]).pooled, direct.encode(["a cat"]).pooled)
 
 
 def test_text_encoder_only_matches_prior(tiny):
     enc = load_text_encoder(TinyRandomPriorConfig(seed=0))
     a, b = enc.encode(["a cat", "a dog"]), tiny.encode_text(["a cat", "a dog"])
-    assert torch.equal(a.tokens, b.tokens) and torch.equal(a.pooled, b.pooled)
+    assert _close(a.tokens, b.tokens) and _close(a.pooled, b.pooled)
     assert a.tokens.shape == (2, 16, 32) and a.pooled.shape == (2, 32)
 
 
