@@ -245,7 +245,7 @@ def test_unet_key_map_matches_ldm_layout_and_round_trips():
     ldm = _to_ldm(unet, key_map)
     assert {k: tuple(v.shape) for k, v in ldm.items()} == ldm_unet_layout()
     cfg = MVDreamPriorConfig(head_channels=HEAD, num_views=4)
-    assert infer_ldm_unet_config(ldm, HEAD, 8) == {**TINY, "time_embedding_dim": 4 * MC}
+    assert infer_ldm_unet_config(ldm, head_channels=HEAD, sample_size=8) == {**TINY, "time_embedding_dim": 4 * MC}
     back = unet_from_ldm(ldm, cfg)
     ref = unet.state_dict()
     assert all(torch.equal(v, ref[k]) for k, v in back.state_dict().items())
