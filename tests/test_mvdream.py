@@ -354,3 +354,20 @@ def test_folder_with_ldm_named_unet_is_converted(tmp_path, text_folder):
                                             image_size=16, head_channels=HEAD))
     z, t, text, cams = _inputs()
     assert close(prior.predict_noise(z, t, text, cams), _eps(unet, z, t, text, cams))
+
+
+def test_checkpoint_without_text_encoder_names_the_key(tmp_path):
+    """text_model None means "the checkpoint's own text encoder": a .pt without cond_stage_model says which key
+    supplies one; both head keys at once are refused."""
+    from asdcli.errors import ConfigError
+
+    unet, vae = _unet(), _tiny_ldm_vae()
+    sd = {f"model.diffusion_model.{k}": v for k, v in _to_ldm(unet, ldm_unet_key_map(unet)).items()}
+    sd.update({f"first_stage_model.{k}": v for k, v in _to_ldm(vae, ldm_vae_key_map(vae)).items()})
+    torch.save(sd, tmp_path / "no-text.pt")
+    cfg = MVDreamPriorConfig(model=str(tmp_path / "no-text.pt"), image_size=16, head_channels=HEAD)
+    assert cfg.text_model is None
+    with pytest.raises(UserError, match=r"prior\.text_model: .*no text encoder \(cond_stage_model"):
+        MVDreamPrior(cfg)
+    with pytest.raises(ConfigError, match="at most one"):
+        MVDreamPriorConfig(head_channels=64, num_heads=8)

@@ -45,10 +45,34 @@ def _bytes_to_unicode() -> list[str]:
     return [chr(b) for b in printable] + [chr(256 + n) for n in range(len(others))]
 
 
-@functools.lru_cache(maxsize=4)
+class PaddedTokenizer:
+    """A tokenizer whose padding id is `pad_token_id` without making that token special: SD 2's diffusers
+    tokenizer declares pad_token "!", which also splits every "!" out of the text ("!!" → 0, 0), where
+    open_clip, which MVDream's text encoder was trained with, merges "!!" (id 748) and pads with id 0."""
+
+    def __init__(self, tokenizer: Any, pad_token_id: int) -> None:
+        self._tokenizer, self.pad_token_id = tokenizer, pad_token_id
+
+    def __call__(self, *args: Any, **kwargs: Any) -> Any:
+        return self._tokenizer(*args, **kwargs)
+
+    def __len__(self) -> int:
+        return len(self._tokenizer)
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(self._tokenizer, name)
+
+
 def clip_tokenizer(pad_token: str, max_length: int) -> Any:
-    """transformers CLIPTokenizer over the shipped CLIP BPE (49,408 ids: bytes, bytes + </w>, merges, BOS, EOS),
-    padding with `pad_token` ("!" = id 0 for OpenCLIP, EOS for OpenAI CLIP), `max_length` tokens."""
+    """CLIP tokenizer over the shipped BPE (49,408 ids: bytes, bytes + </w>, merges, BOS, EOS) for `max_length`
+    tokens, padding with `pad_token`: "!" (id 0, as open_clip pads for OpenCLIP) or EOS (OpenAI CLIP)."""
+    tokenizer = _clip_tokenizer(max_length)
+    return tokenizer if pad_token == EOS else PaddedTokenizer(tokenizer, tokenizer.convert_tokens_to_ids(pad_token))
+
+
+@functools.lru_cache(maxsize=4)
+def _clip_tokenizer(max_length: int) -> Any:
+    """transformers CLIPTokenizer over the shipped BPE; pads with EOS (its only special tokens are BOS/EOS)."""
     from transformers import CLIPTokenizer
 
     merges = gzip.decompress(_MERGES.read_bytes()).decode("utf-8").splitlines()
@@ -58,15 +82,15 @@ def clip_tokenizer(pad_token: str, max_length: int) -> Any:
     with tempfile.TemporaryDirectory() as tmp:
         (Path(tmp) / "vocab.json").write_text(json.dumps(vocab), encoding="utf-8")
         (Path(tmp) / "merges.txt").write_text("#version: 0.2\n" + "\n".join(merges) + "\n", encoding="utf-8")
-        return CLIPTokenizer.from_pretrained(tmp, model_max_length=max_length, pad_token=pad_token)
+        return CLIPTokenizer.from_pretrained(tmp, model_max_length=max_length, pad_token=EOS)
 
 
 def text_layout(sd: dict[str, Tensor]) -> str | None:
     """"openclip", "clip" or None: which text encoder (if any) the checkpoint state dict `sd` holds."""
     if f"{OPEN_CLIP_PREFIX}token_embedding.weight" in sd:
         return "openclip"
-    if f"{CLIP_PREFIX}text_model.embeddings.token_embedding.weight" in sd:
-        return "clip"
+    if any(f"{CLIP_PREFIX}{level}embeddings.token_embedding.weight" in sd for level in ("text_model.", "")):
+        return "clip"  # saved by transformers < 5.6 (with the text_model level) or later (without)
     return None
 
 
@@ -107,7 +131,7 @@ def _clip(sd: dict[str, Tensor]) -> tuple[Any, dict[str, Tensor], str]:
     """CLIPTextConfig, diffusers-converted weights and pad token of an OpenAI CLIP text model (last layer)."""
     from diffusers.loaders.single_file_utils import convert_ldm_clip_checkpoint
 
-    p = f"{CLIP_PREFIX}text_model."
+    p = CLIP_PREFIX + ("text_model." if f"{CLIP_PREFIX}text_model.embeddings.token_embedding.weight" in sd else "")
     vocab, width = sd[f"{p}embeddings.token_embedding.weight"].shape
     config = _config(int(vocab), int(width), int(sd[f"{p}encoder.layers.0.mlp.fc1.weight"].shape[0]),
                      _layers(sd, f"{p}encoder.layers."), int(sd[f"{p}embeddings.position_embedding.weight"].shape[0]),
@@ -118,8 +142,9 @@ def _clip(sd: dict[str, Tensor]) -> tuple[Any, dict[str, Tensor], str]:
 def _load_strict(model: nn.Module, weights: dict[str, Tensor]) -> None:
     """Every parameter of `model` from `weights` (diffusers names, maybe with the `text_model.` level that newer
     transformers flattened away); nothing else but known leftovers."""
-    if not hasattr(model, "text_model"):
-        weights = {k.removeprefix("text_model."): v for k, v in weights.items()}
+    weights = {k.removeprefix("text_model."): v for k, v in weights.items()}
+    if hasattr(model, "text_model"):  # transformers < 5.6 keeps the level
+        weights = {(k if k.startswith("text_projection") else f"text_model.{k}"): v for k, v in weights.items()}
     target = model.state_dict()
     missing = sorted(set(target) - set(weights))
     unexpected = sorted(k for k in set(weights) - set(target) if not k.endswith(_IGNORED))
