@@ -1,6 +1,8 @@
 """MVDream's multi-view UNet on diffusers building blocks, and the LDM → diffusers weight converter.
 
-An MVDream UNet is an SD2.1-shaped `UNet2DConditionModel` with two changes:
+An MVDream UNet is an SD-shaped `UNet2DConditionModel` (sd-v2.1-base-4view: SD 2.1-base, 64-wide heads, linear
+transformer projections, 1024-wide text context; sd-v1.5-4view: SD 1.5, 8 heads at every level, 1×1-conv
+projections, 768-wide context) with two changes:
 - the camera MLP Linear(16→E)–SiLU–Linear(E→E) added to the timestep embedding, which is exactly diffusers'
   `class_embed_type="projection"` (class_embedding.linear_1/2; the camera goes in as `class_labels`);
 - self-attention (attn1 only) across the F views of an object: tokens are regrouped (b·f, l, c) → (b, f·l, c)
