@@ -181,7 +181,12 @@ def text_encoder_from_checkpoint(sd: dict[str, Tensor], encoder_id: str,
         raise UserError("prior.text_model: the checkpoint holds no text encoder (cond_stage_model.*); set "
                         "prior.text_model to a diffusers folder or hub id with text_encoder/ and tokenizer/, e.g. "
                         "stabilityai/stable-diffusion-2-1-base")
-    config, weights, pad = _openclip(sd) if layout == "openclip" else _clip(sd)
+    try:
+        config, weights, pad = _openclip(sd) if layout == "openclip" else _clip(sd)
+    except (KeyError, ValueError) as exc:  # a truncated or foreign cond_stage_model
+        raise UserError(f"prior.model: the checkpoint's text encoder (cond_stage_model) has an unexpected layout "
+                        f"({type(exc).__name__}: {str(exc)[:80]}); set prior.text_model to a diffusers folder with "
+                        f"text_encoder/ and tokenizer/") from None
     with _no_init():  # every parameter is loaded below (strictly): random init would cost 14 s for ViT-H
         model = CLIPTextModel(config).float()
     _load_strict(model, {k: v.float() for k, v in weights.items()})
