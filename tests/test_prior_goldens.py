@@ -130,3 +130,16 @@ def test_tokenizer_matches_open_clip(priors, name, pad):
         want = [49406, *ids, 49407]
         want = want[:76] + [49407] if len(want) > 77 else want + [pad] * (77 - len(want))
         assert row == want
+
+
+def test_a_broken_text_encoder_is_a_user_error(tmp_path):
+    from asdcli.priors.ldm_text import text_encoder_from_checkpoint
+
+    sd = torch.load(checkpoint(tmp_path, "v21"), weights_only=True)
+    sd.pop("cond_stage_model.model.transformer.resblocks.0.mlp.c_fc.weight")
+    with pytest.raises(UserError, match=r"cond_stage_model\) has an unexpected layout.*prior\.text_model"):
+        text_encoder_from_checkpoint(sd, "x")
+    sd = torch.load(checkpoint(tmp_path, "v21"), weights_only=True)
+    sd.pop("cond_stage_model.model.transformer.resblocks.1.attn.out_proj.weight")
+    with pytest.raises(UserError, match=r"does not convert: missing \['encoder\.layers\.1\.self_attn\.out_proj"):
+        text_encoder_from_checkpoint(sd, "x")
