@@ -266,7 +266,7 @@ class MVDreamPrior(StableDiffusionPrior):
     def unet_forward(self, unet: nn.Module, z_t: Tensor, t: Tensor, text: Tensor,
                      cameras: Tensor | None = None) -> Tensor:
         """ε̂ for z_t [N, 4, h, w] with N a multiple of num_views (groups of views of one object), t [N],
-        text [N, L, D], cameras [N, 16] (camera_embedding) → [N, 4, h, w]."""
+        text [N, L, D], cameras [N, 16] (camera_embedding) → [N, 4, h, w] float32."""
         if cameras is None:
             raise ValueError("MVDream needs cameras [N, 16] (Conditioning.cameras / camera_embedding(c2w))")
         if z_t.shape[0] % self.num_views:
