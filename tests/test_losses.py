@@ -415,7 +415,8 @@ def test_vsd_trains_only_its_lora_and_matches_formula():
     # Zero-initialised LoRA B and camera layer: the LoRA model starts as the prior exactly.
     with torch.no_grad():
         eps_lora = loss.lora_noise(z_t, t, cond.cond, cond.cameras)
-        assert torch.equal(eps_lora, prior.predict_noise(z_t, t, cond.cond))
+        # The copy is another module instance: kernels may round differently (~1e-6 on some CPUs).
+        torch.testing.assert_close(eps_lora, prior.predict_noise(z_t, t, cond.cond), rtol=0, atol=1e-5)
     prior.calls.clear()
     gen = torch.Generator().manual_seed(0)
     for step in range(3):

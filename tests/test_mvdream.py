@@ -45,6 +45,17 @@ def _inputs(n=4, seed=1):
     return z, torch.full((n,), 500), text, cams
 
 
+# Two module instances holding the same weights (a reloaded or converted copy) may run different kernel
+# blockings: outputs differ by ~1e-6 on some x86-64 CPUs (0 on this one), so copies are compared at this
+# tolerance; |ε| is O(1).
+SAME_ATOL = 1e-5
+
+
+def close(a, b, atol=SAME_ATOL):
+    torch.testing.assert_close(a, b, rtol=0, atol=atol)
+    return True
+
+
 def _eps(unet, z, t, text, cams):
     with torch.no_grad():
         return unet(z, t, encoder_hidden_states=text, class_labels=cams).sample
@@ -197,7 +208,7 @@ def test_views_attend_to_each_other():
     assert (changed[0] - base[0]).abs().max() > 1e-4  # view 0 sees view 3's change
     set_num_frames(unet, 1)  # cross-view attention off: views are independent
     base, changed = _eps(unet, z, t, text, cams), _eps(unet, z2, t, text, cams)
-    assert torch.equal(changed[:3], base[:3])
+    assert close(changed[:3], base[:3], atol=1e-6)  # vs > 1e-4 above
 
 
 def test_single_view_zero_camera_matches_plain_unet():
@@ -234,12 +245,12 @@ def test_unet_key_map_matches_ldm_layout_and_round_trips():
     ldm = _to_ldm(unet, key_map)
     assert {k: tuple(v.shape) for k, v in ldm.items()} == ldm_unet_layout()
     cfg = MVDreamPriorConfig(head_channels=HEAD, num_views=4)
-    assert infer_ldm_unet_config(ldm, HEAD, 8) == {**TINY, "time_embedding_dim": 4 * MC}
+    assert infer_ldm_unet_config(ldm, head_channels=HEAD, sample_size=8) == {**TINY, "time_embedding_dim": 4 * MC}
     back = unet_from_ldm(ldm, cfg)
     ref = unet.state_dict()
     assert all(torch.equal(v, ref[k]) for k, v in back.state_dict().items())
     z, t, text, cams = _inputs()
-    assert torch.equal(_eps(back, z, t, text, cams), _eps(unet, z, t, text, cams))
+    assert close(_eps(back, z, t, text, cams), _eps(unet, z, t, text, cams))
 
 
 def test_vae_key_map_matches_ldm_layout():
@@ -253,7 +264,7 @@ def test_vae_key_map_matches_ldm_layout():
     back = vae_from_ldm(ldm, 16)
     x = torch.rand(1, 3, 16, 16)
     with torch.no_grad():
-        assert torch.equal(back.encode(x).latent_dist.mean, vae.encode(x).latent_dist.mean)
+        assert close(back.encode(x).latent_dist.mean, vae.encode(x).latent_dist.mean)
 
 
 def test_converter_is_strict():
@@ -287,7 +298,7 @@ def test_original_checkpoint_loads_strictly(tmp_path, text_folder):
     assert prior.shared_timestep and prior.num_views == 4 and prior.image_size == 16
     assert prior.vae.config.block_out_channels == (32, 32)  # the checkpoint's VAE, not the text model's
     z, t, text, cams = _inputs()
-    assert torch.equal(prior.predict_noise(z, t, text, cams), _eps(unet, z, t, text, cams))
+    assert close(prior.predict_noise(z, t, text, cams), _eps(unet, z, t, text, cams))
 
 
 def test_diffusers_folder_round_trip_and_conditioning(tmp_path, text_folder):
@@ -296,7 +307,7 @@ def test_diffusers_folder_round_trip_and_conditioning(tmp_path, text_folder):
     prior = MVDreamPrior(MVDreamPriorConfig(model=str(tmp_path / "mv"), text_model=str(text_folder),
                                             image_size=16, negative_prompt="blurry"))
     z, t, text, cams = _inputs()
-    assert torch.equal(prior.predict_noise(z, t, text, cams), _eps(unet, z, t, text, cams))
+    assert close(prior.predict_noise(z, t, text, cams), _eps(unet, z, t, text, cams))
     cams4 = orbit_cameras(4, 15.0, 1.5, 40.0)
     cond = prior.conditioning(["a cat"] * 4, cams4.elevation, cams4.azimuth, cams4.c2w)
     assert torch.equal(cond.cameras, camera_embedding(cams4.c2w))
@@ -342,4 +353,21 @@ def test_folder_with_ldm_named_unet_is_converted(tmp_path, text_folder):
     prior = MVDreamPrior(MVDreamPriorConfig(model=str(tmp_path / "port"), text_model=str(text_folder),
                                             image_size=16, head_channels=HEAD))
     z, t, text, cams = _inputs()
-    assert torch.equal(prior.predict_noise(z, t, text, cams), _eps(unet, z, t, text, cams))
+    assert close(prior.predict_noise(z, t, text, cams), _eps(unet, z, t, text, cams))
+
+
+def test_checkpoint_without_text_encoder_names_the_key(tmp_path):
+    """text_model None means "the checkpoint's own text encoder": a .pt without cond_stage_model says which key
+    supplies one; both head keys at once are refused."""
+    from asdcli.errors import ConfigError
+
+    unet, vae = _unet(), _tiny_ldm_vae()
+    sd = {f"model.diffusion_model.{k}": v for k, v in _to_ldm(unet, ldm_unet_key_map(unet)).items()}
+    sd.update({f"first_stage_model.{k}": v for k, v in _to_ldm(vae, ldm_vae_key_map(vae)).items()})
+    torch.save(sd, tmp_path / "no-text.pt")
+    cfg = MVDreamPriorConfig(model=str(tmp_path / "no-text.pt"), image_size=16, head_channels=HEAD)
+    assert cfg.text_model is None
+    with pytest.raises(UserError, match=r"prior\.text_model: .*no text encoder \(cond_stage_model"):
+        MVDreamPrior(cfg)
+    with pytest.raises(ConfigError, match="at most one"):
+        MVDreamPriorConfig(head_channels=64, num_heads=8)

@@ -1,13 +1,18 @@
 """MVDream prior: 4 views × 256² of one object denoised jointly, conditioned on text and cameras.
 
-Weights come from the original `sd-v2.1-base-4view.pt` (LDM names, converted strictly), a local copy of it,
-or a diffusers-format UNet folder; the tokenizer, text encoder (and the VAE when the checkpoint has none) come
-from SD2.1-base (`text_model`). One timestep per batch is shared by all views (`shared_timestep`), and a
-batch is laid out view-major within each object: [obj0 view0..view3, obj1 view0..view3, ...].
+Weights come from either released checkpoint (`sd-v2.1-base-4view.pt`, `sd-v1.5-4view.pt`: LDM names, converted
+strictly), a local copy, or a diffusers-format UNet folder. A checkpoint brings its UNet, VAE and text encoder
+(`cond_stage_model`: OpenCLIP ViT-H for v2.1, CLIP ViT-L for v1.5, converted by diffusers' single-file functions;
+the tokenizer is the CLIP BPE shipped in the package), so the file alone is enough; `text_model` overrides the
+text side (and supplies a VAE to a folder without one). The attention layout is not stored in the weights: it
+is the known variant's (told apart by block widths and text context) or the recipe's `head_channels` /
+`num_heads`. One timestep per batch is shared by all views (`shared_timestep`), and a batch is laid out
+view-major within each object: [obj0 view0..view3, obj1 view0..view3, ...].
 """
 
 from __future__ import annotations
 
+import dataclasses
 import json
 from dataclasses import dataclass
 from pathlib import Path
@@ -27,7 +32,7 @@ from asdcli.priors.mvdream_unet import (
     load_ldm_weights,
     set_num_frames,
 )
-from asdcli.priors.stable_diffusion import Components, StableDiffusionPrior
+from asdcli.priors.stable_diffusion import Components, StableDiffusionPrior, prediction_type
 from asdcli.priors.text import TextEncoder, hub_offline, load_clip_text, looks_like_path, resolve_model_folder
 
 UNET_PREFIX, VAE_PREFIX = "model.diffusion_model.", "first_stage_model."
@@ -41,15 +46,26 @@ class MVDreamPriorConfig:
     model: str = "MVDream/MVDream"
     checkpoint_file: str = "sd-v2.1-base-4view.pt"  # the file fetched when `model` is a hub repo id
     revision: str | None = None  # hub revision of `model`
-    # tokenizer + text encoder (+ the VAE when `model` brings none): a hub id or a local diffusers folder
-    text_model: str = "stabilityai/stable-diffusion-2-1-base"
+    # tokenizer + text encoder (+ the VAE when `model` brings none): a hub id or a local diffusers folder; None =
+    # the checkpoint's own text encoder (cond_stage_model: OpenCLIP ViT-H for v2.1, CLIP ViT-L for v1.5)
+    text_model: str | None = None
     num_views: int = 4  # views that attend to each other (the batch holds whole groups of them)
     image_size: int = 256  # renders are resized to this before VAE encoding (latents are 1/8 of it)
     negative_prompt: str = ""  # the unconditional branch's prompt (the reference uses a long one)
     dtype: Literal["auto", "float32", "float16", "bfloat16"] = "auto"  # auto = fp16 on CUDA, fp32 on CPU
-    head_channels: int = 64  # attention head width of an LDM checkpoint (not recorded in its weights)
+    # Attention heads of an LDM checkpoint (not recorded in its weights). None = the known variant's, told apart
+    # by its shapes: sd-v2.1-base-4view (text context 1024) has 64-wide heads, sd-v1.5-4view (context 768) 8
+    # heads at every level; any other checkpoint must set one of the two.
+    head_channels: int | None = None  # width of every head (heads = channels / head_channels)
+    num_heads: int | None = None  # heads at every level (width = channels / num_heads)
 
     def __post_init__(self) -> None:
+        if self.head_channels is not None and self.num_heads is not None:
+            raise ConfigError("prior.head_channels and prior.num_heads: set at most one (a checkpoint fixes either "
+                              "the width of its heads or their number)")
+        for key in ("head_channels", "num_heads"):
+            if getattr(self, key) is not None and getattr(self, key) < 1:
+                raise ConfigError(f"prior.{key}: expected a positive integer, got {getattr(self, key)}")
         if self.num_views < 1:
             raise ConfigError(f"prior.num_views: expected at least 1, got {self.num_views}")
         if self.image_size < 8 or self.image_size % 8:
@@ -83,7 +99,8 @@ def _strip(sd: dict[str, Tensor], prefix: str) -> dict[str, Tensor]:
 
 def unet_from_ldm(sd: dict[str, Tensor], cfg: Any) -> nn.Module:
     """A multi-view UNet holding the LDM-named UNet weights `sd` (prefix already stripped)."""
-    unet = build_mvdream_unet(infer_ldm_unet_config(sd, cfg.head_channels), cfg.num_views)
+    config = infer_ldm_unet_config(sd, getattr(cfg, "head_channels", None), getattr(cfg, "num_heads", None))
+    unet = build_mvdream_unet(config, cfg.num_views)
     load_ldm_weights(unet, sd, ldm_unet_key_map(unet), "UNet")
     return unet
 
@@ -96,15 +113,26 @@ def vae_from_ldm(sd: dict[str, Tensor], image_size: int) -> nn.Module:
     return vae
 
 
-def load_checkpoint(path: Path, cfg: Any) -> tuple[nn.Module, nn.Module | None]:
-    """UNet (+ VAE if present) from the original checkpoint: `model.diffusion_model.*` → UNet,
-    `first_stage_model.*` → AutoencoderKL; other entries (the schedule buffers) are not weights we use."""
-    sd = _read_state_dict(path)
+def models_from_checkpoint(sd: dict[str, Tensor], path: Path, cfg: Any) -> tuple[nn.Module, nn.Module | None]:
+    """UNet (+ VAE if present) from the original checkpoint's state dict: `model.diffusion_model.*` → UNet,
+    `first_stage_model.*` → AutoencoderKL; the text encoder (`cond_stage_model.*`) is read by ldm_text, and
+    other entries (the schedule buffers) are not weights we use."""
     unet_sd = _strip(sd, UNET_PREFIX) or (sd if "input_blocks.0.0.weight" in sd else {})
     if not unet_sd:
         raise UserError(f"prior.model: {str(path)!r} has no MVDream UNet weights ({UNET_PREFIX}*)")
     vae_sd = _strip(sd, VAE_PREFIX)
     return unet_from_ldm(unet_sd, cfg), (vae_from_ldm(vae_sd, cfg.image_size) if vae_sd else None)
+
+
+def _port_heads(config: dict[str, Any], cfg: Any) -> Any:
+    """A port that kept the LDM names records its heads in config.json (num_head_channels / num_heads, −1 when
+    unused): taken unless the recipe sets one."""
+    if getattr(cfg, "head_channels", None) is not None or getattr(cfg, "num_heads", None) is not None:
+        return cfg
+    width, heads = int(config.get("num_head_channels") or -1), int(config.get("num_heads") or -1)
+    if width > 0:
+        return dataclasses.replace(cfg, head_channels=width)
+    return dataclasses.replace(cfg, num_heads=heads) if heads > 0 else cfg
 
 
 def load_folder(path: Path, cfg: Any) -> tuple[nn.Module, nn.Module | None]:
@@ -126,7 +154,7 @@ def load_folder(path: Path, cfg: Any) -> tuple[nn.Module, nn.Module | None]:
         weights = sorted(unet_dir.glob("*.safetensors")) or sorted(unet_dir.glob("*.bin"))
         if not weights:
             raise UserError(f"prior.model: no weights file in {str(unet_dir)!r}")
-        unet = unet_from_ldm(_read_state_dict(weights[0]), cfg)
+        unet = unet_from_ldm(_read_state_dict(weights[0]), _port_heads(config, cfg))
     vae_dir = path / "vae"
     vae = AutoencoderKL.from_pretrained(str(vae_dir)) if unet_dir != path and vae_dir.is_dir() else None
     return unet, vae
@@ -161,7 +189,8 @@ def noise_schedule(path: Path) -> Any:
 
 
 class MVDreamPrior(StableDiffusionPrior):
-    """Frozen MVDream: multi-view UNet (camera MLP + cross-view self-attention), SD2.1 VAE + text encoder."""
+    """Frozen MVDream: multi-view UNet (camera MLP + cross-view self-attention), VAE and text encoder (the
+    checkpoint's own, or `text_model`'s)."""
 
     Config = MVDreamPriorConfig
     shared_timestep = True
@@ -171,40 +200,73 @@ class MVDreamPrior(StableDiffusionPrior):
         self.num_views = int(cfg.num_views)
 
     @classmethod
-    def build_text_encoder(cls, cfg: Any, device: torch.device) -> TextEncoder:
-        folder = resolve_model_folder(cfg.text_model, None, needs=("text_encoder", "tokenizer"))
-        return load_clip_text(folder, str(cfg.text_model), device)
-
-    def _load_components(self, cfg: Any, device: torch.device, dtype: torch.dtype) -> Components:
-        from diffusers import AutoencoderKL
-
+    def _source(cls, cfg: Any) -> Path:
+        """The checkpoint file or folder `cfg.model` names (bundled, local, or fetched from the hub)."""
         from asdcli.shapes.bundled import resolve_bundled
 
         bundled = resolve_bundled(cfg.model)  # bundled:shapes-mv-prior → the package's folder
         path = bundled if bundled is not None else Path(cfg.model).expanduser()
-        if path.is_file():
-            unet, vae = load_checkpoint(path, cfg)
-        elif path.is_dir():
-            unet, vae = load_folder(path, cfg)
-        elif looks_like_path(cfg.model):
-            raise UserError(f"prior.model: {cfg.model!r} not found; set it to sd-v2.1-base-4view.pt, a "
-                            f"diffusers MVDream UNet folder, or the hub repo MVDream/MVDream")
-        else:
-            unet, vae = load_checkpoint(fetch_checkpoint(cfg), cfg)
+        if path.exists():
+            return path
+        if looks_like_path(cfg.model):
+            raise UserError(f"prior.model: {cfg.model!r} not found; set it to sd-v2.1-base-4view.pt (or "
+                            f"sd-v1.5-4view.pt), a diffusers MVDream UNet folder, or the hub repo MVDream/MVDream")
+        return fetch_checkpoint(cfg)
+
+    @classmethod
+    def _own_text(cls, cfg: Any, sd: dict[str, Tensor], device: torch.device) -> TextEncoder:
+        from asdcli.priors.ldm_text import text_encoder_from_checkpoint
+
+        local = Path(cfg.model).expanduser().exists()
+        where = str(cfg.model) if local else f"{cfg.model}/{cfg.checkpoint_file}@{cfg.revision or 'main'}"
+        return text_encoder_from_checkpoint(sd, f"{where}:cond_stage_model", device)
+
+    @classmethod
+    def build_text_encoder(cls, cfg: Any, device: torch.device) -> TextEncoder:
+        if cfg.text_model is not None:
+            folder = resolve_model_folder(cfg.text_model, None, needs=("text_encoder", "tokenizer"))
+            return load_clip_text(folder, str(cfg.text_model), device)
+        path = cls._source(cfg)
+        if path.is_dir():
+            raise UserError(f"prior.text_model: {cfg.model!r} is a folder without the checkpoint's text encoder; "
+                            f"set prior.text_model to a diffusers folder or hub id with text_encoder/ and tokenizer/")
+        return cls._own_text(cfg, _read_state_dict(path), device)
+
+    def _load_components(self, cfg: Any, device: torch.device, dtype: torch.dtype) -> Components:
+        path = self._source(cfg)
+        sd = _read_state_dict(path) if path.is_file() else None
+        unet, vae = models_from_checkpoint(sd, path, cfg) if sd is not None else load_folder(path, cfg)
         # A 3-channel UNet that brings no VAE denoises images directly: a pixel-space prior (the bundled
         # ShapesWorld 4-view prior), so the text model folder need not hold a vae/.
         pixel = vae is None and int(unet.config.in_channels) == 3
-        needs = ("text_encoder", "tokenizer") + (("vae",) if vae is None and not pixel else ())
-        folder = resolve_model_folder(cfg.text_model, None, needs=needs)
+        text, vae = self._text_and_vae(cfg, sd, vae, vae is None and not pixel, device)
+        schedule = noise_schedule(path)
+        kind = prediction_type(schedule, str(path / "scheduler" / "scheduler_config.json"))
+        return Components(text, unet, schedule.alphas_cumprod, vae, prediction_type=kind)
+
+    def _text_and_vae(self, cfg: Any, sd: dict[str, Tensor] | None, vae: nn.Module | None, needs_vae: bool,
+                      device: torch.device) -> tuple[TextEncoder, nn.Module | None]:
+        """The text encoder (the checkpoint's own, or text_model's) and the VAE (text_model's when needed)."""
+        if cfg.text_model is None:
+            if sd is None:
+                raise UserError(f"prior.text_model: {cfg.model!r} is a folder without a text encoder; set "
+                                f"prior.text_model to a diffusers folder or hub id with text_encoder/ and tokenizer/")
+            if needs_vae:
+                raise UserError(f"prior.text_model: {cfg.model!r} has no VAE (first_stage_model.*); set "
+                                f"prior.text_model to a diffusers folder or hub id with vae/, text_encoder/ and "
+                                f"tokenizer/, e.g. stabilityai/stable-diffusion-2-1-base")
+            return self._own_text(cfg, sd, device), vae
+        from diffusers import AutoencoderKL
+
+        folder = resolve_model_folder(cfg.text_model, None,
+                                      needs=("text_encoder", "tokenizer") + (("vae",) if needs_vae else ()))
         text = load_clip_text(folder, str(cfg.text_model), device)
-        if vae is None and not pixel:
-            vae = AutoencoderKL.from_pretrained(str(folder / "vae"))
-        return Components(text, unet, noise_schedule(path).alphas_cumprod, vae)
+        return text, (AutoencoderKL.from_pretrained(str(folder / "vae")) if needs_vae else vae)
 
     def unet_forward(self, unet: nn.Module, z_t: Tensor, t: Tensor, text: Tensor,
                      cameras: Tensor | None = None) -> Tensor:
         """ε̂ for z_t [N, 4, h, w] with N a multiple of num_views (groups of views of one object), t [N],
-        text [N, L, D], cameras [N, 16] (camera_embedding) → [N, 4, h, w]."""
+        text [N, L, D], cameras [N, 16] (camera_embedding) → [N, 4, h, w] float32."""
         if cameras is None:
             raise ValueError("MVDream needs cameras [N, 16] (Conditioning.cameras / camera_embedding(c2w))")
         if z_t.shape[0] % self.num_views:

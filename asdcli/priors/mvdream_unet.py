@@ -1,6 +1,8 @@
 """MVDream's multi-view UNet on diffusers building blocks, and the LDM → diffusers weight converter.
 
-An MVDream UNet is an SD2.1-shaped `UNet2DConditionModel` with two changes:
+An MVDream UNet is an SD-shaped `UNet2DConditionModel` (sd-v2.1-base-4view: SD 2.1-base, 64-wide heads, linear
+transformer projections, 1024-wide text context; sd-v1.5-4view: SD 1.5, 8 heads at every level, 1×1-conv
+projections, 768-wide context) with two changes:
 - the camera MLP Linear(16→E)–SiLU–Linear(E→E) added to the timestep embedding, which is exactly diffusers'
   `class_embed_type="projection"` (class_embedding.linear_1/2; the camera goes in as `class_labels`);
 - self-attention (attn1 only) across the F views of an object: tokens are regrouped (b·f, l, c) → (b, f·l, c)
@@ -54,19 +56,58 @@ def set_num_frames(unet: nn.Module, num_frames: int) -> None:
         module.set_processor(MultiViewAttnProcessor(num_frames))
 
 
+# The two released checkpoints (bytedance/MVDream configs): block widths and text context identify them; the
+# attention layout is not stored in the weights, so it comes from here. v2.1 fixes the head WIDTH (heads =
+# channels / 64: 5, 10, 20 heads), v1.5 the head COUNT (8 at every level, widths 40, 80, 160).
+KNOWN_VARIANTS = {
+    "sd-v2.1-base-4view": {"channels": (320, 640, 1280, 1280), "context": 1024, "head_channels": 64},
+    "sd-v1.5-4view": {"channels": (320, 640, 1280, 1280), "context": 768, "num_heads": 8},
+}
+
+
+def attention_layout(channels: tuple[int, ...], context: int, head_channels: int | None = None,
+                     num_heads: int | None = None) -> dict[str, int]:
+    """{"head_channels": w} or {"num_heads": n} for a UNet with block widths `channels` and text context width
+    `context`: the explicit setting when given, else the known variant these shapes are. Anything else is a
+    UserError naming the recipe keys: a guessed layout would load without error and predict wrong noise."""
+    if head_channels is not None:
+        if any(c % head_channels for c in channels):
+            raise UserError(f"prior.head_channels: {head_channels} does not divide the block widths {channels}")
+        return {"head_channels": head_channels}
+    if num_heads is not None:
+        if any(c % num_heads for c in channels):
+            raise UserError(f"prior.num_heads: {num_heads} does not divide the block widths {channels}")
+        return {"num_heads": num_heads}
+    for spec in KNOWN_VARIANTS.values():
+        if tuple(channels) == spec["channels"] and context == spec["context"]:
+            return {k: v for k, v in spec.items() if k in ("head_channels", "num_heads")}
+    known = "; ".join(f"{name}: context {s['context']}, " + (f"head width {s['head_channels']}" if "head_channels"
+                                                              in s else f"{s['num_heads']} heads")
+                      for name, s in KNOWN_VARIANTS.items())
+    raise UserError(f"prior.head_channels: the checkpoint (block widths {tuple(channels)}, text context {context}) "
+                    f"is not a known MVDream variant ({known}), and its attention heads are not stored in it; set "
+                    f"prior.head_channels (width of every head) or prior.num_heads (heads at every level)")
+
+
 def mvdream_unet_config(block_out_channels: tuple[int, ...] = (320, 640, 1280, 1280),
                         layers_per_block: int = 2, attention: tuple[bool, ...] = (True, True, True, False),
-                        head_channels: int = 64,
+                        head_channels: int | None = 64,
                         cross_attention_dim: int = 1024, camera_dim: int = 16, in_channels: int = 4,
                         sample_size: int = 32, linear_projection: bool = True, transformer_depth: int = 1,
-                        time_embedding_dim: int | None = None) -> dict[str, Any]:
-    """UNet2DConditionModel kwargs for an MVDream UNet (defaults: sd-v2.1-base-4view, latents 4×32×32)."""
+                        time_embedding_dim: int | None = None, num_heads: int | None = None) -> dict[str, Any]:
+    """UNet2DConditionModel kwargs for an MVDream UNet (defaults: sd-v2.1-base-4view, latents 4×32×32).
+
+    Heads: `num_heads` at every level when given (sd-v1.5-4view: 8), else channels / `head_channels`.
+    (diffusers' `attention_head_dim` is, despite its name, the number of heads per level.)"""
     down = tuple("CrossAttnDownBlock2D" if a else "DownBlock2D" for a in attention)
     up = tuple("CrossAttnUpBlock2D" if a else "UpBlock2D" for a in reversed(attention))
+    if num_heads is None and head_channels is None:
+        raise ValueError("mvdream_unet_config needs head_channels or num_heads")
+    heads = tuple(num_heads or c // head_channels for c in block_out_channels)
     return dict(sample_size=sample_size, in_channels=in_channels, out_channels=in_channels,
                 block_out_channels=tuple(block_out_channels), layers_per_block=layers_per_block,
                 down_block_types=down, up_block_types=up, cross_attention_dim=cross_attention_dim,
-                attention_head_dim=tuple(c // head_channels for c in block_out_channels),
+                attention_head_dim=heads,
                 use_linear_projection=linear_projection, transformer_layers_per_block=transformer_depth,
                 class_embed_type="projection", projection_class_embeddings_input_dim=camera_dim,
                 time_embedding_dim=time_embedding_dim)
@@ -202,10 +243,10 @@ def load_ldm_weights(module: nn.Module, ldm_sd: dict[str, Tensor], key_map: dict
     module.load_state_dict(converted, strict=True)
 
 
-def infer_ldm_unet_config(sd: dict[str, Tensor], head_channels: int = 64,
+def infer_ldm_unet_config(sd: dict[str, Tensor], head_channels: int | None = None, num_heads: int | None = None,
                           sample_size: int = 32) -> dict[str, Any]:
-    """mvdream_unet_config kwargs read off an LDM UNet state dict's names and shapes (heads are not stored in
-    the weights, hence `head_channels`, 64 for MVDream)."""
+    """UNet2DConditionModel kwargs read off an LDM UNet state dict's names and shapes. Heads are not stored in
+    the weights: `head_channels` / `num_heads` when given, else those of the known variant (attention_layout)."""
     try:
         downs = [k for k in sd if k.startswith("input_blocks.") and k.endswith(".0.op.weight")]
         n_in = 1 + max(int(k.split(".")[1]) for k in sd if k.startswith("input_blocks."))
@@ -216,13 +257,18 @@ def infer_ldm_unet_config(sd: dict[str, Tensor], head_channels: int = 64,
         attention = tuple(f"input_blocks.{k}.1.proj_in.weight" in sd for k in starts)
         first_attn = next(k for k, a in zip(starts, attention, strict=True) if a)
         proj_in = sd[f"input_blocks.{first_attn}.1.proj_in.weight"]
-        if any(c % head_channels for c in channels):
-            raise ValueError(f"widths {channels} are not multiples of head_channels={head_channels}")
         blocks = f"input_blocks.{first_attn}.1.transformer_blocks."
         depth = 1 + max(int(k[len(blocks):].split(".")[0]) for k in sd if k.startswith(blocks))
+        context = int(sd[f"{blocks}0.attn2.to_k.weight"].shape[1])
+    except (KeyError, ValueError, StopIteration) as exc:
+        raise UserError(f"prior.model: not an MVDream (LDM) UNet checkpoint: cannot read its layout "
+                        f"({type(exc).__name__}: {exc})") from None
+    layout = attention_layout(channels, context, head_channels, num_heads)
+    try:
         return mvdream_unet_config(
             block_out_channels=channels, layers_per_block=layers, attention=attention,
-            head_channels=head_channels, cross_attention_dim=int(sd[f"{blocks}0.attn2.to_k.weight"].shape[1]),
+            head_channels=layout.get("head_channels"), num_heads=layout.get("num_heads"),
+            cross_attention_dim=context,
             camera_dim=int(sd["camera_embed.0.weight"].shape[1]),
             in_channels=int(sd["input_blocks.0.0.weight"].shape[1]),
             sample_size=sample_size, linear_projection=proj_in.dim() == 2,

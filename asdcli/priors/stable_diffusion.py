@@ -19,6 +19,7 @@ from asdcli.priors.perp_neg import VIEWS, perp_neg_plan, resolve_view_thresholds
 from asdcli.priors.text import TextEncoder, load_clip_text, resolve_model_folder
 
 DTYPES = {"float32": torch.float32, "float16": torch.float16, "bfloat16": torch.bfloat16}
+PREDICTION_TYPES = ("epsilon", "v_prediction")  # what a UNet may output; every loss works on ε (v is converted)
 
 
 @dataclass(frozen=True)
@@ -64,6 +65,17 @@ class Components:
     vae: nn.Module | None = None
     trained_view_thresholds: tuple[float, float, float] | None = None  # front/back/overhead the model learned
     pair_order: str = "prompt"  # "left_first": captions name a "next to" pair's left object first (ShapesWorld)
+    prediction_type: str = "epsilon"  # the UNet's output: "epsilon" (ε) or "v_prediction" (v = √ᾱ ε − √(1−ᾱ) x₀)
+
+
+def prediction_type(scheduler: Any, where: str) -> str:
+    """The scheduler config's prediction_type, checked: `where` names the config file in the error."""
+    value = getattr(scheduler.config, "prediction_type", "epsilon")
+    if value not in PREDICTION_TYPES:
+        raise UserError(f"prior.model: {where} has prediction_type {value!r}; asd supports "
+                        f"{' and '.join(repr(p) for p in PREDICTION_TYPES)}; use a checkpoint whose UNet predicts "
+                        f"noise or velocity")
+    return str(value)
 
 
 class StableDiffusionPrior(Prior):
@@ -82,6 +94,7 @@ class StableDiffusionPrior(Prior):
         self.unet = _to(parts.unet, device, self.dtype)
         self.vae = _to(parts.vae, device, self.dtype) if parts.vae is not None else None
         self.register_buffer("alphas_cumprod", parts.alphas_cumprod.float().to(device), persistent=False)
+        self.prediction_type = parts.prediction_type
         factor = 2 ** (len(self.vae.config.block_out_channels) - 1) if self.vae is not None else 1
         self.image_size = int(cfg.image_size or self.unet.config.sample_size * factor)
         self.view_thresholds = resolve_view_thresholds(cfg, parts.trained_view_thresholds)
@@ -121,7 +134,9 @@ class StableDiffusionPrior(Prior):
                             f"({str(exc).strip().splitlines()[0][:160]})") from None
         from asdcli.shapes.bundled import recorded_captions
 
-        return Components(text, unet, scheduler.alphas_cumprod, vae, *recorded_captions(folder))
+        kind = prediction_type(scheduler, str(folder / "scheduler" / "scheduler_config.json"))
+        return Components(text, unet, scheduler.alphas_cumprod, vae, *recorded_captions(folder),
+                          prediction_type=kind)
 
     # ------------------------------------------------------------------------------------------ images
     def encode(self, images: Tensor) -> Tensor:
@@ -142,8 +157,21 @@ class StableDiffusionPrior(Prior):
     def unet_forward(self, unet: nn.Module, z_t: Tensor, t: Tensor, text: Tensor,
                      cameras: Tensor | None = None) -> Tensor:
         """ε̂ from `unet` (this prior's UNet or a trainable copy, e.g. a VSD LoRA) with this prior's input
-        handling: z_t [N, C, h, w], t [N] (or a scalar), text [N, L, D], cameras [N, 16] → [N, C, h, w] in
-        the UNet's dtype. Cameras reach only a UNet with a class embedding (a camera-conditioned copy)."""
+        handling: z_t [N, C, h, w], t [N] (or a scalar), text [N, L, D], cameras [N, 16] → [N, C, h, w]
+        float32. Cameras reach only a UNet with a class embedding (a camera-conditioned copy).
+
+        This is the one place a v-prediction UNet's output becomes ε (ε = √ᾱ_t v + √(1−ᾱ_t) z_t), so every
+        loss, CFG and Perp-Neg (linear in the output, weights summing to one) and VSD's LoRA (its copy runs
+        here too, and is fitted to ε) see noise predictions whatever the parameterisation."""
+        out = self._raw_unet(unet, z_t, t, text, cameras).float()
+        if self.prediction_type == "v_prediction":
+            a = self.alphas_cumprod.to(out.device)[t.to(out.device)].view(-1, *([1] * (out.dim() - 1)))
+            out = a.sqrt() * out + (1 - a).sqrt() * z_t.float()
+        return out
+
+    def _raw_unet(self, unet: nn.Module, z_t: Tensor, t: Tensor, text: Tensor,
+                  cameras: Tensor | None) -> Tensor:
+        """The UNet's own output (ε or v, per prediction_type) [N, C, h, w] in its dtype."""
         dtype = next(unet.parameters()).dtype
         kwargs = {}
         class_embed = getattr(getattr(unet, "config", None), "class_embed_type", None)
@@ -157,7 +185,7 @@ class StableDiffusionPrior(Prior):
     @torch.no_grad()
     def predict_noise(self, z_t: Tensor, t: Tensor, text: Tensor, cameras: Tensor | None = None) -> Tensor:
         """ε̂(z_t, t, text): z_t [N, C, h, w], t [N] long, text [N, L, D] → [N, C, h, w] float32."""
-        return self.unet_forward(self.unet, z_t, t, text, cameras).float()
+        return self.unet_forward(self.unet, z_t, t, text, cameras)
 
     # ------------------------------------------------------------------------------------------ text
     def encode_text(self, prompts: list[str]) -> TextEmbeddings:

@@ -133,11 +133,11 @@ def build_vae(image_size: int, seed: int) -> nn.Module:
                              sample_size=image_size).eval()
 
 
-def build_scheduler() -> Any:
+def build_scheduler(prediction_type: str = "epsilon") -> Any:
     from diffusers import DDPMScheduler
 
     return DDPMScheduler(num_train_timesteps=1000, beta_schedule="scaled_linear", beta_start=0.00085,
-                         beta_end=0.012)
+                         beta_end=0.012, prediction_type=prediction_type)
 
 
 def tiny_encoder_id(cfg: Any) -> str:
@@ -175,9 +175,11 @@ class TinyRandomPrior(StableDiffusionPrior):
         return Components(build_tiny_text(cfg, device), build_tiny_unet(cfg), alphas)
 
 
-def save_tiny_sd_folder(path: str | Path, seed: int = 0, with_vae: bool = False, **sizes: Any) -> Path:
+def save_tiny_sd_folder(path: str | Path, seed: int = 0, with_vae: bool = False,
+                        prediction_type: str = "epsilon", **sizes: Any) -> Path:
     """Write the tiny prior in diffusers layout: unet/, text_encoder/, tokenizer/, scheduler/ (+ vae/).
 
+    `prediction_type` is written to the scheduler config (what the random UNet is declared to output).
     `sizes` are TinyRandomPriorConfig fields (image_size, channels, text_dim, max_length). Without a VAE
     the folder loads (through StableDiffusionPrior) into exactly the weights TinyRandomPrior(seed) builds;
     with one, the UNet works on 4-channel latents at image_size / 2."""
@@ -192,5 +194,5 @@ def save_tiny_sd_folder(path: str | Path, seed: int = 0, with_vae: bool = False,
         build_vae(cfg.image_size, seed).save_pretrained(str(root / "vae"))
     else:
         build_tiny_unet(cfg).save_pretrained(str(root / "unet"))
-    build_scheduler().save_pretrained(str(root / "scheduler"))
+    build_scheduler(prediction_type).save_pretrained(str(root / "scheduler"))
     return root
