@@ -1,0 +1,78 @@
+"""Speed work that must not change results: the thread default and --threads, the mesh query chunk size."""
+
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+
+from asdcli.errors import UserError
+from asdcli.threads import apply_threads, check_threads, default_threads, usable_cpus
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+def test_default_threads_leaves_busy_cores_alone(monkeypatch):
+    monkeypatch.delenv("OMP_NUM_THREADS", raising=False)
+    assert default_threads(cpus=2, load=0.2) == 2  # idle 2-core machine: both cores
+    assert default_threads(cpus=2, load=1.3) == 1  # one core busy with other work
+    assert default_threads(cpus=2, load=7.0) == 1  # never below one
+    assert default_threads(cpus=16, load=3.9) == 13
+    assert 1 <= default_threads() <= usable_cpus()
+
+
+def test_an_explicit_omp_num_threads_is_the_default(monkeypatch):
+    monkeypatch.setenv("OMP_NUM_THREADS", "3")
+    assert default_threads(cpus=2, load=0.0) == 3
+    monkeypatch.setenv("OMP_NUM_THREADS", "junk")
+    assert default_threads(cpus=2, load=0.0) == 2
+
+
+def test_apply_threads_sets_torch(monkeypatch):
+    assert apply_threads(2) == 2 and torch.get_num_threads() == 2
+    monkeypatch.setenv("OMP_NUM_THREADS", "1")
+    assert apply_threads(None) == 1 and torch.get_num_threads() == 1
+    with pytest.raises(UserError, match="--threads: must be between 1 and 1024, got 0"):
+        check_threads(0)
+
+
+@pytest.mark.parametrize("command", [["train", "recipes/tiny_cpu.yaml"], ["distill", "a cube"],
+                                     ["generate", "a cube", "--out", "x.glb"], ["export", "run", "--out", "o"],
+                                     ["eval"]])
+def test_every_command_takes_threads_and_rejects_zero(command):
+    proc = subprocess.run([sys.executable, "-m", "asdcli", *command, "--threads", "0"], capture_output=True,
+                          text=True, cwd=ROOT, env={"PYTHONPATH": str(ROOT), "PATH": ""})
+    assert proc.returncode == 2
+    lines = proc.stderr.strip().splitlines()
+    assert len(lines) == 1 and "--threads" in lines[0] and "between 1 and 1024" in lines[0]
+
+
+def test_threads_reach_torch_in_a_command():
+    for threads in ("1", "2"):
+        code = (f"import torch; from asdcli import cli; cli._threads({threads}); "
+                "cli.run_guarded(False, lambda: print(torch.get_num_threads(), torch.get_num_interop_threads()))")
+        proc = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, cwd=ROOT,
+                              env={"PYTHONPATH": str(ROOT), "PATH": ""})
+        assert proc.stdout.split() == [threads, "1"], proc.stderr[-300:]
+
+
+def test_small_query_chunks_give_the_same_mesh():
+    from asdcli.mesh.isosurface import QUERY_CHUNK, extract_mesh
+
+    def sdf(points):  # a box with rounded edges, coloured by position
+        q = points.abs() - 0.4
+        value = q.clamp(min=0).norm(dim=-1) + q.max(dim=-1).values.clamp(max=0) - 0.1
+        return value, (points + 1) / 2
+
+    sdf.value_only = lambda p: sdf(p)[0]
+    assert QUERY_CHUNK <= 32768
+    for resolution in (40, 64):
+        big = extract_mesh(sdf, resolution, 1.0, "sdf", chunk=1 << 20)
+        small = extract_mesh(sdf, resolution, 1.0, "sdf")
+        odd = extract_mesh(sdf, resolution, 1.0, "sdf", chunk=1000)
+        for mesh in (small, odd):
+            assert mesh.vertices.shape == big.vertices.shape and np.array_equal(mesh.faces, big.faces)
+            assert np.abs(mesh.vertices - big.vertices).max() <= 1e-6
+            assert np.abs(mesh.colors.astype(int) - big.colors).max() <= 1
