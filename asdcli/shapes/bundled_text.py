@@ -115,7 +115,8 @@ class ClipBpeTokenizer:
         symbols = [BYTE_CHARS[b] for b in word.encode("utf-8")]
         symbols[-1] += "</w>"
         while len(symbols) > 1:
-            ranked = [(self.ranks.get(p, 1 << 30), i) for i, p in enumerate(zip(symbols, symbols[1:]))]
+            pairs = zip(symbols[:-1], symbols[1:], strict=True)
+            ranked = [(self.ranks.get(p, 1 << 30), i) for i, p in enumerate(pairs)]
             rank, i = min(ranked)
             if rank == 1 << 30:
                 break
