@@ -76,3 +76,37 @@ def test_small_query_chunks_give_the_same_mesh():
             assert mesh.vertices.shape == big.vertices.shape and np.array_equal(mesh.faces, big.faces)
             assert np.abs(mesh.vertices - big.vertices).max() <= 1e-6
             assert np.abs(mesh.colors.astype(int) - big.colors).max() <= 1
+
+
+def _fit_tiny(run, log_every: int):
+    import json
+
+    from asdcli.engine.trainer import fit
+    from asdcli.recipe import load_recipe
+
+    cfg = load_recipe(ROOT / "recipes" / "tiny_cpu.yaml",
+                      ["render.resolution=8", "render.samples_per_ray=8", f"train.log_every={log_every}",
+                       "train.checkpoint_every=100", "prompts.num_val=1", "train.val_views=2"],
+                      {"output.dir": str(run), "train.steps": 4})
+    result = fit(cfg, list(cfg.prompts.items), list(cfg.prompts.items), quiet=True)
+    rows = [json.loads(line) for line in (run / "metrics.jsonl").read_text().splitlines()]
+    from asdcli.engine import checkpoint as ckpt_io
+
+    weights = ckpt_io.load_part(ckpt_io.resolve_checkpoint(run), "generator")
+    return result, {r["step"]: r for r in rows if "loss" in r}, weights
+
+
+def test_logging_less_often_changes_no_weight_and_no_logged_value(tmp_path):
+    """Logged values stay on the device between logged steps: reading them every step or every other step
+    must give the same training (bit-equal weights) and the same values on the steps both logged."""
+    every, every_step = _fit_tiny(tmp_path / "a", 1), _fit_tiny(tmp_path / "b", 2)
+    assert every[0].step == every_step[0].step == 4
+    assert every[2].keys() == every_step[2].keys()
+    assert all(torch.equal(every[2][k], every_step[2][k]) for k in every[2])
+    shared = set(every[1]) & set(every_step[1])
+    assert len(every[1]) == 4 and len(shared) == 2
+    for step in shared:
+        a, b = every[1][step], every_step[1][step]
+        assert {k: v for k, v in a.items() if k not in ("time", "steps_per_s")} == \
+            {k: v for k, v in b.items() if k not in ("time", "steps_per_s")}
+    assert isinstance(every[0].last_metrics["loss"], float)
