@@ -177,3 +177,16 @@ def test_training_render_is_unchanged_by_the_written_out_gradient(monkeypatch):
     assert (fast.opacity - slow.opacity).abs().max() <= 1e-5
     for a, b in zip(fast_grads, slow_grads, strict=True):
         assert (a - b).abs().max() <= 1e-4 * max(b.abs().max().item(), 1e-3)
+
+
+@pytest.mark.parametrize("hidden_layers", [0, 1, 2])
+def test_channel_major_mlp_gradient_matches_autograd(hidden_layers):
+    from asdcli.generators.mlp import VanillaMLP, mlp_channel_major
+
+    torch.manual_seed(hidden_layers)
+    mlp = VanillaMLP(6, 16, 1, n_hidden_layers=hidden_layers, bias=True)
+    x = torch.randn(2, 6, 500, requires_grad=True)
+    value, grad = mlp_channel_major(mlp, x, input_grad=True)
+    ref = mlp(x.transpose(1, 2)).transpose(1, 2)
+    ref_grad = torch.autograd.grad(ref.sum(), x)[0]
+    assert (value - ref).abs().max() <= 1e-5 and (grad - ref_grad).abs().max() <= 1e-5

@@ -100,18 +100,18 @@ def sample_triplanes(planes: Tensor, points: Tensor, radius: float) -> Tensor:
     return feats.view(p, 3, c, -1).permute(0, 3, 1, 2).reshape(p, -1, 3 * c)
 
 
-def triplane_cells(planes: Tensor) -> Tensor:
+def triplane_cells(planes: Tensor) -> list[Tensor]:
     """Each cell's bilinear coefficients, for lookups with one gather per point and plane.
 
-    planes [P, 3, C, R, R] → [P·3, 4·C, (R+1)²]: over the planes zero-padded by one texel (zero padding, as
-    grid_sample's), cell (j, i) holds a, b, c, d [C] with f(u, v) = a + b·u + c·v + d·u·v for the fractions
-    u, v ∈ [0, 1) inside the cell (u along the plane's width)."""
+    planes [P, 3, C, R, R] → a, b, c, d, each [P·3, C, (R+1)²]: over the planes zero-padded by one texel (zero
+    padding, as grid_sample's), cell (j, i) has f(u, v) = a + b·u + c·v + d·u·v for the fractions u, v ∈ [0, 1)
+    inside the cell (u along the plane's width). Four tables, not one stacked: a stacked gather's backward
+    would concatenate four full-size gradients."""
     p, _, c, r, _ = planes.shape
     padded = F.pad(planes, (1, 1, 1, 1))
     f00, f10 = padded[..., :-1, :-1], padded[..., :-1, 1:]
     f01, f11 = padded[..., 1:, :-1], padded[..., 1:, 1:]
-    coeffs = torch.stack([f00, f10 - f00, f01 - f00, f11 - f10 - f01 + f00], dim=2)  # [P, 3, 4, C, R+1, R+1]
-    return coeffs.reshape(p * 3, 4 * c, (r + 1) ** 2)
+    return [t.reshape(p * 3, c, (r + 1) ** 2) for t in (f00, f10 - f00, f01 - f00, f11 - f10 - f01 + f00)]
 
 
 def sample_triplanes_with_slopes(planes: Tensor, points: Tensor, radius: float) -> tuple[Tensor, Tensor, Tensor]:
@@ -128,9 +128,8 @@ def sample_triplanes_with_slopes(planes: Tensor, points: Tensor, radius: float) 
     frac = (pix - low).to(planes.dtype)
     low = low.long().clamp(-1, r - 1) + 1  # cell of the padded plane
     cell = (low[:, :, 1] * (r + 1) + low[:, :, 0]).reshape(p * 3, 1, n)
-    table = triplane_cells(planes)
-    coeffs = table.gather(2, cell.expand(-1, table.shape[1], -1)).view(p, 3, 4, c, n)
-    a, b, cc, d = coeffs.unbind(2)
+    index = cell.expand(-1, c, -1)
+    a, b, cc, d = (table.gather(2, index).view(p, 3, c, n) for table in triplane_cells(planes))
     fu, fv = frac[:, :, 0:1], frac[:, :, 1:2]  # [P, 3, 1, N]
     slope_v = cc + fu * d
     feats = a + fu * b + fv * slope_v
@@ -161,9 +160,15 @@ def mlp_channel_major(mlp: VanillaMLP, x: Tensor, input_grad: bool = False) -> t
             x = F.relu(x)
     if not input_grad:
         return x, None
-    grad = mlp.layers[-1].weight[0][:, None]
-    for layer, h in zip(reversed(mlp.layers[:-1]), reversed(pre), strict=True):
-        grad = torch.bmm(layer.weight.t().expand(h.shape[0], -1, -1), grad * (h > 0))  # ReLU' is 0 at 0, as autograd's
+    # ReLU's derivative is 0 at 0, as autograd's. The last layer's weight row is folded into the matrix before
+    # it (a [dim, hidden] product) so no [P, hidden, N] tensor is scaled by it.
+    last, hidden = mlp.layers[-1].weight[0], mlp.layers[:-1]
+    if not hidden:  # a linear map: its gradient is its weight row
+        return x, last[None, :, None].expand(x.shape[0], -1, x.shape[-1])
+    masks = [(h > 0).to(h.dtype) for h in pre]
+    grad = torch.bmm((hidden[-1].weight.t() * last).expand(x.shape[0], -1, -1), masks[-1])
+    for layer, mask in zip(reversed(hidden[:-1]), reversed(masks[:-1]), strict=True):
+        grad = torch.bmm(layer.weight.t().expand(x.shape[0], -1, -1), grad * mask)
     return x, grad
 
 
