@@ -65,9 +65,9 @@ def main() -> None:
         result["candidates"][name] = {"cpu_s": statistics.median(cpu), "wall_s": statistics.median(
             s[1] for s in samples[name]), "cpu_vs_import_torch": ratio, "cpu_spread": common.spread(cpu)}
         rows.append([name, result["candidates"][name]["cpu_s"], result["candidates"][name]["wall_s"], ratio])
-    result["table"] = common.table(f"asd generate (bundled model, {args.resolution}³) vs import torch, "
+    result["tables"] = [common.table(f"asd generate (bundled model, {args.resolution}³) vs import torch, "
                                    f"medians of {rounds} rounds", ["process", "CPU s", "wall s",
-                                                                   "CPU vs import torch"], rows)
+                                                                   "CPU vs import torch"], rows)]
     common.write_result(args.out, "bench_generate_cli", args, result)
 
 

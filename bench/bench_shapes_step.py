@@ -65,7 +65,7 @@ def main(argv: list[str] | None = None) -> dict:
           summary["ratios_wall" if clock == "cpu" else "ratios_cpu"]["step/prior_work"],
           summary["ratios"]["step/no_engine"]]])
     result = {"recipe": str(RECIPE.relative_to(common.ROOT)), "device": device, "rounds": rounds, **summary,
-              "samples_s": samples, "table": table, "profile": profile}
+              "samples_s": samples, "tables": [table], "profile": profile}
     common.write_result(args.out, "shapes_step", args, result)
     return result
 

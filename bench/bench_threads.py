@@ -84,9 +84,9 @@ def main() -> None:
                          summary[s]["cpu_s"], summary[s]["ms_per_step_wall"], rel])
         result["recipes"][name] = summary
     result["load_end"] = os.getloadavg()[0]
-    result["table"] = common.table(f"asd train --threads (whole runs, medians of {rounds} rounds)",
+    result["tables"] = [common.table(f"asd train --threads (whole runs, medians of {rounds} rounds)",
                                    ["recipe", "threads", "resolved", "wall s", "CPU s", "ms/step (wall)",
-                                    "per step vs best"], rows)
+                                    "per step vs best"], rows)]
     common.write_result(args.out, "bench_threads", args, result)
 
 
