@@ -56,6 +56,18 @@ app = typer.Typer(add_completion=False, no_args_is_help=True, pretty_exceptions_
 DEBUG = typer.Option(False, "--debug", help="Show full tracebacks instead of one-line errors.")
 QUIET = typer.Option(False, "--quiet", "-q", help="No progress bar; errors still go to stderr.")
 DEVICE = typer.Option(None, "--device", help="cpu, cuda or cuda:N (default: the recipe's train.device, auto).")
+_THREADS: dict[str, Optional[int]] = {"requested": None}  # set while parsing, applied by run_guarded
+
+
+def _threads(value: Optional[int]) -> Optional[int]:
+    if value is not None and not 1 <= value <= 1024:
+        raise typer.BadParameter(f"must be between 1 and 1024, got {value}; omit it for the default")
+    _THREADS["requested"] = value
+    return value
+
+
+THREADS = typer.Option(None, "--threads", callback=_threads, help="CPU threads for torch (default: the cores this "
+                       "process may use that other work leaves free, at least 1).")
 
 
 def _version(value: bool) -> None:
@@ -77,6 +89,9 @@ def run_guarded(debug: bool, fn, *args, **kwargs):
     if kwargs.get("quiet"):  # also the Hugging Face download / weight-loading bars (read when they are imported)
         os.environ["HF_HUB_DISABLE_PROGRESS_BARS"] = "1"
     try:
+        from asdcli.threads import apply_threads
+
+        apply_threads(_THREADS["requested"])  # before any heavy work: the inter-op pool is sized only once
         return fn(*args, **kwargs)
     except UserError as exc:
         if debug:
@@ -114,6 +129,7 @@ def train(
     steps: Optional[int] = typer.Option(None, "--steps", help="Optimiser steps (overrides train.steps)."),
     out: Optional[Path] = typer.Option(None, "--out", help="Run directory (default runs/NAME)."),
     device: Optional[str] = DEVICE,
+    threads: Optional[int] = THREADS,
     resume: bool = typer.Option(False, "--resume", help="Continue the run in --out from its last checkpoint."),
     dry_run: bool = typer.Option(False, "--dry-run", help="Print the resolved recipe and parameter counts; "
                                                           "load no prior weights, train nothing."),
@@ -136,6 +152,7 @@ def distill(
     steps: Optional[int] = typer.Option(None, "--steps", help="Optimiser steps (overrides train.steps)."),
     out: Optional[Path] = typer.Option(None, "--out", help="Run directory (default runs/NAME)."),
     device: Optional[str] = DEVICE,
+    threads: Optional[int] = THREADS,
     resume: bool = typer.Option(False, "--resume", help="Continue the run in --out from its last checkpoint."),
     quiet: bool = QUIET,
     debug: bool = DEBUG,
@@ -163,6 +180,7 @@ def generate(
     views: int = typer.Option(8, "--views", help="Orbit views for --turntable/--views-png."),
     max_faces: Optional[int] = typer.Option(None, "--max-faces", help="Decimate to at most this many faces."),
     device: Optional[str] = DEVICE,
+    threads: Optional[int] = THREADS,
     verbose: bool = typer.Option(False, "--verbose", "-v", help="Print the time split."),
     quiet: bool = typer.Option(False, "--quiet", "-q", help="No weight-loading bars; warnings and errors still "
                                "go to stderr, the written file's line to stdout."),
@@ -187,6 +205,7 @@ def export(
     resolution: int = typer.Option(128, "--resolution", help="Isosurface grid resolution (8-1024)."),
     overwrite: bool = typer.Option(False, "--overwrite", help="Rewrite assets that already exist."),
     device: Optional[str] = DEVICE,
+    threads: Optional[int] = THREADS,
     quiet: bool = QUIET,
     debug: bool = DEBUG,
 ) -> None:
@@ -211,6 +230,7 @@ def eval_(
     csv_path: Optional[Path] = typer.Option(None, "--csv", help="Write per-prompt rows as CSV."),
     sheet: Optional[Path] = typer.Option(None, "--sheet", help="Write a contact sheet PNG."),
     device: Optional[str] = DEVICE,
+    threads: Optional[int] = THREADS,
     quiet: bool = QUIET,
     debug: bool = DEBUG,
 ) -> None:

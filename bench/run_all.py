@@ -19,7 +19,7 @@ import common
 
 # The order: engine overhead and losses, corpus scaling, amortization, generate split, throughput; then the
 # loss-only and cache-only micro-benchmarks.
-SUITE = ("engine", "corpus", "amortization", "generate", "generators", "losses", "text_cache")
+SUITE = ("engine", "corpus", "amortization", "generate", "generators", "losses", "text_cache", "shapes_step")
 
 
 def run_one(name: str, args) -> dict:

@@ -47,7 +47,15 @@ class LoadedModel:
 
 
 def load_text_encoder(cfg: RunConfig, device: torch.device):
-    """The prior's text side only (no UNet/VAE): what the generator was trained on."""
+    """The prior's text side only (no UNet/VAE): what the generator was trained on. A ShapesWorld prior's CLIP
+    text model runs in plain torch (same embeddings; importing transformers would cost more than the rest)."""
+    from asdcli.shapes.bundled_text import load_bundled_text, use_bundled_text
+
+    folder = use_bundled_text(cfg.prior)
+    if folder is not None:
+        from asdcli.priors.stable_diffusion import StableDiffusionPrior
+
+        return load_bundled_text(folder, StableDiffusionPrior._encoder_id(cfg.prior), device)
     from asdcli.registry import resolve
 
     prior_cls = resolve("prior", cfg.prior.kind, "prior.kind")

@@ -25,7 +25,7 @@ class Draw(NamedTuple):
 @dataclass
 class MicroStep:
     loss: Tensor  # scalar: weighted sum of every term
-    logs: dict[str, float]
+    logs: dict[str, float | Tensor]  # device values as detached 0-d tensors (see read_logs)
 
 
 class StepRunner:
@@ -90,7 +90,14 @@ class StepRunner:
             if weight > 0:  # a term with weight 0 costs nothing and is not logged
                 terms[name] = (weight, fn())
         loss = sum(weight * value for weight, value in terms.values())
-        logs = {k: float(v) for k, v in sd.logs.items()}
-        logs.update({f"loss_{k}": float(v.detach()) for k, (_, v) in terms.items()})
-        logs["loss"] = float(loss.detach())
+        # Logged values stay on the device (detached, 0-d): reading them here would wait for the device every
+        # step; the trainer reads them every train.log_every steps (`read_logs`).
+        logs = dict(sd.logs)
+        logs.update({f"loss_{k}": v.detach() for k, (_, v) in terms.items()})
+        logs["loss"] = loss.detach()
         return MicroStep(loss, logs)
+
+
+def read_logs(logs: dict) -> dict[str, float]:
+    """Logged values as plain floats (one host read per device value)."""
+    return {k: float(v) for k, v in logs.items()}

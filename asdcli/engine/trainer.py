@@ -24,7 +24,7 @@ from asdcli.engine.components import build_train_parts, resolve_device
 from asdcli.engine.host_memory import keep_freed_host_memory
 from asdcli.engine.optim import build_optimizer
 from asdcli.engine.rundir import MetricsLog, prepare_run_dir, unlock_run_dir, write_meta
-from asdcli.engine.steps import StepRunner
+from asdcli.engine.steps import StepRunner, read_logs
 from asdcli.errors import UserError
 
 
@@ -147,7 +147,8 @@ class Trainer:
 
     # ------------------------------------------------------------------------------------------- loop
     def train_step(self) -> dict[str, float]:
-        """One optimiser step (grad_accum micro-steps). A non-finite loss or gradient skips the update."""
+        """One optimiser step (grad_accum micro-steps). A non-finite loss or gradient skips the update.
+        Returns the step's logs: device values as 0-d tensors (`read_logs` turns them into floats)."""
         self.optimizer.zero_grad(set_to_none=True)
         for group, (scale, sched) in zip(self.optimizer.param_groups, self.lr_plan, strict=True):
             group["lr"] = scale * sched.at(self.state.step, self.cfg.train.steps)  # a resume's too
@@ -158,9 +159,8 @@ class Trainer:
             logs.append(micro.logs)
         dist_.average_gradients(self.params, self.dist)
         self.scaler.unscale_(self.optimizer)
-        loss_finite = all(torch.isfinite(torch.tensor(m["loss"])) for m in logs)
-        grads = [torch.isfinite(p.grad).all() for p in self.params if p.grad is not None]
-        finite = loss_finite and (not grads or bool(torch.stack(grads).all()))  # one host sync, not one per tensor
+        loss_finite, grads_finite = self._finite(logs)
+        finite = loss_finite and grads_finite
         skipped = dist_.any_flag(not finite, self.dist)
         if skipped:
             self.optimizer.zero_grad(set_to_none=True)
@@ -182,6 +182,17 @@ class Trainer:
         self.state.step += 1
         return merged
 
+    def _finite(self, logs: list[dict]) -> tuple[bool, bool]:
+        """(every micro-step's loss is finite, every gradient is finite), computed on the device and read in one
+        transfer: the step's only host sync (the skip has to be decided before the optimiser runs)."""
+        dev = self.device
+        losses = torch.stack([torch.as_tensor(m["loss"], dtype=torch.float32, device=dev).reshape(())
+                              for m in logs])
+        grads = [torch.isfinite(p.grad).all() for p in self.params if p.grad is not None]
+        grads_ok = torch.stack(grads).all() if grads else torch.ones((), dtype=torch.bool, device=dev)
+        loss_ok, grads_ok = torch.stack([torch.isfinite(losses).all(), grads_ok.to(dev)]).tolist()
+        return bool(loss_ok), bool(grads_ok)
+
     def fit(self) -> FitResult:
         try:
             return self._fit()
@@ -200,14 +211,19 @@ class Trainer:
         # Ctrl-C while that happens stops at once (KeyboardInterrupt), the last complete checkpoint kept.
         old_handlers = {sig: signal.signal(sig, self._on_stop_signal) for sig in _STOP_SIGNALS} \
             if _main_thread() else {}
-        t0, done0, last = time.perf_counter(), self.state.step, {}
+        t0, done0, last, shown_loss = time.perf_counter(), self.state.step, {}, None
         try:
             with _progress(self.quiet or not self.dist.is_main, total, self.state.step) as bar:
                 while self.state.step < total:
                     last = self.train_step()
                     rate = (self.state.step - done0) / max(time.perf_counter() - t0, 1e-9)
-                    bar(self.state.step, last["loss"], rate)
-                    if self.state.step % cfg.train.log_every == 0 or self.state.step == total:
+                    # Logged values are read from the device only on logged steps (and once for the bar).
+                    logged = self.state.step % cfg.train.log_every == 0 or self.state.step == total
+                    if logged or shown_loss is None:
+                        last = read_logs(last)
+                        shown_loss = last["loss"]
+                    bar(self.state.step, shown_loss, rate)
+                    if logged:
                         self.metrics.write({**last, "steps_per_s": rate, "time": time.time()})
                     self._after_step(total)
         finally:
@@ -215,7 +231,7 @@ class Trainer:
                 signal.signal(sig, handler)
         rate = (self.state.step - done0) / max(time.perf_counter() - t0, 1e-9)
         dist_.shutdown(self.dist)
-        return FitResult(self.run_dir, self.state.step, rate, self.state.nonfinite_total, last)
+        return FitResult(self.run_dir, self.state.step, rate, self.state.nonfinite_total, read_logs(last))
 
     def _after_step(self, total: int) -> None:
         cfg, step = self.cfg.train, self.state.step

@@ -100,6 +100,83 @@ def sample_triplanes(planes: Tensor, points: Tensor, radius: float) -> Tensor:
     return feats.view(p, 3, c, -1).permute(0, 3, 1, 2).reshape(p, -1, 3 * c)
 
 
+def triplane_cells(planes: Tensor) -> list[Tensor]:
+    """Each cell's bilinear coefficients, for lookups with one gather per point and plane.
+
+    planes [P, 3, C, R, R] → a, b, c, d, each [P·3, C, (R+1)²]: over the planes zero-padded by one texel (zero
+    padding, as grid_sample's), cell (j, i) has f(u, v) = a + b·u + c·v + d·u·v for the fractions u, v ∈ [0, 1)
+    inside the cell (u along the plane's width). Four tables, not one stacked: a stacked gather's backward
+    would concatenate four full-size gradients."""
+    p, _, c, r, _ = planes.shape
+    padded = F.pad(planes, (1, 1, 1, 1))
+    f00, f10 = padded[..., :-1, :-1], padded[..., :-1, 1:]
+    f01, f11 = padded[..., 1:, :-1], padded[..., 1:, 1:]
+    return [t.reshape(p * 3, c, (r + 1) ** 2) for t in (f00, f10 - f00, f01 - f00, f11 - f10 - f01 + f00)]
+
+
+def sample_triplanes_with_slopes(planes: Tensor, points: Tensor, radius: float) -> tuple[Tensor, Tensor, Tensor]:
+    """`sample_triplanes` (same values to float rounding), channel-major, and the features' slopes.
+
+    planes [P, 3, C, R, R], points [P, N, 3] inside [-radius, radius]³ (renderers clamp their samples) →
+    features [P, 3·C, N]; slope_u, slope_v [P, 3, C, N]: d feature / d (plane axis) in texels (times
+    R / (2·radius) for world units). Channel-major so every elementwise step runs along N, contiguous."""
+    p, n, _ = points.shape
+    c, r = planes.shape[2], planes.shape[-1]
+    uv = (points.detach() / radius)[..., [0, 1, 0, 2, 2, 1]].view(p, n, 3, 2).permute(0, 2, 3, 1)  # [P, 3, 2, N]
+    pix = ((uv + 1) * r - 1) / 2  # align_corners=False
+    low = pix.floor()
+    frac = (pix - low).to(planes.dtype)
+    low = low.long().clamp(-1, r - 1) + 1  # cell of the padded plane
+    cell = (low[:, :, 1] * (r + 1) + low[:, :, 0]).reshape(p * 3, 1, n)
+    index = cell.expand(-1, c, -1)
+    a, b, cc, d = (table.gather(2, index).view(p, 3, c, n) for table in triplane_cells(planes))
+    fu, fv = frac[:, :, 0:1], frac[:, :, 1:2]  # [P, 3, 1, N]
+    slope_v = cc + fu * d
+    feats = a + fu * b + fv * slope_v
+    return feats.view(p, 3 * c, n), b + fv * d, slope_v
+
+
+def triplane_gradient(d_feats: Tensor, slope_u: Tensor, slope_v: Tensor, scale: float) -> Tensor:
+    """Chain rule from d value / d features [P, 3·C, N] and the plane slopes [P, 3, C, N] (times `scale`, texels
+    per world unit) to d value / d point [P, N, 3]: x is read by planes xy and xz (their u), y by xy and zy
+    (their v), z by xz (v) and zy (u)."""
+    g = d_feats.view(slope_u.shape)
+    su, sv = (g * slope_u).sum(2), (g * slope_v).sum(2)  # [P, 3, N]
+    grad = torch.stack([su[:, 0] + su[:, 1], sv[:, 0] + sv[:, 2], sv[:, 1] + su[:, 2]], dim=-1)
+    return grad * scale
+
+
+def mlp_channel_major(mlp: VanillaMLP, x: Tensor, input_grad: bool = False) -> tuple[Tensor, Tensor | None]:
+    """A VanillaMLP on channel-major inputs x [P, dim_in, N] → [P, dim_out, N]; with input_grad (one output)
+    also d out / d x [P, dim_in, N], by the chain rule written out (differentiable wrt the weights, so a loss
+    on it needs one backward, not autograd's double backward)."""
+    pre = []
+    for i, layer in enumerate(mlp.layers):
+        x = torch.bmm(layer.weight.expand(x.shape[0], -1, -1), x)  # (matmul would copy x to rows)
+        if layer.bias is not None:
+            x = x + layer.bias[:, None]
+        if i < len(mlp.layers) - 1:
+            pre.append(x)
+            x = F.relu(x)
+    if not input_grad:
+        return x, None
+    # ReLU's derivative is 0 at 0, as autograd's. The last layer's weight row is folded into the matrix before
+    # it (a [dim, hidden] product) so no [P, hidden, N] tensor is scaled by it.
+    last, hidden = mlp.layers[-1].weight[0], mlp.layers[:-1]
+    if not hidden:  # a linear map: its gradient is its weight row
+        return x, last[None, :, None].expand(x.shape[0], -1, x.shape[-1])
+    masks = [(h > 0).to(h.dtype) for h in pre]
+    grad = torch.bmm((hidden[-1].weight.t() * last).expand(x.shape[0], -1, -1), masks[-1])
+    for layer, mask in zip(reversed(hidden[:-1]), reversed(masks[:-1]), strict=True):
+        grad = torch.bmm(layer.weight.t().expand(x.shape[0], -1, -1), grad * mask)
+    return x, grad
+
+
+def sphere_sdf_grad(points: Tensor) -> Tensor:
+    """d sphere_sdf / d points [..., 3] (the same epsilon)."""
+    return points / (points.square().sum(-1, keepdim=True) + 1e-12).sqrt()
+
+
 def sphere_sdf(points: Tensor, radius: float) -> Tensor:
     """|x| − r: the analytic sphere every SDF generator is biased towards. points [..., 3] → [...].
 

@@ -14,7 +14,16 @@ import torch
 from torch import Tensor, nn
 
 from asdcli.generators.base import FieldOutput, Generator
-from asdcli.generators.mlp import ConditionBlock, VanillaMLP, sample_triplanes, sphere_sdf
+from asdcli.generators.mlp import (
+    ConditionBlock,
+    VanillaMLP,
+    mlp_channel_major,
+    sample_triplanes,
+    sample_triplanes_with_slopes,
+    sphere_sdf,
+    sphere_sdf_grad,
+    triplane_gradient,
+)
 from asdcli.priors.base import TextEmbeddings
 
 
@@ -71,6 +80,18 @@ class TriplaneGenerator(Generator):
         """planes [P, 3, C, R, R], points [P, N, 3] → sdf [P, N], features [P, N, 3]."""
         feats = sample_triplanes(state, points, self.cfg.radius)
         return FieldOutput(self._sdf(feats, points), self.feature_head(feats))
+
+    def query_with_grad(self, state: Tensor, points: Tensor) -> tuple[FieldOutput, Tensor]:
+        """`query` plus d sdf / d points [P, N, 3], written out (renderers call it instead of autograd.grad with
+        create_graph): the eikonal term then trains the field with one backward instead of a double backward.
+        points must not need a gradient (renderer samples do not)."""
+        feats, slope_u, slope_v = sample_triplanes_with_slopes(state, points, self.cfg.radius)  # [P, 3C, N]
+        value, d_feats = mlp_channel_major(self.sdf_head, feats, input_grad=True)
+        colour, _ = mlp_channel_major(self.feature_head, feats)
+        scale = self.cfg.plane_res / (2 * self.cfg.radius)  # texels per world unit
+        grad = triplane_gradient(d_feats, slope_u, slope_v, scale) + sphere_sdf_grad(points)
+        sdf = value[:, 0] + sphere_sdf(points, self.cfg.sdf_bias_radius)
+        return FieldOutput(sdf, colour.transpose(1, 2).contiguous()), grad
 
     def query_value(self, state: Tensor, points: Tensor) -> Tensor:
         return self._sdf(sample_triplanes(state, points, self.cfg.radius), points)

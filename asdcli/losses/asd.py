@@ -62,5 +62,5 @@ class AsynchronousScoreDistillation(ScoreDistillation):
         branches = [*cfg_branches(z_t, t, cond), (z_t_plus, t_plus, cond.cond)]
         *eps_t, eps_shifted = predict_branches(prior, branches, cond.cameras)
         eps_cfg = guided_noise(eps_t, cond, guidance)
-        logs = {"t_plus": float(t_plus.float().mean()), "dt": float(delta.float().mean())}
+        logs = {"t_plus": t_plus.detach().float().mean(), "dt": delta.detach().float().mean()}  # read when logged
         return eps_cfg - eps_shifted, logs

@@ -66,7 +66,8 @@ class ScoreDistillationConfig:
 
 @dataclass
 class LossOutput:
-    """loss: scalar with ∂loss/∂z = grad / B (not multiplied by weights.distill); logs: plain floats."""
+    """loss: scalar with ∂loss/∂z = grad / B (not multiplied by weights.distill); logs: floats, or detached 0-d
+    tensors for values computed on the device (read with float() when logged)."""
 
     loss: Tensor
     logs: dict[str, float]
@@ -168,7 +169,9 @@ class ScoreDistillation(nn.Module, abc.ABC):
         # gradient is exactly grad / B (z − (z − grad) rounds, and overflows for huge grad).
         zf = z.float()
         loss = (((zf - zf.detach()) * grad).sum() + 0.5 * (grad**2).sum()) / batch
-        logs = {"loss": float(loss.detach()), "grad_norm": float(grad.norm()),
+        # Device values stay 0-d tensors (a float() here would wait for the device every step); the trainer
+        # reads them every train.log_every steps.
+        logs = {"loss": loss.detach(), "grad_norm": grad.detach().norm(),
                 "t": float(t_cpu.float().mean()), "t_min": float(window.min_step),
                 "t_max": float(window.max_step), **extra}
         return LossOutput(loss=loss, logs=logs)

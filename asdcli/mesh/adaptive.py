@@ -16,7 +16,7 @@ import numpy as np
 import torch
 from scipy import ndimage
 
-from asdcli.mesh.isosurface import QueryFn, grid_coordinates, values_of
+from asdcli.mesh.isosurface import QUERY_CHUNK, QueryFn, grid_coordinates, values_of
 
 
 def _interp_matrix(fine: int, coarse_idx: np.ndarray) -> np.ndarray:
@@ -72,7 +72,7 @@ def _fine_mask(cells: np.ndarray, resolution: int, coarse_idx: np.ndarray) -> np
 
 @torch.no_grad()
 def sample_sdf_coarse_to_fine(query_fn: QueryFn, resolution: int, radius: float, level: float = 0.0,
-                              chunk: int = 262144, device: torch.device | str = "cpu",
+                              chunk: int = QUERY_CHUNK, device: torch.device | str = "cpu",
                               band: float = 2.0) -> tuple[np.ndarray, float]:
     """SDF values on the R³ grid [R, R, R] (x-major) exact near the level set, interpolated elsewhere; also the
     fraction of grid points actually queried."""

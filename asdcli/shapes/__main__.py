@@ -28,7 +28,7 @@ def _parser() -> argparse.ArgumentParser:
         t.add_argument("--out", required=True, help="run directory (checkpoint, metrics.jsonl)")
         t.add_argument("--steps", type=int, default=None, help="total optimiser steps")
         t.add_argument("--resume", action="store_true", help="continue from the run directory's checkpoint")
-        t.add_argument("--threads", type=int, default=None, help="torch CPU threads")
+        t.add_argument("--threads", type=int, default=None, help="torch CPU threads (default: the free usable cores)")
         t.add_argument("--batch", type=int, default=None)
         t.add_argument("--seed", type=int, default=None)
         t.add_argument("--config", default=None, help="JSON object of config overrides (with --resume: "
@@ -159,11 +159,11 @@ def main(argv: list[str] | None = None) -> int:
     from asdcli.errors import UserError
 
     args = _parser().parse_args(argv)
-    if getattr(args, "threads", None):
-        import torch
-
-        torch.set_num_threads(args.threads)
     try:
+        if hasattr(args, "threads"):  # the exports take no --threads: they do no heavy work
+            from asdcli.threads import apply_threads
+
+            apply_threads(args.threads)
         _dispatch(args)
     except UserError as err:
         print(f"error: {err}", file=sys.stderr)
