@@ -142,11 +142,15 @@ def _local(w: Weight) -> Path | None:
         return None
     path = path if path is not None else Path(w.source).expanduser()
     if not path.exists():
-        raise UserError(f"{w.key}: {w.source!r} not found; set {w.key}=PATH to {w.layout} or to a hub id")
+        sep = " " if w.key.startswith("--") else "="
+        raise UserError(f"{w.key}: {w.source!r} not found: the path does not exist; set {w.key}{sep}PATH to "
+                        f"{w.layout} or to a hub id")
     if w.needs and path.is_dir():
         lacking = _missing_in(path, w.needs)
         if lacking:
-            raise UserError(f"{w.key}: {w.source!r} has no {lacking}; {w.key} must be {w.layout}")
+            sub = Path(lacking).parent
+            what = f"{sub}/ subfolder" if sub.parts and not (path / sub).is_dir() else lacking
+            raise UserError(f"{w.key}: {w.source!r} has no {what}; {w.key} must be {w.layout}")
     elif w.needs:
         raise UserError(f"{w.key}: {w.source!r} is a file; {w.key} must be {w.layout}")
     return path

@@ -138,13 +138,13 @@ def test_local_folders_are_checked_for_what_the_loader_needs(tmp_path):
     assert found.path == latent and not found.hub
     for part in ("vae", "unet"):  # a latent UNet without its VAE would load as a pixel-space prior: refused
         (latent / part).rename(tmp_path / f"{part}.bak")
-        with pytest.raises(UserError, match=rf"prior.model: .* has no {part}/config.json"):
+        with pytest.raises(UserError, match=rf"prior.model: .* has no {part}/ subfolder"):
             resolve(training_weights({"kind": "stable-diffusion", "model": str(latent)}))
         (tmp_path / f"{part}.bak").rename(latent / part)
     # generate needs the text side only
     (latent / "unet").rename(tmp_path / "unet.bak")
     assert resolve(text_weights(Prior(kind="stable-diffusion", model=str(latent), revision=None)))[0].path == latent
-    with pytest.raises(UserError, match="prior.model: .*not found; set prior.model=PATH"):
+    with pytest.raises(UserError, match="prior.model: .*not found: the path does not exist; set prior.model=PATH"):
         resolve(training_weights({"kind": "stable-diffusion", "model": str(tmp_path / "nowhere")}))
 
 
