@@ -185,7 +185,7 @@ def _download_command(w: Weight) -> str:
     if w.file:
         return f"hf download {w.source} {w.file}{rev}"
     include = " ".join(f'"{p}"' for p in w.include)
-    return f'hf download {w.source}{rev} --include {include} --exclude "*fp16*" "*non_ema*"'
+    return f'hf download {w.source}{rev} --include {include} --exclude "*fp16*" "*non_ema*" "*.bin"'
 
 
 def _override_hint(w: Weight) -> str:
