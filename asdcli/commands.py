@@ -33,13 +33,50 @@ def _prompts_of(cfg) -> tuple[list[str], list[str]]:
 
 def train_command(recipe: Path, overrides: list[str], *, steps, out, device, resume, dry_run, json_out,
                   quiet) -> None:
-    from asdcli.recipe import load_recipe
+    from asdcli.recipe import load_recipe, merged_recipe
 
-    cfg = load_recipe(recipe, overrides, _flags(steps, out, device))
-    prompts, val = _prompts_of(cfg)
+    data = merged_recipe(recipe, overrides, _flags(steps, out, device))
+    if not dry_run:
+        _early_checks(data)
+    cfg = load_recipe(raw=data)
     if dry_run:
-        return dry_run_report(cfg, prompts, json_out)
-    _fit_and_report(cfg, prompts, val, resume, quiet)
+        prompts, note = _dry_run_prompts(cfg)
+        return dry_run_report(cfg, prompts, json_out, prompts_note=note)
+    prompts, val = _prompts_of(cfg)
+    _fit_with_weights(cfg, prompts, val, resume, quiet)
+
+
+def _early_checks(data: dict) -> None:
+    """The prompt library and the weights the recipe names explicitly, checked before validation imports torch
+    (seconds): a missing one fails within a second or two. Defaults are checked after validation too."""
+    from asdcli.preflight import resolve, training_weights
+    from asdcli.prompts import check_library_source
+
+    prompts = data.get("prompts")
+    library = prompts.get("library") if isinstance(prompts, dict) else None
+    if isinstance(library, str):
+        check_library_source(library)
+    prior = data.get("prior")
+    if isinstance(prior, dict):
+        resolve(training_weights(prior))
+
+
+def _dry_run_prompts(cfg) -> tuple[list[str] | None, str | None]:
+    """The train prompts, or (None, why) for a library the paper never published: the dry run still reports."""
+    from asdcli.prompts import UnpublishedLibrary
+
+    try:
+        return _prompts_of(cfg)[0], None
+    except UnpublishedLibrary as exc:
+        return None, str(exc)
+
+
+def _fit_with_weights(cfg, prompts, val, resume, quiet) -> None:
+    """Every weight the prior needs is found (or one line says how to get it) before anything heavy loads."""
+    from asdcli.preflight import offline_first, training_weights
+
+    with offline_first(training_weights(cfg.prior)):
+        _fit_and_report(cfg, prompts, val, resume, quiet)
 
 
 def _fit_and_report(cfg, prompts, val, resume, quiet) -> None:
@@ -59,14 +96,16 @@ def _fit_and_report(cfg, prompts, val, resume, quiet) -> None:
 
 def distill_command(prompt: str, overrides: list[str], *, recipe, steps, out, device, resume, quiet) -> None:
     from asdcli.prompts import check_prompt
-    from asdcli.recipe import load_recipe
+    from asdcli.recipe import load_recipe, merged_recipe
 
     prompt = check_prompt(prompt)
     recipe = recipe or default_distill_recipe()
     flags = _flags(steps, out, device)
     flags.update({"prompts.items": [prompt], "prompts.library": None, "render.prompts_per_step": 1})
-    cfg = load_recipe(recipe, overrides, flags)
-    _fit_and_report(cfg, [prompt], [prompt], resume, quiet)
+    data = merged_recipe(recipe, overrides, flags)
+    _early_checks(data)
+    cfg = load_recipe(raw=data)
+    _fit_with_weights(cfg, [prompt], [prompt], resume, quiet)
 
 
 def default_distill_recipe() -> Path:
@@ -75,8 +114,9 @@ def default_distill_recipe() -> Path:
     return Path(str(files("asdcli") / "assets" / "recipes" / "distill.yaml"))
 
 
-def dry_run_report(cfg, prompts: list[str], json_out: bool) -> None:
-    """Resolved recipe + parameter counts, built on the meta device: no weights, no memory, no prior."""
+def dry_run_report(cfg, prompts: list[str] | None, json_out: bool, prompts_note: str | None = None) -> None:
+    """Resolved recipe + parameter counts, built on the meta device: no weights, no memory, no prior.
+    `prompts` is None (with `prompts_note` saying why) when the library cannot be read here."""
     import torch
 
     from asdcli.config import to_plain
@@ -90,13 +130,15 @@ def dry_run_report(cfg, prompts: list[str], json_out: bool) -> None:
         background = build_background(cfg.render, text_dim)
     counts = {"generator": sum(p.numel() for p in generator.parameters()),
               "background": sum(p.numel() for p in background.parameters())}
+    num = len(prompts) if prompts is not None else None
     if json_out:
-        print(json.dumps({"recipe": to_plain(cfg), "parameters": counts, "num_prompts": len(prompts)}, indent=2))
+        report = {"recipe": to_plain(cfg), "parameters": counts, "num_prompts": num}
+        print(json.dumps(report | ({"prompts_note": prompts_note} if prompts_note else {}), indent=2))
         return
     print(dump_recipe(cfg), end="")
     for part, n in counts.items():
         print(f"# parameters.{part}: {n:,}")
-    print(f"# prompts: {len(prompts)}")
+    print(f"# prompts: {num}" if num is not None else f"# prompts: unavailable: {prompts_note}")
 
 
 def generate_command(prompt: str, out: Path, *, checkpoint, resolution, threshold, seed, turntable, views_png,
@@ -186,6 +228,11 @@ def eval_command(*, checkpoint, prompts, split, clip_score, clip_model, views, r
                                (sheet, ".png", "--sheet")):
         if path is not None:
             check_output_file(path, (suffix,), flag)
+    clip_source = None
+    if clip_score:  # found (or one line saying how to get it) before the generator and renders load
+        from asdcli.preflight import local_clip
+
+        clip_source = local_clip(clip_model) if clip_model else _default_clip()
     model = load_model(checkpoint, device)
     items = prompts_for(model, prompts, split)
     metrics: dict = {}
@@ -194,7 +241,7 @@ def eval_command(*, checkpoint, prompts, split, clip_score, clip_model, views, r
                         f"(the paper uses 120)"}
     scorer = None
     if clip_score:
-        scorer = ClipScorer(clip_model or _default_clip(), device=model.device)
+        scorer = ClipScorer(clip_source, device=model.device)
         meta["clip_model"] = str(clip_model or "bundled ShapesWorld CLIP")
     images = render_all(model, items, views, resolution, quiet)
     if scorer is not None:

@@ -1,7 +1,10 @@
-"""Prompt libraries: the paper's JSON ({"train", "val", "test"} lists) or a text file with one prompt a line."""
+"""Prompt libraries: the paper's JSON ({"train", "val", "test"} lists) or a text file with one prompt a line, or a
+library shipped in the package by name (`shapesworld[:N]`, the paper's `magic3d_15`, `dreamfusion_415`,
+`att3d_2520`, `instant3d_17000`)."""
 
 from __future__ import annotations
 
+import gzip
 import json
 import warnings
 from pathlib import Path
@@ -9,6 +12,12 @@ from pathlib import Path
 from asdcli.errors import UserError
 
 SPLITS = ("train", "val", "test")
+BUNDLED = "shapesworld"
+# The paper's libraries, shipped gzipped in asdcli/assets/prompts/ (ScaleDreamer's, see ATTRIBUTION.md there).
+PAPER_LIBRARIES = ("magic3d_15", "dreamfusion_415", "att3d_2520", "instant3d_17000")
+# Named by a paper recipe but never published: a name that explains how to make the file instead.
+UNPUBLISHED = {"cap3d_100k": "the paper's CP100k library of Cap3D captions"}
+BUILD_HINT = 'a JSON {"train": [...], "val": [...], "test": [...]} or a text file with one prompt a line'
 
 
 PROMPTS_MAX_BYTES = 64 << 20  # a 100k-prompt corpus is ~10 MB; /dev/zero or a wrong file fails at once
@@ -20,15 +29,18 @@ def _read_text(path: Path) -> str:
 
     path = check_path(path, "prompt file")
     if not path.exists():
-        raise UserError(f"{path}: prompt file not found")
+        hint = f"; the bundled library is named {path.stem}" if path.stem in PAPER_LIBRARIES else ""
+        raise UserError(f"{path}: prompt file not found{hint}; give {BUILD_HINT}, or a bundled library: "
+                        f"{', '.join((BUNDLED, *PAPER_LIBRARIES))}")
     if path.is_dir():
         raise UserError(f"{path}: is a directory; pass a .json prompt library or a .txt file (one prompt a line)")
     data = read_bounded(path, PROMPTS_MAX_BYTES, "prompt file")
     return decode_text(data, path, "save the prompt file as UTF-8")
 
 
-def _check_prompts(prompts: list, where: str) -> list[str]:
-    """Reject non-strings and empty prompts; drop duplicates with a warning (the paper's DL17k has 3.7k)."""
+def _check_prompts(prompts: list, where: str, warn_duplicates: bool = True) -> list[str]:
+    """Reject non-strings and empty prompts; drop duplicates, with a warning unless told not to (the bundled
+    DL17k holds 3.7k repeats, documented with it)."""
     out: list[str] = []
     for i, p in enumerate(prompts):
         if not isinstance(p, str):
@@ -39,12 +51,23 @@ def _check_prompts(prompts: list, where: str) -> list[str]:
         _check_visible(p, f"{where}[{i}]")
         out.append(" ".join(p.split()))
     unique = list(dict.fromkeys(out))
-    if len(unique) != len(out):
+    if len(unique) != len(out) and warn_duplicates:
         warnings.warn(f"{where}: {len(out) - len(unique)} duplicate prompt(s) ignored", stacklevel=3)
     return unique
 
 
-BUNDLED = "shapesworld"
+class UnpublishedLibrary(UserError):
+    """A library the paper used but did not publish (a dry run can still report the recipe without it)."""
+
+
+def _paper_library(name: str) -> dict[str, list[str]]:
+    from importlib.resources import files
+
+    path = Path(str(files("asdcli") / "assets" / "prompts" / f"{name}.json.gz"))
+    if not path.is_file():
+        raise UserError(f"prompts.library: the bundled library {name} is missing from this installation "
+                        f"({path}); reinstall asdcli or pass prompts.library=PATH to a copy")
+    return _parse_json(gzip.decompress(path.read_bytes()).decode("utf-8"), name, warn_duplicates=False)
 
 
 def _bundled_library(name: str) -> dict[str, list[str]]:
@@ -83,34 +106,53 @@ def _check_visible(prompt: str, where: str) -> None:
     if bad is not None:  # ESC, BEL, NUL...: a prompt printed in a table or a warning must not drive the terminal
         raise UserError(f"{where}: the prompt holds the control character {ascii(bad)} at position "
                         f"{prompt.index(bad)}; remove it")
+def _parse_json(text: str, p: str | Path, warn_duplicates: bool = True) -> dict[str, list[str]]:
+    try:
+        data = json.loads(text)
+    except json.JSONDecodeError as exc:
+        raise UserError(f"{p}: malformed JSON at line {exc.lineno}, column {exc.colno}: {exc.msg}") from None
+    except RecursionError:
+        raise UserError(f'{p}: malformed JSON: nested too deeply; expected {{"train": [...], ...}}') from None
+    if isinstance(data, list):
+        data = {s: data for s in SPLITS}
+    if not isinstance(data, dict):
+        raise UserError(f'{p}: expected {{"train": [...], "val": [...], "test": [...]}} or a list of prompts')
+    unknown = [k for k in data if k not in SPLITS]
+    if unknown:
+        raise UserError(f"{p}: unknown split(s) {', '.join(map(repr, unknown))}; allowed: {', '.join(SPLITS)}")
+    lib = {}
+    for split, items in data.items():
+        if not isinstance(items, list):
+            raise UserError(f"{p}: split {split!r} must be a list of prompts")
+        lib[split] = _check_prompts(items, f"{p}:{split}", warn_duplicates)
+    return lib
+
+
+def check_library_source(name: str) -> None:
+    """The cheap part of read_library, for a recipe not yet validated: an unpublished library's name or a
+    missing file fails here, in a fraction of a second, before torch is imported."""
+    if name == BUNDLED or name.startswith(BUNDLED + ":") or name in PAPER_LIBRARIES:
+        return
+    if name in UNPUBLISHED:
+        raise UnpublishedLibrary(f"prompts.library: {name} ({UNPUBLISHED[name]}) is not published, so asd cannot "
+                                 f"ship it; build {BUILD_HINT} and pass prompts.library=PATH")
+    if not Path(name).exists():
+        _read_text(Path(name))
 
 
 def read_library(path: str | Path) -> dict[str, list[str]]:
-    """All splits of a prompt library. A text file gives the same list for every split; the name
-    `shapesworld[:N]` is the built-in ShapesWorld library (no file)."""
-    if str(path) == BUNDLED or str(path).startswith(BUNDLED + ":"):
-        return _bundled_library(str(path))
+    """All splits of a prompt library. A text file gives the same list for every split; the names
+    `shapesworld[:N]` (built-in ShapesWorld, no file) and PAPER_LIBRARIES (shipped files) are not paths."""
+    name = str(path)
+    if name == BUNDLED or name.startswith(BUNDLED + ":"):
+        return _bundled_library(name)
+    if name in PAPER_LIBRARIES:
+        return _paper_library(name)
+    check_library_source(name)
     p = Path(path)
     text = _read_text(p)
     if p.suffix.lower() == ".json":
-        try:
-            data = json.loads(text)
-        except json.JSONDecodeError as exc:
-            raise UserError(f"{p}: malformed JSON at line {exc.lineno}, column {exc.colno}: {exc.msg}") from None
-        except RecursionError:
-            raise UserError(f'{p}: malformed JSON: nested too deeply; expected {{"train": [...], ...}}') from None
-        if isinstance(data, list):
-            data = {s: data for s in SPLITS}
-        if not isinstance(data, dict):
-            raise UserError(f'{p}: expected {{"train": [...], "val": [...], "test": [...]}} or a list of prompts')
-        unknown = [k for k in data if k not in SPLITS]
-        if unknown:
-            raise UserError(f"{p}: unknown split(s) {', '.join(map(repr, unknown))}; allowed: {', '.join(SPLITS)}")
-        lib = {}
-        for split, items in data.items():
-            if not isinstance(items, list):
-                raise UserError(f"{p}: split {split!r} must be a list of prompts")
-            lib[split] = _check_prompts(items, f"{p}:{split}")
+        lib = _parse_json(text, p)
     else:
         lines = [line for line in text.splitlines() if line.strip() and not line.lstrip().startswith("#")]
         prompts = _check_prompts(lines, str(p))

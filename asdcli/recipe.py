@@ -126,6 +126,15 @@ def apply_override(data: dict, parts: list[str], value: Any) -> dict:
 def load_recipe(path: str | os.PathLike | None = None, overrides: list[str] = (), flags: dict | None = None,
                 raw: dict | None = None) -> RunConfig:
     """defaults < base < recipe < overrides < flags, validated into a frozen RunConfig."""
+    cfg = build_dataclass(RunConfig, merged_recipe(path, overrides, flags, raw), "")
+    validate(cfg)
+    return cfg
+
+
+def merged_recipe(path: str | os.PathLike | None = None, overrides: list[str] = (), flags: dict | None = None,
+                  raw: dict | None = None) -> dict:
+    """base < recipe < overrides < flags as plain data, not validated yet (so no component module, and no
+    torch, is imported: the weight preflight reads it)."""
     data = load_raw(path) if raw is None else dict(raw)
     data.pop("schema_version", None) if data.get("schema_version") == SCHEMA_VERSION else None
     if "schema_version" in data:
@@ -135,9 +144,7 @@ def load_recipe(path: str | os.PathLike | None = None, overrides: list[str] = ()
         data = apply_override(data, *parse_override(item))
     for dotted, value in (flags or {}).items():  # named flags: the caller drops the ones not given
         data = apply_override(data, dotted.split("."), value)
-    cfg = build_dataclass(RunConfig, data, "")
-    validate(cfg)
-    return cfg
+    return data
 
 
 # Upper bounds of the run's own counts: what one step allocates grows with them, so a typo (samples_per_ray=1e8)

@@ -1,5 +1,5 @@
 """Corpus scaling: engine step time and resident memory at 16, 1k, 10k and 100k prompts (and the 17k real
-Instant3D prompts when ../shared/prompts/instant3d_17000.json exists), with the on-disk text-embedding cache.
+Instant3D prompts, the bundled `instant3d_17000` library), with the on-disk text-embedding cache.
 
     python bench/bench_corpus.py [--quick] [--threads 1] [--gpu] [--sizes 16 1000 10000 100000] [--out ...]
 
@@ -31,9 +31,9 @@ SIZES = (16, 1000, 10_000, 100_000)
 
 
 def write_corpus(tmp: Path, name: str, n: int | None) -> Path:
-    """A prompt library file: n synthetic prompts (one per line), or the real Instant3D JSON as it is."""
+    """A prompt library file: n synthetic prompts (one per line), or the real Instant3D library (by name)."""
     if n is None:
-        return common.REAL_PROMPTS
+        return Path(common.REAL_PROMPTS)
     path = tmp / f"{name}.txt"
     path.write_text("\n".join(common.synthetic_prompts(n)) + "\n", encoding="utf-8")
     return path
@@ -157,7 +157,7 @@ def interleave_steps(procs: dict[str, StepProcess], rounds: int, per_round: int)
 
 def corpora(args) -> dict[str, int | None]:
     out: dict[str, int | None] = {f"{n:,} synthetic": n for n in args.sizes}
-    if common.REAL_PROMPTS.is_file() and not args.quick:
+    if not args.quick:
         out["17k real (Instant3D)"] = None
     return out
 

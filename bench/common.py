@@ -25,7 +25,7 @@ ROOT = Path(__file__).resolve().parents[1]
 RESULTS = ROOT / "bench" / "results"
 TINY_RECIPE = ROOT / "recipes" / "tiny_cpu.yaml"
 SCRATCH = Path(tempfile.gettempdir()) / "asd-bench"  # large reusable inputs (the --gpu random SD 2.1 folder)
-REAL_PROMPTS = ROOT.parent / "shared" / "prompts" / "instant3d_17000.json"
+REAL_PROMPTS = "instant3d_17000"  # the paper's DL17k, shipped in the package: a prompts.library name
 
 if str(ROOT) not in sys.path:  # `python bench/x.py` from a checkout without `pip install -e .`
     sys.path.insert(0, str(ROOT))

@@ -54,17 +54,10 @@ def write_random_sd(folder: str | Path, unet: dict | None = None, vae: dict | No
 
 
 def magic3d_prompts() -> list[str]:
-    """The 15 Magic3D prompts (MG15) from the shared prompt folder, or 15 synthetic stand-ins."""
-    import json
+    """The 15 Magic3D prompts (MG15), from the library shipped in the package."""
+    from asdcli.prompts import read_library
 
-    from common import ROOT, synthetic_prompts
-
-    path = ROOT.parent / "shared" / "prompts" / "magic3d_15.json"
-    if path.is_file():
-        data = json.loads(path.read_text(encoding="utf-8"))
-        items = data["train"] if isinstance(data, dict) else data
-        return list(dict.fromkeys(items))[:15]
-    return synthetic_prompts(15)
+    return read_library("magic3d_15")["train"]
 
 
 def paper_engine_overrides(folder: Path) -> list[str]:

@@ -14,7 +14,7 @@ ROOT = Path(__file__).resolve().parents[1]
 RECIPES = sorted(p for p in (ROOT / "recipes").glob("*.yaml") if not p.name.startswith("_"))
 PAPER = ["sd_hyper_ingp_mg15", "sd_3dconv_df415", "sd_3dconv_at2520", "sd_3dconv_cp100k", "mvdream_triplane",
          "sd_nerf", "mvdream_nerf"]
-# Inline prompts instead of the paper's libraries, which are not in the repo (prompts/*.json beside the user).
+# Inline prompts instead of the paper's libraries (shipped in the package, tested in test_prompt_libraries.py).
 NO_LIBRARY = ["prompts.library=null", "prompts.items=[a red cube, a blue sphere]"]
 runner = CliRunner()
 
@@ -55,23 +55,6 @@ def test_dry_run_reports_paper_sizes_without_a_prior(name, target, parts, monkey
     n = sum(report["parameters"][p] for p in parts)
     assert abs(n - target) / target < 0.05, (name, report["parameters"])
     assert report["num_prompts"] == 2 and report["recipe"]["name"] == name
-
-
-SHARED_PROMPTS = ROOT.parent / "shared" / "prompts"  # the paper's libraries, where this checkout has them
-
-
-@pytest.mark.skipif(not SHARED_PROMPTS.is_dir(), reason="the paper's prompt libraries are not beside the repo")
-@pytest.mark.filterwarnings("ignore:.*duplicate prompt")
-@pytest.mark.parametrize("name, train_prompts", [
-    ("sd_hyper_ingp_mg15", 15), ("sd_3dconv_df415", 415), ("sd_3dconv_at2520", 2520),
-    ("mvdream_triplane", 13551),  # 17,241 train entries, 13,551 unique
-])
-def test_recipe_library_names_the_paper_corpus(name, train_prompts):
-    library = Path(load_recipe(ROOT / "recipes" / f"{name}.yaml").prompts.library)
-    res = invoke("train", ROOT / "recipes" / f"{name}.yaml", "--dry-run", "--json",
-                 f"prompts.library={SHARED_PROMPTS / library.name}")
-    assert res.exit_code == 0, res.output
-    assert json.loads(res.stdout)["num_prompts"] == train_prompts
 
 
 # ------------------------------------------------------------------------------------- tiny 2-step runs

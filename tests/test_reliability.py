@@ -156,10 +156,13 @@ def _unwritable_folder(monkeypatch):
 def _sd_folder(env: Env, with_subfolders: bool) -> Path:
     folder = env.tmp / "sd_model"
     folder.mkdir()
-    if with_subfolders:
+    if with_subfolders:  # every file the weight preflight looks for is there, but unreadable
         for sub in ("unet", "text_encoder", "tokenizer", "scheduler"):
             (folder / sub).mkdir()
             (folder / sub / "config.json").write_text("{not json")
+        for name in ("unet/diffusion_pytorch_model.safetensors", "text_encoder/model.safetensors",
+                     "tokenizer/vocab.json", "scheduler/scheduler_config.json"):
+            (folder / name).write_text("{not json")
     return folder
 
 

@@ -139,7 +139,9 @@ def test_malicious_pt_checkpoint_is_refused_without_running_code(tmp_path):
     marker = tmp_path / "pwned"
     evil = tmp_path / "sd-v2.1-base-4view.pt"
     torch.save({"state_dict": {"model.diffusion_model.x": _Payload(marker)}}, evil)
-    res = invoke("train", TINY, f"prior={{kind: mvdream, model: '{evil}'}}", "--out", tmp_path / "run", "--quiet")
+    # a text model that is present (the weight preflight would stop at a missing one before the checkpoint is read)
+    prior = f"prior={{kind: mvdream, model: '{evil}', text_model: 'bundled:shapes-prior'}}"
+    res = invoke("train", TINY, prior, "--out", tmp_path / "run", "--quiet")
     line = one_line(res, 2)
     assert "cannot read checkpoint" in line and str(evil) in line
     assert not marker.exists() and not (tmp_path / "run").exists()

@@ -79,7 +79,10 @@ def load_model(checkpoint: str | Path | None, device: str | None = None) -> Load
         trained = cfg.train.device
         device = trained if trained.startswith("cuda") and torch.cuda.is_available() else "cpu"
     dev = resolve_device(device)
-    text = load_text_encoder(cfg, dev)
+    from asdcli.preflight import offline_first, text_weights
+
+    with offline_first(text_weights(cfg.prior)):  # a missing text encoder: one line, before transformers loads
+        text = load_text_encoder(cfg, dev)
     text_dim = int(text.encode([""]).tokens.shape[-1])
     generator = build_generator(cfg, text_dim, dev)
     background = build_background(cfg, text_dim, dev)
