@@ -1,15 +1,21 @@
 """A new user's first hour through the real `asd` entry point (subprocesses, output to pipes): colours that
 viewers show right, commands that finish what they start, progress readable in a log, help that teaches."""
 
+import json
 import os
 import subprocess
 import sys
+from pathlib import Path
 
+import imageio.v3 as iio
 import numpy as np
+import pytest
 import trimesh
 
 from asdcli.mesh.export import srgb_to_linear
 from tests.test_mesh import glb_vertex_colors
+
+TINY = Path(__file__).resolve().parents[1] / "recipes" / "tiny_cpu.yaml"
 
 
 def asd(*args, cwd, env_extra=None, timeout=600):
@@ -32,3 +38,64 @@ def test_generate_glb_colours_are_the_ply_colours_linearised(tmp_path):
     np.testing.assert_allclose(glb[:, :3], srgb_to_linear(ply / 255.0), atol=1.0 / 65535 + 1e-9)
     r, g, b = np.median(ply, axis=0)
     assert r > g + 60 and r > b + 60  # the display colours stayed red (not linearised) in the PLY
+
+
+PROMPTS_40 = [f"a {c} {s}" for c in ("red", "blue", "green", "yellow", "pink") for s in
+              ("cube", "sphere", "cone", "torus", "capsule", "pyramid", "cylinder", "cube next to a red cone")]
+
+
+@pytest.fixture(scope="module")
+def tiny_run(tmp_path_factory):
+    """A 1-step tiny run over 40 prompts, trained through the CLI (more prompts than eval's default sample)."""
+    root = tmp_path_factory.mktemp("tiny40")
+    items = "[" + ", ".join(f'"{p}"' for p in PROMPTS_40) + "]"
+    res = asd("train", TINY, "--steps", "1", "--out", root / "run", f"prompts.items={items}", "-q", cwd=root)
+    assert res.returncode == 0, res.stderr
+    return root / "run"
+
+
+def test_distill_writes_the_mesh_in_a_run_named_after_the_prompt(tmp_path):
+    res = asd("distill", "a blue torus", "--recipe", TINY, "--steps", "3", "--out", tmp_path / "torus.obj",
+              "--resolution", "32", cwd=tmp_path, env_extra={"ASD_PROGRESS_EVERY": "0"})
+    assert res.returncode == 0, res.stderr
+    run = tmp_path / "runs" / "a_blue_torus"
+    assert (run / "checkpoints" / "last").exists() and (tmp_path / "torus.obj").stat().st_size > 0
+    assert trimesh.load(tmp_path / "torus.obj", process=False).faces.shape[0] > 0
+    out = res.stdout.splitlines()
+    assert out[-2].startswith(f"wrote {tmp_path / 'torus.obj'} (") and out[-2].endswith("run: runs/a_blue_torus")
+    assert out[-1].startswith("next: asd eval --checkpoint runs/a_blue_torus")
+    # Output to a pipe: one plain progress line per step here (ASD_PROGRESS_EVERY=0), no bar redraws.
+    lines = [ln for ln in res.stderr.splitlines() if ln.startswith("train: step ")]
+    assert [ln.split()[2] for ln in lines] == ["1/3", "2/3", "3/3"], res.stderr
+    assert all(" · ETA " in ln and " · loss " in ln and "steps/s" in ln for ln in lines)
+    assert "\r" not in res.stderr and "\x1b[" not in res.stderr
+
+
+def test_distill_out_must_be_a_mesh_and_run_dir_is_honoured(tmp_path):
+    res = asd("distill", "a red cube", "--out", tmp_path / "rundir", cwd=tmp_path)
+    assert res.returncode == 2 and res.stderr.count("\n") == 1 and "--run-dir" in res.stderr
+    assert not (tmp_path / "runs").exists()
+    res = asd("distill", "a red cube", "--recipe", TINY, "--steps", "1", "--run-dir", tmp_path / "mine",
+              "--resolution", "16", "-q", cwd=tmp_path)
+    assert res.returncode == 0, res.stderr
+    assert (tmp_path / "mine" / "a_red_cube.glb").stat().st_size > 0 and not (tmp_path / "runs").exists()
+    assert res.stdout.startswith("wrote ") and res.stdout.count("\n") == 1 and res.stderr == ""
+
+
+def test_eval_scores_a_seeded_sample_by_default_and_all_on_request(tmp_path, tiny_run):
+    common = ("eval", "--checkpoint", tiny_run, "--views", "1", "--resolution", "16")
+    res = asd(*common, "--json", tmp_path / "a.json", "--sheet", tmp_path / "s.png", cwd=tmp_path)
+    assert res.returncode == 0, res.stderr
+    assert res.stdout.splitlines()[0] == ("scoring 32 of the run's 40 prompts (seeded sample; --prompts all "
+                                          "scores every one)")
+    rows = json.loads((tmp_path / "a.json").read_text())["prompts"]
+    assert len(rows) == 32 and len({r["prompt"] for r in rows}) == 32
+    again = asd(*common, "--json", tmp_path / "b.json", "-q", cwd=tmp_path)
+    assert again.returncode == 0 and again.stdout == ""
+    same = json.loads((tmp_path / "b.json").read_text())["prompts"]
+    assert [r["prompt"] for r in same] == [r["prompt"] for r in rows]  # seeded: the same sample every time
+    sheet = iio.imread(tmp_path / "s.png")
+    assert sheet.shape[1] >= 128 and sheet.shape[0] >= 16 * (128 + 16)  # 16 labelled rows of views >= 128 px
+    res = asd(*common, "--prompts", "all", "--json", tmp_path / "c.json", cwd=tmp_path)
+    assert res.returncode == 0 and res.stdout.startswith("scoring all 40 prompts of the run")
+    assert len(json.loads((tmp_path / "c.json").read_text())["prompts"]) == 40

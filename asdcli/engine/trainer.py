@@ -200,7 +200,7 @@ class Trainer:
                 while self.state.step < total:
                     last = self.train_step()
                     rate = (self.state.step - done0) / max(time.perf_counter() - t0, 1e-9)
-                    bar(self.state.step, last["loss"], rate)
+                    bar(self.state.step, loss=last["loss"])
                     if self.state.step % cfg.train.log_every == 0 or self.state.step == total:
                         self.metrics.write({**last, "steps_per_s": rate, "time": time.time()})
                     self._after_step(total)
@@ -253,29 +253,11 @@ def _main_thread() -> bool:
     return threading.current_thread() is threading.main_thread()
 
 
-class _progress:
-    """A rich progress bar (steps/s, loss, ETA) or nothing with --quiet; used as `bar(step, loss, rate)`."""
+def _progress(quiet: bool, total: int, start: int):
+    """A rich bar on a terminal, plain lines in a log, nothing with --quiet (asdcli.progress)."""
+    from asdcli.progress import ProgressReport
 
-    def __init__(self, quiet: bool, total: int, start: int):
-        self.quiet, self.total, self.start = quiet, total, start
-
-    def __enter__(self):
-        if self.quiet:
-            return lambda *a: None
-        from rich.progress import BarColumn, Progress, TextColumn, TimeRemainingColumn
-
-        self.progress = Progress(TextColumn("[bold]train"), BarColumn(), TextColumn("{task.completed}/{task.total}"),
-                                 TextColumn("{task.fields[rate]:.2f} steps/s"),
-                                 TextColumn("loss {task.fields[loss]:.4g}"), TimeRemainingColumn(),
-                                 transient=False)
-        self.progress.__enter__()
-        task = self.progress.add_task("train", total=self.total, completed=self.start, rate=0.0, loss=float("nan"))
-        return lambda step, loss, rate: self.progress.update(task, completed=step, loss=loss, rate=rate)
-
-    def __exit__(self, *exc):
-        if not self.quiet:
-            self.progress.__exit__(*exc)
-        return False
+    return ProgressReport("train", total, start=start, quiet=quiet, unit="step")
 
 
 def fit(cfg: RunConfig, prompts: list[str], val_prompts: list[str], resume: bool = False,
