@@ -99,3 +99,49 @@ def test_eval_scores_a_seeded_sample_by_default_and_all_on_request(tmp_path, tin
     res = asd(*common, "--prompts", "all", "--json", tmp_path / "c.json", cwd=tmp_path)
     assert res.returncode == 0 and res.stdout.startswith("scoring all 40 prompts of the run")
     assert len(json.loads((tmp_path / "c.json").read_text())["prompts"]) == 40
+
+
+@pytest.mark.parametrize("command, argument", [("train", "RECIPE"), ("distill", "PROMPT"), ("generate", "PROMPT"),
+                                               ("export", "RUN"), ("eval", None)])
+def test_help_teaches(command, argument, tmp_path):
+    res = asd(command, "--help", cwd=tmp_path, env_extra={"COLUMNS": "200"})
+    assert res.returncode == 0
+    text = res.stdout
+    assert "<bool>" not in text and "{" not in text  # flags as flags; arguments without braces
+    usage = next(ln for ln in text.splitlines() if "Usage:" in ln)
+    assert argument is None or f" {argument}" in usage
+    examples = text.split("Examples")[-1]
+    assert "Examples" in text and 2 <= sum(ln.strip().startswith(f"asd {command}") for ln in
+                                           examples.splitlines()) <= 3
+
+
+def test_unknown_words_warn_in_one_line_and_bundled_names_work(tmp_path):
+    (tmp_path / "p.txt").write_text("a purple dodecahedron\n")
+    res = asd("export", "bundled:shapes-generator", "--prompts", tmp_path / "p.txt", "--out", tmp_path / "out",
+              "--resolution", "16", cwd=tmp_path)
+    assert res.returncode == 0, res.stderr
+    assert json.loads((tmp_path / "out" / "index.json").read_text()) == {
+        "a_purple_dodecahedron.glb": "a purple dodecahedron"}
+    warning = [ln for ln in res.stderr.splitlines() if "warning" in ln.lower()]
+    assert warning == ["warning: words outside the model's vocabulary: dodecahedron (in 'a purple dodecahedron')"]
+    assert ".py" not in res.stderr and "UserWarning" not in res.stderr and "Loading weights" not in res.stderr
+    res = asd("eval", "--checkpoint", "bundled:shapes-prior", cwd=tmp_path)
+    assert res.returncode == 2 and res.stderr.count("\n") == 1 and "bundled:shapes-generator" in res.stderr
+
+
+def test_mp4_without_the_encoder_is_exit_2_naming_the_extra(tmp_path):
+    res = asd("generate", "a red cube", "--out", tmp_path / "c.glb", "--turntable", tmp_path / "c.mp4",
+              cwd=tmp_path, env_extra={"IMAGEIO_FFMPEG_EXE": "/nonexistent/ffmpeg"})
+    assert res.returncode == 2 and res.stderr.count("\n") == 1 and "pip install 'asdcli[video]'" in res.stderr
+    assert os.listdir(tmp_path) == []  # checked before the model loads: nothing written, no .gif instead
+
+
+@pytest.mark.slow  # 48 + 4 renders at 256 px: minutes on a 2-core CPU
+def test_turntable_and_views_defaults(tmp_path, tiny_run):
+    res = asd("generate", "a red cube", "--checkpoint", tiny_run, "--out", tmp_path / "c.glb", "--resolution", "16",
+              "--turntable", tmp_path / "c.gif", "--views-png", tmp_path / "v.png", "--views", "4", cwd=tmp_path)
+    assert res.returncode == 0, res.stderr
+    frames = iio.imread(tmp_path / "c.gif", index=None)
+    assert frames.shape[:3] == (48, 256, 256)  # 7.5 degrees a frame
+    sheet = iio.imread(tmp_path / "v.png")
+    assert sheet.shape[1] >= 4 * 256 and sheet.shape[0] >= 16 + 256  # 4 views of 256 px under the prompt
