@@ -66,16 +66,16 @@ def distill_command(prompt: str, overrides: list[str], *, recipe, steps, out, ru
     from asdcli.recipe import load_recipe
 
     prompt = check_prompt(prompt)
-    if out is not None:
-        if not out.suffix and not out.is_file():
-            raise UserError(f"--out {out}: --out is the mesh to write (.glb, .obj or .ply); the run directory is "
-                            f"--run-dir, e.g. --run-dir {out} --out {out / 'mesh.glb'}")
-        check_output_file(out, MESH_SUFFIXES, "--out")
     check_resolution(resolution)
     name = safe_filename(prompt, max_len=60)
     flags = _flags(steps, run_dir, device)
     flags.update({"name": name, "prompts.items": [prompt], "prompts.library": None, "render.prompts_per_step": 1})
     cfg = load_recipe(recipe or default_distill_recipe(), overrides, flags)
+    if out is not None:  # checked before training, so a long run never ends on an unwritable name
+        if not out.suffix and not out.is_file():
+            raise UserError(f"--out {out}: --out is the mesh to write (.glb, .obj or .ply); the run directory is "
+                            f"--run-dir, e.g. --run-dir {out} --out {out / 'mesh.glb'}")
+        check_output_file(out, MESH_SUFFIXES, "--out")
     result = _fit_and_report(cfg, [prompt], [prompt], resume, quiet)
     _distilled_mesh(result.run_dir, prompt, out or result.run_dir / f"{name}.glb", resolution, device, quiet)
 

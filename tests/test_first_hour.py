@@ -145,3 +145,19 @@ def test_turntable_and_views_defaults(tmp_path, tiny_run):
     assert frames.shape[:3] == (48, 256, 256)  # 7.5 degrees a frame
     sheet = iio.imread(tmp_path / "v.png")
     assert sheet.shape[1] >= 4 * 256 and sheet.shape[0] >= 16 + 256  # 4 views of 256 px under the prompt
+
+
+def test_eta_skips_the_warm_up_step():
+    """A 60 s first step (imports, caches) then 2 s steps: the ETA after step 2 is 2 s per remaining step, not
+    the 31 s average; it then follows a slowdown gradually (EMA, alpha 0.2)."""
+    from asdcli.progress import RateEstimator, format_duration
+
+    est = RateEstimator(alpha=0.2)
+    est.update(0, 0.0)
+    est.update(1, 60.0)
+    assert est.eta(299) is None  # only the warm-up step so far
+    est.update(2, 62.0)
+    assert est.eta(298) == pytest.approx(596.0, abs=1e-9) and est.rate == pytest.approx(0.5)
+    est.update(3, 66.0)  # one 4 s step: 2 + 0.2 * (4 - 2) = 2.4 s per step
+    assert est.eta(297) == pytest.approx(297 * 2.4, abs=1e-9)
+    assert [format_duration(s) for s in (12, 338, 3725, None)] == ["12s", "5m38s", "1h02m", "?"]
