@@ -107,7 +107,6 @@ def run_guarded(debug: bool, fn, *args, **kwargs):
     # imported) follow the same rule as ours: none with --quiet, none in a log, where tqdm's redraws are noise.
     if kwargs.get("quiet") or not interactive():
         os.environ["HF_HUB_DISABLE_PROGRESS_BARS"] = "1"
-    warnings.showwarning = _one_line_warning
     try:
         return fn(*args, **kwargs)
     except UserError as exc:
@@ -278,6 +277,9 @@ def eval_(
 
 
 def main() -> None:
+    # The process edge (console script, python -m asdcli): warnings become one line. Not in run_guarded, so
+    # in-process callers (tests, notebooks) keep their own warning handling.
+    warnings.showwarning = _one_line_warning
     app(prog_name="asd")
 
 
