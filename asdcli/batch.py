@@ -45,6 +45,8 @@ def eval_prompts(model: LoadedModel, prompts_file: Path | None, split: str, seed
     items = prompts_for(model, None, split)
     which = f"{split} prompts" if model.cfg.prompts.library is not None else "prompts"
     if prompts_file is not None or len(items) <= DEFAULT_EVAL_PROMPTS:
+        if len(items) == 1:
+            return items, f"scoring the run's one prompt: {items[0]!r}"
         return items, f"scoring all {len(items):,} {which} of the run"
     keep = sorted(random.Random(seed).sample(range(len(items)), DEFAULT_EVAL_PROMPTS))
     return ([items[i] for i in keep], f"scoring {DEFAULT_EVAL_PROMPTS} of the run's {len(items):,} {which} "

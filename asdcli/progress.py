@@ -73,6 +73,8 @@ class RateEstimator:
         return None if spi is None else 1.0 / max(spi, 1e-9)
 
     def eta(self, remaining: float) -> float | None:
+        if remaining <= 0:
+            return 0.0
         return None if self.seconds_per_item is None else remaining * self.seconds_per_item
 
 
