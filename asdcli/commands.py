@@ -126,7 +126,7 @@ def dry_run_report(cfg, prompts: list[str], json_out: bool) -> None:
 
 
 def generate_command(prompt: str, out: Path, *, checkpoint, resolution, threshold, seed, turntable, views_png,
-                     views, max_faces, device, verbose, quiet=False) -> None:
+                     views, max_faces, device, verbose, quiet=False, frames: int = 48) -> None:
     del quiet  # read by run_guarded: it silences the Hugging Face weight-loading bars before they are imported
     import time
 
@@ -146,6 +146,7 @@ def generate_command(prompt: str, out: Path, *, checkpoint, resolution, threshol
     if views_png is not None:
         check_output_file(views_png, (".png",), "--views-png")
     check_resolution(views, "--views", 1, 360)
+    check_resolution(frames, "--frames", 8, 360)
     if max_faces is not None and max_faces < 4:
         raise UserError(f"--max-faces: must be at least 4, got {max_faces}")
     if threshold is not None and not math.isfinite(threshold):
@@ -159,7 +160,8 @@ def generate_command(prompt: str, out: Path, *, checkpoint, resolution, threshol
     t0 = time.perf_counter()
     write_mesh(mesh, out)
     timings.add("write", time.perf_counter() - t0)
-    extra = orbit_media(model, prompt, views, seed, turntable, views_png) if (turntable or views_png) else []
+    extra = (orbit_media(model, prompt, views, seed, turntable, views_png, frames=frames)
+             if (turntable or views_png) else [])
     print(f"wrote {out} ({mesh.num_vertices:,} vertices, {mesh.num_faces:,} faces)"
           + "".join(f", {p}" for p in extra))
     if verbose:

@@ -134,6 +134,9 @@ def test_mp4_without_the_encoder_is_exit_2_naming_the_extra(tmp_path):
               cwd=tmp_path, env_extra={"IMAGEIO_FFMPEG_EXE": "/nonexistent/ffmpeg"})
     assert res.returncode == 2 and res.stderr.count("\n") == 1 and "pip install 'asdcli[video]'" in res.stderr
     assert os.listdir(tmp_path) == []  # checked before the model loads: nothing written, no .gif instead
+    res = asd("generate", "a red cube", "--out", tmp_path / "c.glb", "--turntable", tmp_path / "c.gif",
+              "--frames", "7", cwd=tmp_path)
+    assert res.returncode == 2 and "--frames: must be between 8 and 360, got 7" in res.stderr
 
 
 @pytest.mark.slow  # 48 + 4 renders at 256 px: minutes on a 2-core CPU
