@@ -43,11 +43,35 @@ def prompts_for(model: LoadedModel, prompts_file: Path | None, split: str) -> li
     raise UserError("--prompts: the run names no prompt list this machine can read; pass --prompts FILE")
 
 
-def _progress(quiet: bool, total: int, label: str):
-    from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
+DEFAULT_EVAL_PROMPTS = 32
+"""`asd eval` without --prompts scores this many prompts of the split, drawn with a fixed seed."""
 
-    return Progress(TextColumn(f"[bold]{label}"), BarColumn(), MofNCompleteColumn(), TimeRemainingColumn(),
-                    disable=quiet)
+
+def eval_prompts(model: LoadedModel, prompts_file: Path | None, split: str, seed: int = 0) -> tuple[list[str], str]:
+    """The prompts `asd eval` scores and a line saying which: --prompts FILE → all of it; `--prompts all` → the
+    run's whole split; no --prompts → DEFAULT_EVAL_PROMPTS of the run's split drawn with `seed` (in the split's
+    order, so the same checkpoint always gets the same set), or all of them when there are fewer."""
+    import random
+
+    if prompts_file is not None and str(prompts_file) != "all":
+        items = prompts_for(model, prompts_file, split)
+        return items, f"scoring the {len(items):,} prompts of {prompts_file}"
+    items = prompts_for(model, None, split)
+    which = f"{split} prompts" if model.cfg.prompts.library is not None else "prompts"
+    if prompts_file is not None or len(items) <= DEFAULT_EVAL_PROMPTS:
+        if len(items) == 1:
+            return items, f"scoring the run's one prompt: {items[0]!r}"
+        return items, f"scoring all {len(items):,} {which} of the run"
+    keep = sorted(random.Random(seed).sample(range(len(items)), DEFAULT_EVAL_PROMPTS))
+    return ([items[i] for i in keep], f"scoring {DEFAULT_EVAL_PROMPTS} of the run's {len(items):,} {which} "
+            f"(seeded sample; --prompts all scores every one)")
+
+
+def _progress(quiet: bool, total: int, label: str):
+    """A rich bar on a terminal, plain lines in a log, nothing with --quiet (asdcli.progress)."""
+    from asdcli.progress import ProgressReport
+
+    return ProgressReport(label, total, quiet=quiet, unit="prompt")
 
 
 INDEX, SOURCES = "index.json", "index.checkpoints.json"  # file → prompt; file → checkpoint fingerprint
@@ -70,8 +94,7 @@ def export_all(model: LoadedModel, prompts: list[str], fmt: str, out: Path, reso
     names = _names(out, prompts, fmt, index, sources, fingerprint if not overwrite else None, assign_filenames)
     written, skipped, failures, done = 0, 0, [], {}
     with _progress(quiet, len(prompts), "export") as bar:
-        task = bar.add_task("export", total=len(prompts))
-        for prompt in prompts:
+        for count, prompt in enumerate(prompts, 1):
             path = out / f"{names[prompt]}.{fmt}"
             try:
                 if path.exists() and not overwrite:
@@ -83,7 +106,7 @@ def export_all(model: LoadedModel, prompts: list[str], fmt: str, out: Path, reso
                 done[path.name] = prompt
             except (UserError, ValueError, RuntimeError) as exc:  # one prompt's failure; the batch goes on
                 failures.append((prompt, str(exc)))
-            bar.advance(task)
+            bar(count)
     _write_maps(out, {**index, **done}, {**sources, **{name: fingerprint for name in done}})
     return written, skipped, failures
 
@@ -152,19 +175,20 @@ def render_all(model: LoadedModel, prompts: list[str], views: int, resolution: i
     """Orbit renders of every prompt → [P, V, H, W, 3] in [0, 1] (batched generator forwards)."""
     chunks = []
     with _progress(quiet, len(prompts), "render") as bar:
-        task = bar.add_task("render", total=len(prompts))
         for start in range(0, len(prompts), batch):
             part = prompts[start:start + batch]
             state, text = field_state(model, part, seed=model.cfg.seed)
             chunks.append(render_orbit(model, state, text, views, resolution)["rgb"])
-            bar.advance(task, len(part))
+            bar(start + len(part))
     return torch.cat(chunks)
 
 
-def contact_sheet_of(images: torch.Tensor, path: Path, max_prompts: int = 16) -> Path:
-    """One row per prompt (up to max_prompts), one column per view."""
+def contact_sheet_of(images: torch.Tensor, prompts: list[str], path: Path, max_prompts: int = 16) -> Path:
+    """One row per prompt (up to max_prompts) under its prompt, one column per view; views smaller than
+    128 px are shown enlarged (pixels repeated) to at least 128 px. images: [P, V, H, W, 3] in [0, 1]."""
     from asdcli.media import contact_sheet, save_png
 
     shown = images[:max_prompts]
     tiles = [np.asarray(v.numpy()) for row in shown for v in row]
-    return save_png(contact_sheet(tiles, cols=shown.shape[1], pad=2), path)
+    return save_png(contact_sheet(tiles, cols=shown.shape[1], pad=2, min_cell=128,
+                                  row_labels=prompts[:len(shown)]), path)

@@ -5,7 +5,9 @@ from __future__ import annotations
 
 import errno
 import os
+import re
 import sys
+import warnings
 from pathlib import Path
 from typing import Optional
 
@@ -18,7 +20,30 @@ from asdcli import __version__
 _CLICK_ERROR = next(c for c in typer.BadParameter.__mro__ if c.__name__ == "ClickException")
 
 
-class _OneLineUsageErrors(typer.core.TyperGroup):
+class _FlagsAsFlags:
+    """Help shows a flag as `--resume`, not `--resume <bool>` (it takes no value): flags get an empty metavar."""
+
+    def get_params(self, ctx):
+        params = super().get_params(ctx)
+        for param in params:
+            if getattr(param, "is_flag", False) and param.metavar is None:
+                param.metavar = ""
+        return params
+
+
+class _Command(_FlagsAsFlags, typer.core.TyperCommand):
+    """A command whose usage line names its arguments in capitals without braces: `asd train RECIPE`."""
+
+    def collect_usage_pieces(self, ctx):
+        return [re.sub(r"\{([^{}]*)\}", r"\1", piece) for piece in super().collect_usage_pieces(ctx)]
+
+
+def _examples(*lines: str) -> str:
+    """A help epilog: "Examples" and one command per paragraph (rich markup: no square brackets in them)."""
+    return "[bold]Examples[/bold]\n\n" + "\n\n".join(lines)
+
+
+class _OneLineUsageErrors(_FlagsAsFlags, typer.core.TyperGroup):
     """Usage errors (unknown option, non-numeric count, missing argument) as ONE line on stderr, exit 2,
     instead of click's usage block and rich panel."""
 
@@ -48,13 +73,19 @@ def _one_line(text: str) -> str:
     return safe_line(text)
 
 
+def _one_line_warning(message, category, filename, lineno, file=None, line=None) -> None:
+    """Warnings as one `warning: ...` line on stderr: no source path, line number or code excerpt."""
+    print(f"warning: {_one_line(message)}", file=file or sys.stderr)
+
+
 app = typer.Typer(add_completion=False, no_args_is_help=True, pretty_exceptions_enable=False,
                   cls=_OneLineUsageErrors,
                   help="Scalable text-to-3D with Asynchronous Score Distillation (ASD).",
                   context_settings={"help_option_names": ["-h", "--help"]})
 
 DEBUG = typer.Option(False, "--debug", help="Show full tracebacks instead of one-line errors.")
-QUIET = typer.Option(False, "--quiet", "-q", help="No progress bar; errors still go to stderr.")
+QUIET = typer.Option(False, "--quiet", "-q", help="No progress (bars on a terminal, a line every 30 s in a log, "
+                     "ASD_PROGRESS_EVERY=seconds); errors still go to stderr.")
 DEVICE = typer.Option(None, "--device", help="cpu, cuda or cuda:N (default: the recipe's train.device, auto).")
 _THREADS: dict[str, Optional[int]] = {"requested": None}  # set while parsing, applied by run_guarded
 
@@ -85,8 +116,11 @@ def _root(version: bool = typer.Option(False, "--version", callback=_version, is
 def run_guarded(debug: bool, fn, *args, **kwargs):
     """Run a command body: bad input → one line + exit 2; an internal error → one line + exit 1."""
     from asdcli.errors import UserError
+    from asdcli.progress import interactive
 
-    if kwargs.get("quiet"):  # also the Hugging Face download / weight-loading bars (read when they are imported)
+    # The Hugging Face download / weight-loading bars (transformers and huggingface_hub read this when they are
+    # imported) follow the same rule as ours: none with --quiet, none in a log, where tqdm's redraws are noise.
+    if kwargs.get("quiet") or not interactive():
         os.environ["HF_HUB_DISABLE_PROGRESS_BARS"] = "1"
     try:
         from asdcli.threads import apply_threads
@@ -122,10 +156,14 @@ _PICKLE_REFUSED = ("a model file is a pickle (.bin/.pt/.ckpt) that holds more th
                    "machine where you trust its source")
 
 
-@app.command(context_settings={"allow_extra_args": False})
+@app.command(cls=_Command, context_settings={"allow_extra_args": False}, epilog=_examples(
+    "asd train recipes/tiny_cpu.yaml --out runs/tiny",
+    "asd train recipes/shapes_asd.yaml train.lr=0.001 --steps 2000 --out runs/shapes",
+    "asd train recipes/shapes_asd.yaml --out runs/shapes --resume"))
 def train(
-    recipe: Path = typer.Argument(..., help="Recipe YAML, e.g. recipes/tiny_cpu.yaml."),
-    overrides: Optional[list[str]] = typer.Argument(None, help="key.path=value overrides, e.g. train.lr=0.01."),
+    recipe: Path = typer.Argument(..., metavar="RECIPE", help="Recipe YAML, e.g. recipes/tiny_cpu.yaml."),
+    overrides: Optional[list[str]] = typer.Argument(None, metavar="KEY=VALUE", help="Recipe overrides, e.g. "
+                                                    "train.lr=0.01."),
     steps: Optional[int] = typer.Option(None, "--steps", help="Optimiser steps (overrides train.steps)."),
     out: Optional[Path] = typer.Option(None, "--out", help="Run directory (default runs/NAME)."),
     device: Optional[str] = DEVICE,
@@ -144,40 +182,57 @@ def train(
                 resume=resume, dry_run=dry_run, json_out=json_out, quiet=quiet)
 
 
-@app.command()
+@app.command(cls=_Command, epilog=_examples(
+    'asd distill "a blue torus" --out torus.glb   # run directory: runs/a_blue_torus',
+    'asd distill "a red cube" --steps 100 --run-dir runs/cube --out cube.obj',
+    'asd distill "a hamburger" --recipe recipes/sd_nerf.yaml --device cuda --out burger.glb'))
 def distill(
-    prompt: str = typer.Argument(..., help="The prompt to distil into one 3D field."),
-    overrides: Optional[list[str]] = typer.Argument(None, help="key.path=value overrides."),
+    prompt: str = typer.Argument(..., metavar="PROMPT", help="The prompt to distil into one 3D field."),
+    overrides: Optional[list[str]] = typer.Argument(None, metavar="KEY=VALUE", help="Recipe overrides, e.g. "
+                                                    "train.lr=0.001."),
     recipe: Optional[Path] = typer.Option(None, "--recipe", help="Recipe YAML (default: the bundled one)."),
     steps: Optional[int] = typer.Option(None, "--steps", help="Optimiser steps (overrides train.steps)."),
-    out: Optional[Path] = typer.Option(None, "--out", help="Run directory (default runs/NAME)."),
+    out: Optional[Path] = typer.Option(None, "--out", help="Mesh written at the end: .glb, .obj or .ply "
+                                       "(default RUN/NAME.glb)."),
+    run_dir: Optional[Path] = typer.Option(None, "--run-dir", help="Run directory (default runs/NAME, NAME "
+                                           "the prompt as a safe file name)."),
+    resolution: int = typer.Option(128, "--resolution", help="Isosurface grid resolution of the mesh (8-1024)."),
     device: Optional[str] = DEVICE,
     threads: Optional[int] = THREADS,
-    resume: bool = typer.Option(False, "--resume", help="Continue the run in --out from its last checkpoint."),
+    resume: bool = typer.Option(False, "--resume", help="Continue the run in --run-dir from its last "
+                                "checkpoint."),
     quiet: bool = QUIET,
     debug: bool = DEBUG,
 ) -> None:
-    """Per-prompt score distillation into a single 3D field."""
+    """Per-prompt score distillation into a single 3D field, then its mesh."""
     from asdcli.commands import distill_command
 
     run_guarded(debug, distill_command, prompt, overrides or [], recipe=recipe, steps=steps, out=out,
-                device=device, resume=resume, quiet=quiet)
+                run_dir=run_dir, resolution=resolution, device=device, resume=resume, quiet=quiet)
 
 
-@app.command()
+@app.command(cls=_Command, epilog=_examples(
+    'asd generate "a red cube on top of a blue sphere" --out demo.glb',
+    'asd generate "a green torus" --out torus.obj --turntable torus.gif --views-png torus.png',
+    'asd generate "a red cube" --checkpoint runs/tiny --out cube.ply'))
 def generate(
-    prompt: str = typer.Argument(..., help="What to generate, e.g. \"a red cube on top of a blue sphere\"."),
+    prompt: str = typer.Argument(..., metavar="PROMPT", help="What to generate, e.g. \"a red cube on top of a "
+                                 "blue sphere\"."),
     out: Path = typer.Option(..., "--out", help="Output mesh: .glb, .obj or .ply."),
-    checkpoint: Optional[Path] = typer.Option(None, "--checkpoint", help="Run or checkpoint directory "
-                                              "(default: the bundled ShapesWorld model)."),
+    checkpoint: Optional[Path] = typer.Option(None, "--checkpoint", help="Run or checkpoint directory, or "
+                                              "bundled:shapes-generator (the default)."),
     resolution: int = typer.Option(128, "--resolution", help="Isosurface grid resolution (8-1024)."),
     threshold: Optional[float] = typer.Option(None, "--threshold", help="Isosurface level for density "
                                               "fields (default: automatic; SDF fields use 0)."),
     seed: int = typer.Option(0, "--seed", help="Seed for generators that take noise."),
-    turntable: Optional[Path] = typer.Option(None, "--turntable", help="Also write a turntable .mp4 or .gif."),
+    turntable: Optional[Path] = typer.Option(None, "--turntable", help="Also write a turntable at 256 px, a "
+                                             "loop at 24 fps; .gif, or .mp4 with pip install 'asdcli[video]'. "
+                                             "Slow on a CPU: 48 frames of the bundled model took 10 min on 2 "
+                                             "shared cores (2026-12-07); fewer --frames are quicker."),
+    frames: int = typer.Option(48, "--frames", help="Turntable frames (8-360; 48 is 7.5 degrees a frame)."),
     views_png: Optional[Path] = typer.Option(None, "--views-png", help="Also write a contact sheet of orbit "
-                                             "views (.png)."),
-    views: int = typer.Option(8, "--views", help="Orbit views for --turntable/--views-png."),
+                                             "views at 256 px, labelled (.png)."),
+    views: int = typer.Option(8, "--views", help="Orbit views in --views-png."),
     max_faces: Optional[int] = typer.Option(None, "--max-faces", help="Decimate to at most this many faces."),
     device: Optional[str] = DEVICE,
     threads: Optional[int] = THREADS,
@@ -186,17 +241,25 @@ def generate(
                                "go to stderr, the written file's line to stdout."),
     debug: bool = DEBUG,
 ) -> None:
-    """Prompt → mesh through a trained generator, in about a second."""
+    """Prompt → mesh through a trained generator: one forward pass, no per-prompt training.
+
+    Measured 2026-12-07 on a 2-core CPU shared with other jobs (load about 10): the bundled model at
+    --resolution 128 took 29 s wall, 7.4 s of it generating and writing, the rest loading (-v prints the split).
+    """
     from asdcli.commands import generate_command
 
     run_guarded(debug, generate_command, prompt, out, checkpoint=checkpoint, resolution=resolution,
-                threshold=threshold, seed=seed, turntable=turntable, views_png=views_png, views=views,
+                threshold=threshold, seed=seed, turntable=turntable, frames=frames, views_png=views_png, views=views,
                 max_faces=max_faces, device=device, verbose=verbose, quiet=quiet)
 
 
-@app.command()
+@app.command(cls=_Command, epilog=_examples(
+    "asd export bundled:shapes-generator --prompts my_prompts.txt --out assets/",
+    "asd export runs/shapes --split val --format obj --out assets_val/",
+    "asd export runs/a_blue_torus --out torus/   # a distill run: its one prompt"))
 def export(
-    run: Path = typer.Argument(..., help="Run or checkpoint directory (train or distill)."),
+    run: Path = typer.Argument(..., metavar="RUN", help="Run or checkpoint directory (train or distill), or "
+                               "bundled:shapes-generator."),
     prompts: Optional[Path] = typer.Option(None, "--prompts", help="Prompt file (.json library or .txt); "
                                            "not needed for a distill run."),
     split: str = typer.Option("test", "--split", help="Split of a JSON library: train, val or test."),
@@ -216,11 +279,16 @@ def export(
                 resolution=resolution, overwrite=overwrite, device=device, quiet=quiet)
 
 
-@app.command(name="eval")
+@app.command(name="eval", cls=_Command, epilog=_examples(
+    "asd eval --clip-score   # the bundled model, 32 seeded test prompts",
+    "asd eval --checkpoint runs/shapes --prompts all --clip-score --json scores.json",
+    "asd eval --checkpoint runs/a_blue_torus --sheet views.png"))
 def eval_(
-    checkpoint: Optional[Path] = typer.Option(None, "--checkpoint", help="Run or checkpoint directory "
-                                              "(default: the bundled ShapesWorld model)."),
-    prompts: Optional[Path] = typer.Option(None, "--prompts", help="Prompt file (.json library or .txt)."),
+    checkpoint: Optional[Path] = typer.Option(None, "--checkpoint", help="Run or checkpoint directory, or "
+                                              "bundled:shapes-generator (the default)."),
+    prompts: Optional[Path] = typer.Option(None, "--prompts", help="Prompt file (.json library or .txt), or "
+                                           "'all' for the run's whole split (default: 32 of its prompts, drawn "
+                                           "with a fixed seed)."),
     split: str = typer.Option("test", "--split", help="Split of a JSON library: train, val or test."),
     clip_score: bool = typer.Option(False, "--clip-score", help="CLIP similarity and R@1."),
     clip_model: Optional[str] = typer.Option(None, "--clip-model", help="CLIP hub id or local folder."),
@@ -243,6 +311,9 @@ def eval_(
 
 
 def main() -> None:
+    # The process edge (console script, python -m asdcli): warnings become one line. Not in run_guarded, so
+    # in-process callers (tests, notebooks) keep their own warning handling.
+    warnings.showwarning = _one_line_warning
     app(prog_name="asd")
 
 

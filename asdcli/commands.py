@@ -71,15 +71,15 @@ def _dry_run_prompts(cfg) -> tuple[list[str] | None, str | None]:
         return None, str(exc)
 
 
-def _fit_with_weights(cfg, prompts, val, resume, quiet) -> None:
+def _fit_with_weights(cfg, prompts, val, resume, quiet):
     """Every weight the prior needs is found (or one line says how to get it) before anything heavy loads."""
     from asdcli.preflight import offline_first, training_weights
 
     with offline_first(training_weights(cfg.prior)):
-        _fit_and_report(cfg, prompts, val, resume, quiet)
+        return _fit_and_report(cfg, prompts, val, resume, quiet)
 
 
-def _fit_and_report(cfg, prompts, val, resume, quiet) -> None:
+def _fit_and_report(cfg, prompts, val, resume, quiet):
     from asdcli.engine.trainer import TrainingAborted, fit
 
     try:
@@ -92,20 +92,48 @@ def _fit_and_report(cfg, prompts, val, resume, quiet) -> None:
     if not quiet:
         print(f"done: {result.step} steps at {result.steps_per_s:.2f} steps/s → {result.run_dir} "
               f"(checkpoint: {result.run_dir}/checkpoints/last)")
+    return result
 
 
-def distill_command(prompt: str, overrides: list[str], *, recipe, steps, out, device, resume, quiet) -> None:
+def distill_command(prompt: str, overrides: list[str], *, recipe, steps, out, run_dir, resolution, device, resume,
+                    quiet) -> None:
+    """Distil PROMPT into one field, then write its mesh: --out, or RUN/NAME.glb. RUN is --run-dir, or the
+    recipe's output.root / NAME with NAME the prompt's safe file name ("a blue torus" → runs/a_blue_torus)."""
+    from asdcli.generate import MESH_SUFFIXES, check_output_file, check_resolution
+    from asdcli.mesh.names import safe_filename
     from asdcli.prompts import check_prompt
     from asdcli.recipe import load_recipe, merged_recipe
 
     prompt = check_prompt(prompt)
-    recipe = recipe or default_distill_recipe()
-    flags = _flags(steps, out, device)
-    flags.update({"prompts.items": [prompt], "prompts.library": None, "render.prompts_per_step": 1})
-    data = merged_recipe(recipe, overrides, flags)
+    check_resolution(resolution)
+    name = safe_filename(prompt, max_len=60)
+    flags = _flags(steps, run_dir, device)
+    flags.update({"name": name, "prompts.items": [prompt], "prompts.library": None, "render.prompts_per_step": 1})
+    data = merged_recipe(recipe or default_distill_recipe(), overrides, flags)
     _early_checks(data)
     cfg = load_recipe(raw=data)
-    _fit_with_weights(cfg, [prompt], [prompt], resume, quiet)
+    if out is not None:  # checked before training, so a long run never ends on an unwritable name
+        if not out.suffix and not out.is_file():
+            raise UserError(f"--out {out}: --out is the mesh to write (.glb, .obj or .ply); the run directory is "
+                            f"--run-dir, e.g. --run-dir {out} --out {out / 'mesh.glb'}")
+        check_output_file(out, MESH_SUFFIXES, "--out")
+    result = _fit_with_weights(cfg, [prompt], [prompt], resume, quiet)
+    _distilled_mesh(result.run_dir, prompt, out or result.run_dir / f"{name}.glb", resolution, device, quiet)
+
+
+def _distilled_mesh(run_dir: Path, prompt: str, out: Path, resolution: int, device, quiet: bool) -> None:
+    """The distilled field's mesh, written at the end of `asd distill`, and what to try next."""
+    from asdcli.engine.inference import load_model
+    from asdcli.generate import generate_mesh
+    from asdcli.mesh.export import write_mesh
+
+    model = load_model(run_dir, device)
+    mesh, _ = generate_mesh(model, prompt, resolution)
+    write_mesh(mesh, out)
+    print(f"wrote {out} ({mesh.num_vertices:,} vertices, {mesh.num_faces:,} faces); run: {run_dir}")
+    if not quiet:
+        print(f"next: asd eval --checkpoint {run_dir} --sheet {run_dir / 'views.png'}   (orbit views; "
+              f"add --resume --steps N to distil longer)")
 
 
 def default_distill_recipe() -> Path:
@@ -142,7 +170,7 @@ def dry_run_report(cfg, prompts: list[str] | None, json_out: bool, prompts_note:
 
 
 def generate_command(prompt: str, out: Path, *, checkpoint, resolution, threshold, seed, turntable, views_png,
-                     views, max_faces, device, verbose, quiet=False) -> None:
+                     views, max_faces, device, verbose, quiet=False, frames: int = 48) -> None:
     del quiet  # read by run_guarded: it silences the Hugging Face weight-loading bars before they are imported
     import time
 
@@ -155,10 +183,14 @@ def generate_command(prompt: str, out: Path, *, checkpoint, resolution, threshol
     check_resolution(resolution)
     check_output_file(out, MESH_SUFFIXES, "--out")
     if turntable is not None:
+        from asdcli.media import check_video_writable
+
         check_output_file(turntable, (".mp4", ".gif"), "--turntable")
+        check_video_writable(turntable)  # before the model loads: no silent switch to .gif
     if views_png is not None:
         check_output_file(views_png, (".png",), "--views-png")
     check_resolution(views, "--views", 1, 360)
+    check_resolution(frames, "--frames", 8, 360)
     if max_faces is not None and max_faces < 4:
         raise UserError(f"--max-faces: must be at least 4, got {max_faces}")
     if threshold is not None and not math.isfinite(threshold):
@@ -172,7 +204,8 @@ def generate_command(prompt: str, out: Path, *, checkpoint, resolution, threshol
     t0 = time.perf_counter()
     write_mesh(mesh, out)
     timings.add("write", time.perf_counter() - t0)
-    extra = orbit_media(model, prompt, views, seed, turntable, views_png) if (turntable or views_png) else []
+    extra = (orbit_media(model, prompt, views, seed, turntable, views_png, frames=frames)
+             if (turntable or views_png) else [])
     print(f"wrote {out} ({mesh.num_vertices:,} vertices, {mesh.num_faces:,} faces)"
           + "".join(f", {p}" for p in extra))
     if verbose:
@@ -217,7 +250,7 @@ def export_command(run: Path, *, prompts, split, fmt, out, resolution, overwrite
 
 def eval_command(*, checkpoint, prompts, split, clip_score, clip_model, views, resolution, json_path, csv_path,
                  sheet, device, quiet) -> None:
-    from asdcli.batch import contact_sheet_of, prompts_for, render_all
+    from asdcli.batch import contact_sheet_of, eval_prompts, render_all
     from asdcli.engine.inference import load_model
     from asdcli.evaluate import ClipScorer, EvalReport
     from asdcli.generate import check_output_file, check_resolution
@@ -234,9 +267,11 @@ def eval_command(*, checkpoint, prompts, split, clip_score, clip_model, views, r
 
         clip_source = local_clip(clip_model) if clip_model else _default_clip()
     model = load_model(checkpoint, device)
-    items = prompts_for(model, prompts, split)
+    items, which = eval_prompts(model, prompts, split)
+    if not quiet:
+        print(which)
     metrics: dict = {}
-    meta = {"checkpoint": str(model.checkpoint), "views": views, "resolution": resolution,
+    meta = {"checkpoint": str(model.checkpoint), "views": views, "resolution": resolution, "prompts": which,
             "protocol": f"{views} orbit views at {model.cfg.render.camera.eval_elevation:g}° elevation "
                         f"(the paper uses 120)"}
     scorer = None
@@ -250,7 +285,7 @@ def eval_command(*, checkpoint, prompts, split, clip_score, clip_model, views, r
     report = EvalReport.build(items, metrics, meta)
     _emit_report(report, json_path, csv_path, quiet)
     if sheet is not None:
-        contact_sheet_of(images, sheet)
+        contact_sheet_of(images, items, sheet)
     if not metrics and not quiet:
         print("no metric requested: pass --clip-score (renders were made; --sheet writes them)")
 
@@ -263,7 +298,10 @@ def _emit_report(report, json_path, csv_path, quiet) -> None:
     if not quiet and report.metric_names:
         from rich.console import Console
 
-        Console().print(report.table(title="asd eval"))
+        from asdcli.progress import interactive
+
+        # In a log rich assumes 80 columns and cuts every number to "0…": give the table room instead.
+        Console(width=None if interactive() else 200).print(report.table(title="asd eval"))
         print(report.meta["protocol"])
 
 

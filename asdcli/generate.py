@@ -104,17 +104,29 @@ def _noise(model: LoadedModel, n: int, seed: int):
     return torch.randn(n, model.generator.noise_dim, generator=gen).to(model.device)
 
 
+TURNTABLE_FRAMES, TURNTABLE_SIZE, TURNTABLE_FPS = 48, 256, 24
+"""Turntable defaults: 48 frames (7.5° apart) at 256 px, a 2-second loop at 24 fps."""
+SHEET_SIZE = 256
+"""Side in pixels of each view of `--views-png`."""
+
+
 def orbit_media(model: LoadedModel, prompt: str, views: int, seed: int, turntable: Path | None,
-                views_png: Path | None, resolution: int = 128) -> list[Path]:
-    """Turntable and/or contact sheet of `views` orbit renders."""
+                views_png: Path | None, frames: int = TURNTABLE_FRAMES, size: int = TURNTABLE_SIZE) -> list[Path]:
+    """A turntable of `frames` orbit renders at `size` px and/or a contact sheet of `views` orbit views at
+    SHEET_SIZE px, labelled with the prompt and each view's azimuth."""
     from asdcli.media import contact_sheet, save_png, save_turntable
 
     state, text = field_state(model, [prompt], seed=seed)
-    images = render_orbit(model, state, text, views, resolution)
-    frames = [np.asarray(f.numpy()) for f in images["rgb"][0]]
     written = []
     if turntable is not None:
-        written.append(save_turntable(frames, turntable, fps=max(1, min(30, views // 2))))
+        images = render_orbit(model, state, text, frames, size)["rgb"][0]
+        written.append(save_turntable([np.asarray(f.numpy()) for f in images], turntable, fps=TURNTABLE_FPS))
     if views_png is not None:
-        written.append(save_png(contact_sheet(frames, cols=min(views, 8)), views_png))
+        images = render_orbit(model, state, text, views, SHEET_SIZE)["rgb"][0]
+        cols = min(views, 4)
+        labels = [f"azimuth {360.0 * i / views:.0f} deg" for i in range(views)]
+        rows = -(-views // cols)
+        sheet = contact_sheet([np.asarray(f.numpy()) for f in images], cols=cols, labels=labels,
+                              row_labels=[prompt] + [""] * (rows - 1))
+        written.append(save_png(sheet, views_png))
     return written

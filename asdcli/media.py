@@ -20,6 +20,7 @@ import numpy as np
 from asdcli.errors import UserError
 
 TURNTABLE_EXTENSIONS = (".mp4", ".gif")
+VIDEO_EXTRA_FIX = "pip install 'asdcli[video]' (imageio-ffmpeg), or ask for a .gif"
 
 
 @contextlib.contextmanager
@@ -92,19 +93,29 @@ def save_png(img: Any, path: str | os.PathLike) -> Path:
     return Path(path)
 
 
+def _enlarge(tile: np.ndarray, min_side: int) -> np.ndarray:
+    """Repeat pixels (an integer factor, nearest neighbour: no invented detail) until the tile's shorter side is
+    at least `min_side`."""
+    factor = -(-min_side // max(min(tile.shape[:2]), 1))
+    return tile if factor <= 1 else tile.repeat(factor, axis=0).repeat(factor, axis=1)
+
+
 def contact_sheet(images: Sequence[Any], cols: int, labels: Sequence[str] | None = None, pad: int = 4,
-                  background: int = 255) -> np.ndarray:
+                  background: int = 255, min_cell: int = 0, row_labels: Sequence[str] | None = None) -> np.ndarray:
     """Tile images [H, W, 3] into a grid with `cols` columns → uint8 [H', W', 3].
 
-    Cells take the largest image size (smaller images sit in the top-left corner of their cell). With
-    `labels`, a strip under each cell holds its label in Pillow's built-in default font (no font files),
-    cut to the cell width.
+    Cells take the largest image size (smaller images sit in the top-left corner of their cell); images whose
+    shorter side is under `min_cell` are enlarged by an integer factor first. With `labels`, a strip under each
+    cell holds its label; with `row_labels` (one per row), a strip above each row holds its label across the
+    whole width (e.g. the prompt). Text is Pillow's built-in default font (no font files), cut to fit.
     """
     if not images:
         raise ValueError("contact_sheet needs at least one image")
     if labels is not None and len(labels) != len(images):
         raise ValueError(f"got {len(labels)} labels for {len(images)} images")
-    tiles = [_check_image(to_uint8(img))[..., :3] for img in images]
+    tiles = [_enlarge(_check_image(to_uint8(img))[..., :3], min_cell) for img in images]
+    if row_labels is not None:
+        return _with_row_labels(tiles, cols, labels, row_labels, pad, background)
     cols = max(1, min(cols, len(tiles)))
     rows = -(-len(tiles) // cols)
     cell_h, cell_w = max(t.shape[0] for t in tiles), max(t.shape[1] for t in tiles)
@@ -119,6 +130,41 @@ def contact_sheet(images: Sequence[Any], cols: int, labels: Sequence[str] | None
     return sheet
 
 
+def _with_row_labels(tiles: list[np.ndarray], cols: int, labels, row_labels: Sequence[str], pad: int,
+                     background: int) -> np.ndarray:
+    """Each row of the grid under a strip with its row label, stacked: uint8 [H', W', 3]."""
+    from PIL import Image, ImageDraw, ImageFont
+
+    cols = max(1, min(cols, len(tiles)))
+    rows = [tiles[i:i + cols] for i in range(0, len(tiles), cols)]
+    if len(row_labels) != len(rows):
+        raise ValueError(f"got {len(row_labels)} row labels for {len(rows)} rows")
+    width = cols * (max(t.shape[1] for t in tiles) + pad) + pad
+    parts = []
+    for r, row in enumerate(rows):
+        strip = Image.new("RGB", (width, 16), (background,) * 3)
+        draw = ImageDraw.Draw(strip)
+        draw.text((pad, 2), _fit(draw, str(row_labels[r]), ImageFont.load_default(), width - 2 * pad),
+                  fill=(0, 0, 0), font=ImageFont.load_default())
+        parts.append(np.asarray(strip))
+        row_labels_of = labels[r * cols:r * cols + len(row)] if labels is not None else None
+        body = contact_sheet(row, cols, row_labels_of, pad, background)
+        if body.shape[1] < width:  # a short last row: fill to the sheet's width
+            body = np.pad(body, ((0, 0), (0, width - body.shape[1]), (0, 0)), constant_values=background)
+        parts.append(body[:, :width])
+    return np.concatenate(parts, axis=0)
+
+
+def _fit(draw, text: str, font, width: int) -> str:
+    """`text` shortened from the end (with "..") until it fits `width` pixels (ASCII dots: the fallback bitmap
+    font Pillow uses without FreeType only has Latin-1)."""
+    if draw.textlength(text, font=font) <= width:
+        return text
+    while text and draw.textlength(text + "..", font=font) > width:
+        text = text[:-1]
+    return text + ".." if text else ""
+
+
 def _draw_labels(sheet: np.ndarray, labels: Sequence[str], cols: int, step: tuple[int, int],
                  cell: tuple[int, int], pad: int) -> np.ndarray:
     from PIL import Image, ImageDraw, ImageFont
@@ -127,13 +173,7 @@ def _draw_labels(sheet: np.ndarray, labels: Sequence[str], cols: int, step: tupl
     draw = ImageDraw.Draw(canvas)
     font = ImageFont.load_default()
     for i, label in enumerate(labels):
-        text = str(label)
-        # Shorten from the end until the label fits under its cell (ASCII dots: the fallback bitmap font
-        # Pillow uses without FreeType only has Latin-1).
-        if draw.textlength(text, font=font) > cell[1]:
-            while text and draw.textlength(text + "..", font=font) > cell[1]:
-                text = text[:-1]
-            text = text + ".." if text else ""
+        text = _fit(draw, str(label), font, cell[1])
         top, left = pad + (i // cols) * step[0] + cell[0], pad + (i % cols) * step[1]
         draw.text((left, top + 1), text, fill=(0, 0, 0), font=font)
     return np.asarray(canvas)
@@ -157,10 +197,10 @@ def _even(frame: np.ndarray) -> np.ndarray:
 
 
 def save_turntable(frames: Sequence[Any] | np.ndarray, path: str | os.PathLike, fps: int = 24) -> Path:
-    """Write frames [T, H, W, 3] as a looping video; returns the path actually written.
+    """Write frames [T, H, W, 3] as a looping video; returns the path.
 
-    `.mp4`: H.264 (yuv420p, plays everywhere) through imageio-ffmpeg when its ffmpeg works; otherwise a GIF
-    is written next to it (same name, `.gif`) and that path is returned. `.gif`: an animated GIF that loops.
+    `.mp4`: H.264 (yuv420p, plays everywhere) through imageio-ffmpeg; without it a UserError names the extra
+    to install (never a silent change of format). `.gif`: an animated GIF that loops.
     """
     path = Path(path)
     if path.suffix.lower() not in TURNTABLE_EXTENSIONS:
@@ -168,8 +208,9 @@ def save_turntable(frames: Sequence[Any] | np.ndarray, path: str | os.PathLike, 
                         f"{', '.join(TURNTABLE_EXTENSIONS)}")
     if len(frames) == 0:
         raise ValueError("save_turntable needs at least one frame")
+    check_video_writable(path)
     arrs = [_check_image(to_uint8(f))[..., :3] for f in frames]
-    if path.suffix.lower() == ".mp4" and ffmpeg_available():
+    if path.suffix.lower() == ".mp4":
         import imageio.v2 as iio2
 
         with atomic_output(path) as tmp:
@@ -181,7 +222,15 @@ def save_turntable(frames: Sequence[Any] | np.ndarray, path: str | os.PathLike, 
             finally:
                 writer.close()
         return path
-    return _save_gif(arrs, path.with_suffix(".gif"), fps)
+    return _save_gif(arrs, path, fps)
+
+
+def check_video_writable(path: str | os.PathLike) -> None:
+    """UserError when `path` is an .mp4 and no H.264 encoder (imageio-ffmpeg) is installed: call it before any
+    slow work so the user learns it first."""
+    if Path(path).suffix.lower() == ".mp4" and not ffmpeg_available():
+        raise UserError(f"cannot write {path}: MP4 needs the ffmpeg encoder, which is not installed; "
+                        f"{VIDEO_EXTRA_FIX}")
 
 
 def _save_gif(frames: list[np.ndarray], path: Path, fps: int) -> Path:

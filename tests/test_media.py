@@ -69,6 +69,18 @@ def test_contact_sheet_layout_and_labels():
         contact_sheet(images, cols=2, labels=["only one"])
 
 
+def test_contact_sheet_row_labels_and_enlarged_views():
+    """Views under 128 px are enlarged by whole pixels (64 → 128); each row sits under a strip with its label."""
+    images = [np.full((64, 64, 3), v, dtype=np.uint8) for v in (10, 60, 110, 160)]
+    sheet = contact_sheet(images, cols=2, pad=2, min_cell=128, row_labels=["a red cube", "a blue sphere"])
+    assert sheet.shape == (2 * (16 + 2 + 128 + 2), 2 + 2 * (128 + 2), 3)
+    second_row_view = sheet[16 + 132 + 16 + 2:16 + 132 + 16 + 2 + 128, 2 + 130:2 + 130 + 128]
+    np.testing.assert_array_equal(second_row_view, 160)  # the 4th view, every pixel repeated 2x2
+    assert (sheet[:16] < 128).any() and (sheet[148:164] < 128).any()  # text in both row-label strips
+    with pytest.raises(ValueError, match="row labels"):
+        contact_sheet(images, cols=2, row_labels=["one"])
+
+
 @pytest.mark.skipif(not media.ffmpeg_available(), reason="imageio-ffmpeg's ffmpeg is not available")
 def test_turntable_mp4_reads_back(tmp_path):
     path = save_turntable(_frames(6, 31, 41), tmp_path / "turn.mp4", fps=12)
@@ -78,13 +90,13 @@ def test_turntable_mp4_reads_back(tmp_path):
     assert os.listdir(tmp_path) == ["turn.mp4"]
 
 
-def test_turntable_gif_and_fallback(tmp_path, monkeypatch):
+def test_turntable_gif_and_no_silent_format_change(tmp_path, monkeypatch):
     frames = _frames(5, 24, 32)
     gif = iio.imread(save_turntable(frames, tmp_path / "turn.gif", fps=10), index=None)
     assert gif.shape[:3] == (5, 24, 32)
     monkeypatch.setattr(media, "ffmpeg_available", lambda: False)
-    path = save_turntable(list(frames), tmp_path / "video.mp4", fps=10)
-    assert path == tmp_path / "video.gif" and not (tmp_path / "video.mp4").exists()
-    assert iio.imread(path, index=None).shape[:3] == (5, 24, 32)
+    with pytest.raises(UserError, match=r"pip install 'asdcli\[video\]'"):
+        save_turntable(list(frames), tmp_path / "video.mp4", fps=10)
+    assert sorted(os.listdir(tmp_path)) == ["turn.gif"]  # no .mp4, no .gif in its place, no temp file
     with pytest.raises(UserError, match=r"\.mp4, \.gif"):
         save_turntable(frames, tmp_path / "turn.avi")

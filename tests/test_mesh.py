@@ -170,6 +170,33 @@ def test_glb_is_valid_gltf_and_y_up(tmp_path):
     assert np.linalg.det(WORLD_TO_Y_UP) == pytest.approx(1.0)  # a rotation: winding stays outward
 
 
+def glb_vertex_colors(path) -> np.ndarray:
+    """COLOR_0 of a one-primitive GLB read back with pygltflib → float [V, 4] in [0, 1] (normalized ints)."""
+    pygltflib = pytest.importorskip("pygltflib")
+    gltf = pygltflib.GLTF2().load(str(path))
+    accessor = gltf.accessors[gltf.meshes[0].primitives[0].attributes.COLOR_0]
+    view = gltf.bufferViews[accessor.bufferView]
+    dtype = {5121: "<u1", 5123: "<u2"}[accessor.componentType]
+    assert accessor.normalized and accessor.type == "VEC4"
+    start = view.byteOffset + (accessor.byteOffset or 0)
+    raw = gltf.binary_blob()[start:start + accessor.count * 4 * np.dtype(dtype).itemsize]
+    return np.frombuffer(raw, dtype).reshape(accessor.count, 4) / np.iinfo(dtype).max
+
+
+def test_glb_colours_are_linear(tmp_path):
+    """glTF's COLOR_0 is linear: sRGB 217 (a ShapesWorld red channel) is stored as ((217/255 + 0.055) / 1.055)^2.4
+    = 0.6939, sRGB 10 (below the curve's linear toe) as 10/255/12.92, 255 as 1; alpha is 1."""
+    mesh = _tall_box_mesh()
+    colors = np.zeros((mesh.num_vertices, 3), dtype=np.uint8)
+    colors[:, 0], colors[:, 1], colors[:, 2] = 217, 10, 255
+    path = write_mesh(Mesh(mesh.vertices, mesh.faces, colors), tmp_path / "red.glb")
+    stored = glb_vertex_colors(path)
+    np.testing.assert_allclose(stored[0], [0.69387, 10 / 255 / 12.92, 1.0, 1.0], atol=2e-5)
+    assert np.ptp(stored, axis=0).max() == 0.0
+    floats = write_mesh(Mesh(mesh.vertices, mesh.faces, colors / 255.0), tmp_path / "float.glb")
+    np.testing.assert_allclose(glb_vertex_colors(floats), stored, atol=2e-5)  # float colours: the same curve
+
+
 def test_obj_and_ply_keep_colours(tmp_path):
     mesh = _tall_box_mesh()
     ply = trimesh.load(write_mesh(mesh, tmp_path / "box.ply"), process=False)

@@ -137,16 +137,17 @@ def test_default_distill_recipe_runs_on_cpu(tmp_path):
     assert (cfg.prior.kind, cfg.prior.model, cfg.generator.kind) == ("stable-diffusion", "bundled:shapes-prior", "nerf")
     assert cfg.train.steps >= 100
     out = tmp_path / "distill"
-    res = invoke("distill", "a red cube", "--steps", 2, "--out", out, "--quiet")
+    res = invoke("distill", "a red cube", "--steps", 2, "--run-dir", out, "--resolution", 32, "--quiet")
     assert res.exit_code == 0, res.output
     assert (out / "checkpoints" / "last" / "generator.safetensors").exists()
+    assert (out / "a_red_cube.glb").stat().st_size > 0  # the distilled mesh
     assert load_recipe(out / "recipe.yaml").prompts.items == ("a red cube",)
 
 
 def test_distill_with_a_paper_recipe(tmp_path):
     out = tmp_path / "sd_nerf"
     res = invoke("distill", "a blue sphere", "--recipe", ROOT / "recipes" / "sd_nerf.yaml", "--steps", 2,
-                 "--out", out, "--quiet", *SHRINK[:-2], *TINY["sd_nerf"])
+                 "--run-dir", out, "--resolution", 16, "--quiet", *SHRINK[:-2], *TINY["sd_nerf"])
     assert res.exit_code == 0, res.output
     assert load_recipe(out / "recipe.yaml").prompts.items == ("a blue sphere",)
 

@@ -63,11 +63,9 @@ def load_text_encoder(cfg: RunConfig, device: torch.device):
 
 
 def load_model(checkpoint: str | Path | None, device: str | None = None) -> LoadedModel:
-    """A run/checkpoint directory (or the bundled ShapesWorld model when None) → generator ready to query."""
-    if checkpoint is None:
-        from asdcli.shapes.bundled import bundled_checkpoint
-
-        checkpoint = bundled_checkpoint()
+    """A run/checkpoint directory, `bundled:shapes-generator` (or the bundled ShapesWorld model when None) →
+    generator ready to query."""
+    checkpoint = _bundled_or_path(checkpoint)
     ckpt = ckpt_io.resolve_checkpoint(checkpoint)
     recipe = ckpt_io.run_dir_of(ckpt) / "recipe.yaml"
     if not recipe.exists():
@@ -91,6 +89,22 @@ def load_model(checkpoint: str | Path | None, device: str | None = None) -> Load
     generator.eval()
     background.eval()
     return LoadedModel(cfg, generator, background, text.encode, ckpt, dev)
+
+
+def _bundled_or_path(checkpoint: str | Path | None) -> Path:
+    """None → the bundled generator; `bundled:NAME` → that asset, which must be a generator run; else the path."""
+    from asdcli.shapes.bundled import BUNDLED, PREFIX, bundled_checkpoint, resolve_bundled
+
+    if checkpoint is None:
+        return bundled_checkpoint()
+    name = str(checkpoint)
+    if not name.startswith(PREFIX):
+        return Path(checkpoint)
+    generators = [PREFIX + n for n, fn in BUNDLED.items() if fn is bundled_checkpoint]
+    if name[len(PREFIX):] in BUNDLED and name not in generators:
+        raise UserError(f"{name} is a prior or CLIP model, not a generator checkpoint; use "
+                        f"{' or '.join(generators)} or a run directory")
+    return resolve_bundled(name)
 
 
 @torch.no_grad()

@@ -222,7 +222,7 @@ class Trainer:
                     if logged or shown_loss is None:
                         last = read_logs(last)
                         shown_loss = last["loss"]
-                    bar(self.state.step, shown_loss, rate)
+                    bar(self.state.step, loss=shown_loss)
                     if logged:
                         self.metrics.write({**last, "steps_per_s": rate, "time": time.time()})
                     self._after_step(total)
@@ -280,29 +280,11 @@ def _main_thread() -> bool:
     return threading.current_thread() is threading.main_thread()
 
 
-class _progress:
-    """A rich progress bar (steps/s, loss, ETA) or nothing with --quiet; used as `bar(step, loss, rate)`."""
+def _progress(quiet: bool, total: int, start: int):
+    """A rich bar on a terminal, plain lines in a log, nothing with --quiet (asdcli.progress)."""
+    from asdcli.progress import ProgressReport
 
-    def __init__(self, quiet: bool, total: int, start: int):
-        self.quiet, self.total, self.start = quiet, total, start
-
-    def __enter__(self):
-        if self.quiet:
-            return lambda *a: None
-        from rich.progress import BarColumn, Progress, TextColumn, TimeRemainingColumn
-
-        self.progress = Progress(TextColumn("[bold]train"), BarColumn(), TextColumn("{task.completed}/{task.total}"),
-                                 TextColumn("{task.fields[rate]:.2f} steps/s"),
-                                 TextColumn("loss {task.fields[loss]:.4g}"), TimeRemainingColumn(),
-                                 transient=False)
-        self.progress.__enter__()
-        task = self.progress.add_task("train", total=self.total, completed=self.start, rate=0.0, loss=float("nan"))
-        return lambda step, loss, rate: self.progress.update(task, completed=step, loss=loss, rate=rate)
-
-    def __exit__(self, *exc):
-        if not self.quiet:
-            self.progress.__exit__(*exc)
-        return False
+    return ProgressReport("train", total, start=start, quiet=quiet, unit="step")
 
 
 def fit(cfg: RunConfig, prompts: list[str], val_prompts: list[str], resume: bool = False,

@@ -9,7 +9,7 @@ import numpy as np
 import torch
 
 from asdcli.engine.inference import LoadedModel, field_state, render_orbit
-from asdcli.media import contact_sheet, save_png, save_turntable
+from asdcli.media import contact_sheet, ffmpeg_available, save_png, save_turntable
 from asdcli.mesh.names import assign_filenames
 
 
@@ -41,7 +41,8 @@ def validate(trainer, step: int) -> Path | None:
             with torch.no_grad():
                 images = render_orbit(model, state, text, cfg.train.val_views, res)
             save_png(view_grid(images, 0), out_dir / f"{names[prompt]}.png")
-            save_turntable([f.numpy() for f in images["rgb"][0]], out_dir / f"{names[prompt]}.mp4", fps=10)
+            video = ".mp4" if ffmpeg_available() else ".gif"  # no user asked for a format: take what works
+            save_turntable([f.numpy() for f in images["rgb"][0]], out_dir / f"{names[prompt]}{video}", fps=10)
     finally:
         trainer.parts.generator.train(gen_mode)
         trainer.parts.background.train(bg_mode)

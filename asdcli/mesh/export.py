@@ -8,14 +8,22 @@ same y-up frame. So for .glb and .obj the vertices are rotated by the proper rot
 convention and is mostly read by z-up tools (MeshLab, Blender's default PLY import), so it keeps world axes.
 Units are world units, i.e. metres in glTF; nothing is rescaled or re-centred.
 
-GLB: one mesh, POSITION (with min/max), NORMAL, COLOR_0 (RGBA uint8, normalized) and indices, plus one
-material (non-metallic, rough, white base colour) so the vertex colours show as they are; without it
-viewers use glTF's default fully-metallic material, which renders vertex colours almost black.
+GLB: one mesh, POSITION (with min/max), NORMAL, COLOR_0 and indices, plus one material (non-metallic, rough,
+white base colour) so the vertex colours show as they are; without it viewers use glTF's default
+fully-metallic material, which renders vertex colours almost black.
+
+Colour spaces. Our colours are display (sRGB) values, which is what OBJ and PLY readers expect, so those two
+formats keep them. glTF defines COLOR_0 as *linear*: viewers apply the sRGB curve on output, so sRGB values
+stored there show washed out (red as salmon). The GLB's COLOR_0 is therefore converted with the exact sRGB
+decoding function (IEC 61966-2-1) and stored as RGBA unsigned short normalized: 8-bit linear would band the
+dark shades (one linear step of 1/255 is 13 sRGB levels near black).
 """
 
 from __future__ import annotations
 
+import json
 import os
+import struct
 from pathlib import Path
 
 import numpy as np
@@ -55,16 +63,58 @@ def _finish_gltf_tree(tree: dict) -> None:
                 views[accessors[primitive["indices"]]["bufferView"]]["target"] = _ELEMENT_ARRAY_BUFFER
 
 
-def _to_trimesh(mesh: Mesh, y_up: bool):
+def srgb_to_linear(c: np.ndarray) -> np.ndarray:
+    """The sRGB decoding function (IEC 61966-2-1), display value → linear light; c in [0, 1], any shape."""
+    c = np.asarray(c, dtype=np.float64)
+    return np.where(c <= 0.04045, c / 12.92, ((c + 0.055) / 1.055) ** 2.4)
+
+
+def _srgb_unit(colors) -> np.ndarray:
+    """Vertex colours [V, >=3] as uint8 or float in [0, 1] → float64 sRGB [V, 3] in [0, 1]."""
+    colors = np.asarray(colors)
+    if colors.dtype == np.uint8:
+        return colors[:, :3] / 255.0
+    return np.clip(np.nan_to_num(colors[:, :3].astype(np.float64)), 0.0, 1.0)
+
+
+def _to_trimesh(mesh: Mesh, y_up: bool, with_colors: bool = True):
     import trimesh
 
     vertices = mesh.vertices @ WORLD_TO_Y_UP.T if y_up else mesh.vertices
-    colors = np.asarray(mesh.colors)
-    if colors.dtype != np.uint8:  # float colours in [0, 1]
-        colors = np.round(np.clip(colors, 0.0, 1.0) * 255.0).astype(np.uint8)
-    rgba = np.concatenate([colors[:, :3], np.full((len(colors), 1), 255, dtype=np.uint8)], axis=1)
+    rgba = None
+    if with_colors:
+        rgb = np.round(_srgb_unit(mesh.colors) * 255.0).astype(np.uint8)
+        rgba = np.concatenate([rgb, np.full((len(rgb), 1), 255, dtype=np.uint8)], axis=1)
     return trimesh.Trimesh(vertices=vertices.astype(np.float32), faces=mesh.faces, vertex_colors=rgba,
                            process=False)
+
+
+def _glb_with_linear_colors(glb: bytes, colors) -> bytes:
+    """Add COLOR_0 (linear RGBA, unsigned short normalized) [V, 4] to a one-primitive GLB written without it.
+
+    GLB = 12-byte header + JSON chunk + BIN chunk; the colours are appended to the BIN chunk as a new buffer
+    view (4-byte aligned, as vertex attributes must be) and both chunks are re-padded."""
+    json_len = struct.unpack_from("<I", glb, 12)[0]
+    tree = json.loads(glb[20:20 + json_len])
+    bin_start = 20 + json_len
+    bin_len = struct.unpack_from("<I", glb, bin_start)[0]
+    binary = bytearray(glb[bin_start + 8:bin_start + 8 + bin_len])
+    linear = np.round(srgb_to_linear(_srgb_unit(colors)) * 65535.0).astype("<u2")
+    rgba = np.concatenate([linear, np.full((len(linear), 1), 65535, dtype="<u2")], axis=1)
+    offset = len(binary) + (-len(binary)) % 4
+    binary.extend(b"\0" * (offset - len(binary)) + rgba.tobytes())
+    tree["bufferViews"].append({"buffer": 0, "byteOffset": offset, "byteLength": rgba.nbytes,
+                                "target": _ARRAY_BUFFER})
+    tree["accessors"].append({"bufferView": len(tree["bufferViews"]) - 1, "componentType": 5123,
+                              "normalized": True, "count": len(rgba), "type": "VEC4"})
+    tree["meshes"][0]["primitives"][0]["attributes"]["COLOR_0"] = len(tree["accessors"]) - 1
+    binary.extend(b"\0" * ((-len(binary)) % 4))
+    tree["buffers"][0]["byteLength"] = len(binary)
+    text = json.dumps(tree, separators=(",", ":")).encode("utf-8")
+    text += b" " * ((-len(text)) % 4)
+    total = 12 + 8 + len(text) + 8 + len(binary)
+    return b"".join([struct.pack("<4sII", b"glTF", 2, total), struct.pack("<I4s", len(text), b"JSON"), text,
+                     struct.pack("<I4s", len(binary), b"BIN\0"), bytes(binary)])
 
 
 def mesh_bytes(mesh: Mesh, fmt: str) -> bytes:
@@ -72,8 +122,9 @@ def mesh_bytes(mesh: Mesh, fmt: str) -> bytes:
     if fmt == ".glb":
         from trimesh.exchange.gltf import export_glb
 
-        return export_glb(_to_trimesh(mesh, y_up=True).scene(), include_normals=True,
-                          tree_postprocessor=_finish_gltf_tree)
+        glb = export_glb(_to_trimesh(mesh, y_up=True, with_colors=False).scene(), include_normals=True,
+                         tree_postprocessor=_finish_gltf_tree)
+        return _glb_with_linear_colors(glb, mesh.colors)
     if fmt == ".obj":
         from trimesh.exchange.obj import export_obj
 
