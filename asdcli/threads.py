@@ -4,7 +4,8 @@ torch's own default is one thread per core of the machine. On a shared or contai
 more threads than there are cores free, and OpenMP's threads then wait on each other at every parallel region:
 on a 2-core machine busy with other work, the tiny recipe ran 6x slower with 2 threads than with 1 (BENCHMARKS
 §1). The default therefore counts the cores this process may run on (CPU affinity and the cgroup CPU quota),
-less the cores other work keeps busy (the 1-minute load average), and is never below 1. torch's inter-op pool is
+less the cores other processes keep busy right now (sampled from /proc/stat while torch loads, see
+`BusySampler`), and is never below 1. torch's inter-op pool is
 one thread: nothing here runs independent graph branches in parallel, and each extra pool thread only competes.
 
 This module imports torch only inside `apply_threads`, so `asd --help` stays light.
@@ -14,6 +15,7 @@ from __future__ import annotations
 
 import math
 import os
+import time
 from pathlib import Path
 
 from asdcli.errors import UserError
@@ -50,21 +52,76 @@ def _cgroup_quota() -> float | None:
         return None
 
 
+def _jiffies(cores: set[int]) -> tuple[int, int] | None:
+    """(busy, total) clock ticks summed over `cores` from /proc/stat; None where it cannot be read (not Linux)."""
+    try:
+        lines = Path("/proc/stat").read_text().splitlines()
+    except OSError:
+        return None
+    busy = total = 0
+    for line in lines:
+        name, *fields = line.split()
+        if not name.startswith("cpu") or name == "cpu" or not name[3:].isdigit() or int(name[3:]) not in cores:
+            continue
+        ticks = [int(v) for v in fields[:8]]  # user nice system idle iowait irq softirq steal
+        total += sum(ticks)
+        busy += sum(ticks) - ticks[3] - ticks[4]
+    return (busy, total) if total else None
+
+
+class BusySampler:
+    """Cores kept busy by OTHER processes over an interval: the busy time of the cores this process may use, less
+    this process's own CPU time. Unlike the load average it forgets a job that has just finished (the 1-minute
+    average of a machine idle since the user's last run still reads ~1, which halved the threads on an idle
+    2-core machine: the ShapesWorld recipe then ran 1.7x slower than with 2 threads)."""
+
+    def __init__(self) -> None:
+        try:
+            self.cores = set(os.sched_getaffinity(0))
+        except (AttributeError, OSError):
+            self.cores = set(range(os.cpu_count() or 1))
+        self.start, self.cpu0, self.wall0 = _jiffies(self.cores), time.process_time(), time.monotonic()
+
+    def elapsed(self) -> float:
+        return time.monotonic() - self.wall0
+
+    def others(self) -> float | None:
+        """Busy cores not counting this process over the interval; None without /proc/stat or a long enough one."""
+        end = _jiffies(self.cores)
+        if self.start is None or end is None:
+            return None
+        busy, total = end[0] - self.start[0], end[1] - self.start[1]
+        if total < 10 * len(self.cores):  # under ~0.1 s of ticks a core: too coarse to tell
+            return None
+        own = (time.process_time() - self.cpu0) * os.sysconf("SC_CLK_TCK")
+        return max(0.0, (busy - own) / (total / len(self.cores)))
+
+
+def _others_now(sample_s: float = 0.2) -> float:
+    """Cores busy with other work, sampled for `sample_s` (the 1-minute load average where /proc/stat is absent)."""
+    sampler = BusySampler()
+    time.sleep(sample_s)
+    others = sampler.others()
+    if others is not None:
+        return others
+    try:
+        return os.getloadavg()[0]
+    except (AttributeError, OSError):
+        return 0.0
+
+
 def default_threads(cpus: int | None = None, load: float | None = None) -> int:
     """The default thread count: an explicit OMP_NUM_THREADS wins; else usable cores less the busy ones.
 
-    cpus: usable cores (default `usable_cpus()`); load: cores busy with other work (default the 1-minute load
-    average, which may count this process's own start-up, so it is rounded down)."""
+    cpus: usable cores (default `usable_cpus()`); load: cores busy with other work right now (default: sampled
+    for 0.2 s, `_others_now`), rounded to the nearest core."""
     env = os.environ.get("OMP_NUM_THREADS", "").strip()
     if env.isdigit() and int(env) > 0:
         return min(int(env), MAX_THREADS)
     cpus = usable_cpus() if cpus is None else cpus
     if load is None:
-        try:
-            load = os.getloadavg()[0]
-        except (AttributeError, OSError):
-            load = 0.0
-    return max(1, min(cpus, cpus - math.floor(load)))
+        load = _others_now()
+    return max(1, min(cpus, cpus - math.floor(load + 0.5)))
 
 
 def check_threads(value: int | None, what: str = "--threads") -> int | None:
@@ -80,9 +137,14 @@ def apply_threads(value: int | None = None) -> int:
 
     Call it before any heavy work: the inter-op pool can be sized only before torch first uses it (later calls
     keep the pool as it is and still set the intra-op count)."""
-    import torch
+    sampler = BusySampler()
+    import torch  # ~1 s of CPU on a cold start: the others' load is sampled over it at no extra wall time
 
-    n = check_threads(value) or default_threads()
+    if check_threads(value) is not None:
+        n = value
+    else:
+        others = sampler.others() if sampler.elapsed() >= 0.2 else None
+        n = default_threads(load=others)  # None: torch was loaded already, so sample 0.2 s now
     torch.set_num_threads(n)
     try:
         torch.set_num_interop_threads(1)

@@ -19,7 +19,8 @@ def test_default_threads_leaves_busy_cores_alone(monkeypatch):
     assert default_threads(cpus=2, load=0.2) == 2  # idle 2-core machine: both cores
     assert default_threads(cpus=2, load=1.3) == 1  # one core busy with other work
     assert default_threads(cpus=2, load=7.0) == 1  # never below one
-    assert default_threads(cpus=16, load=3.9) == 13
+    assert default_threads(cpus=16, load=3.9) == 12  # rounded to the nearest core
+    assert default_threads(cpus=2, load=0.4) == 2 and default_threads(cpus=2, load=0.6) == 1
     assert 1 <= default_threads() <= usable_cpus()
 
 
@@ -190,3 +191,29 @@ def test_channel_major_mlp_gradient_matches_autograd(hidden_layers):
     ref = mlp(x.transpose(1, 2)).transpose(1, 2)
     ref_grad = torch.autograd.grad(ref.sum(), x)[0]
     assert (value - ref).abs().max() <= 1e-5 and (grad - ref_grad).abs().max() <= 1e-5
+
+
+def test_busy_sampler_counts_other_processes_not_itself():
+    """A child spinning on one core reads as (at least half) a busy core; this process's own spin does not count."""
+    import subprocess
+    import sys
+    import time
+
+    from asdcli.threads import BusySampler
+
+    spinner = subprocess.Popen([sys.executable, "-c", "import time\nt = time.time()\nwhile time.time() - t < 3: pass"])
+    try:
+        time.sleep(0.3)  # the child is up and spinning
+        sampler = BusySampler()
+        time.sleep(0.6)
+        others = sampler.others()
+    finally:
+        spinner.kill()
+        spinner.wait()
+    assert others is not None and others >= 0.5
+    sampler = BusySampler()
+    t = time.process_time()
+    while time.process_time() - t < 0.6:  # this process busy on one core
+        pass
+    own_busy = sampler.others()
+    assert own_busy is not None and own_busy <= others + 0.5
