@@ -243,8 +243,8 @@ def generate(
 ) -> None:
     """Prompt → mesh through a trained generator: one forward pass, no per-prompt training.
 
-    Measured 2026-12-07 on a 2-core CPU shared with other jobs (load about 10): the bundled model at
-    --resolution 128 took 29 s wall, 7.4 s of it generating and writing, the rest loading (-v prints the split).
+    Measured 2026-12-07 on an idle 2-core CPU: the bundled model at --resolution 128 took 2.6 s wall and 2.6 s
+    of CPU, 1.9x a bare `import torch` (bench/bench_generate_cli.py; -v prints the split).
     """
     from asdcli.commands import generate_command
 
