@@ -154,8 +154,9 @@ def report(grid, state: Path, out: Path) -> int:
           "", *table(grid, data, diverged(grid, state)), "",
           "### Differences (called only where the seed ranges do not overlap)", "",
           *calls(grid, data), "", "### Verdict (two sentences; cite only differences marked better/worse above)",
-          "", "To be written from the table above once every arm has run: <ASD vs the others as the corpus grows>. <What the mechanism "
-          "figures show: the asynchronous term against the guidance term, cos(ASD, CSD)>.", ""]
+          "", "To be written from the table above once every arm has run: <ASD vs the others as the corpus "
+          "grows>. <What the mechanism figures show: the asynchronous term against the guidance term, "
+          "cos(ASD, CSD)>.", ""]
     (out / "study.md").write_text("\n".join(md))
     (out / "study.json").write_text(json.dumps({c: {str(s): rows for s, rows in v.items()}
                                                 for c, v in data.items()}, indent=1, default=str) + "\n")
