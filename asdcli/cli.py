@@ -227,8 +227,8 @@ def generate(
     seed: int = typer.Option(0, "--seed", help="Seed for generators that take noise."),
     turntable: Optional[Path] = typer.Option(None, "--turntable", help="Also write a turntable at 256 px, a "
                                              "loop at 24 fps; .gif, or .mp4 with pip install 'asdcli[video]'. "
-                                             "Slow on a CPU: 48 frames of the bundled model took 10 min on 2 "
-                                             "shared cores (2026-12-07); fewer --frames are quicker."),
+                                             "Slow on a CPU: 48 frames of the bundled model took 154 s on an "
+                                             "idle 2-core CPU (2026-12-07); fewer --frames are quicker."),
     frames: int = typer.Option(48, "--frames", help="Turntable frames (8-360; 48 is 7.5 degrees a frame)."),
     views_png: Optional[Path] = typer.Option(None, "--views-png", help="Also write a contact sheet of orbit "
                                              "views at 256 px, labelled (.png)."),
