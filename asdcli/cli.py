@@ -91,9 +91,7 @@ _THREADS: dict[str, Optional[int]] = {"requested": None}  # set while parsing, a
 
 
 def _threads(value: Optional[int]) -> Optional[int]:
-    if value is not None and not 1 <= value <= 1024:
-        raise typer.BadParameter(f"must be between 1 and 1024, got {value}; omit it for the default")
-    _THREADS["requested"] = value
+    _THREADS["requested"] = value  # checked by apply_threads (asdcli.threads.check_threads)
     return value
 
 

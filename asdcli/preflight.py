@@ -216,13 +216,13 @@ def _unreachable_since(endpoint: str) -> float | None:
 
 
 def _remember_unreachable(endpoint: str) -> None:
+    from asdcli.media import write_bytes_atomic
+
     path = _memo_file()
     try:
         path.parent.mkdir(parents=True, exist_ok=True)
-        tmp = path.with_name(f".{path.name}.{os.getpid()}")
-        tmp.write_text(json.dumps({endpoint: time.time()}), encoding="utf-8")
-        os.replace(tmp, path)
-    except OSError:  # a read-only home only costs the next command one more probe
+        write_bytes_atomic(path, json.dumps({endpoint: time.time()}).encode())
+    except (OSError, UserError):  # a read-only home only costs the next command one more probe
         pass
 
 
