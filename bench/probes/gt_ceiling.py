@@ -6,10 +6,10 @@ score tells the generator and what the generator can represent. Fitting the grou
 generator, cameras, renderer, steps and optimiser; no prior in the loop) measures the second alone, so a
 target that the fit misses cannot be reached by any distillation loss either.
 
-    python bench/gt_ceiling.py fit recipes/shapes_generator.yaml --out RUN [key=value ...] [--steps N]
+    python bench/probes/gt_ceiling.py fit recipes/shapes_generator.yaml --out RUN [key=value ...] [--steps N]
     asd eval --checkpoint RUN --prompts FILE --json out.json
-    python bench/gt_ceiling.py levels RUN|bundled|gt --prompts FILE
-    python bench/gt_ceiling.py colours RUN|bundled --prompts FILE
+    python bench/probes/gt_ceiling.py levels RUN|bundled|gt --prompts FILE
+    python bench/probes/gt_ceiling.py colours RUN|bundled --prompts FILE
 
 `levels` scores the occupancy {SDF < level} of a run (or the bundled generator) for several levels: IoU,
 shape_r@1 and its volume over the scenes'. With `gt` it offsets the ground-truth SDFs themselves, which shows
@@ -30,7 +30,7 @@ from pathlib import Path
 
 import torch
 
-ROOT = Path(__file__).resolve().parents[1]
+ROOT = Path(__file__).resolve().parents[2]
 if str(ROOT) not in sys.path:
     sys.path.insert(0, str(ROOT))
 

@@ -8,7 +8,7 @@ the mesh's red vertices.
 
 Needs chromium (Debian: `apt-get install chromium`) and three.js from npm in a folder outside the repo:
     mkdir /tmp/viewer && (cd /tmp/viewer && npm install three@0.170.0)
-    python bench/glb_viewer/check.py --npm-dir /tmp/viewer --out docs/glb_colours.png
+    python bench/probes/glb_viewer/check.py --npm-dir /tmp/viewer --out docs/glb_colours.png
 """
 
 from __future__ import annotations
