@@ -180,3 +180,18 @@ def check_prompt(prompt: str) -> str:
     _check_unicode(prompt, "PROMPT")
     _check_visible(prompt, "PROMPT")
     return " ".join(prompt.split())
+
+
+def recipe_prompts(cfg) -> tuple[list[str], list[str]]:
+    """The (train, val) prompts a resolved recipe trains on, as `asd train` reads them: `prompts.items` for both,
+    or the library's `prompts.train_split` and `prompts.val_split` (val falls back to train when empty).
+    Public for scripts (bench/); raises UserError naming the key to fix."""
+    if cfg.prompts.library is None:
+        items = _check_prompts(list(cfg.prompts.items), "prompts.items")
+        return items, items
+    lib = read_library(cfg.prompts.library)
+    train, val = lib.get(cfg.prompts.train_split, []), lib.get(cfg.prompts.val_split, [])
+    if not train:
+        raise UserError(f"{cfg.prompts.library}: split {cfg.prompts.train_split!r} is empty "
+                        f"(prompts.train_split); splits present: {', '.join(k for k, v in lib.items() if v)}")
+    return train, val or train

@@ -1,4 +1,5 @@
-"""bench/caption_gaps.py: the bundled prior's loss tells a sphere's caption from a pyramid's on a sphere's renders."""
+"""bench/probes/caption_gaps.py: the bundled prior's loss tells a sphere's caption from a pyramid's on a sphere's
+renders."""
 
 import pytest
 import torch
@@ -6,7 +7,7 @@ import torch
 
 @pytest.fixture(scope="module")
 def caption_gaps(load_bench):
-    return load_bench("caption_gaps")
+    return load_bench("probes/caption_gaps")
 
 
 @pytest.fixture(scope="module")

@@ -120,7 +120,7 @@ def field_state(model: LoadedModel, prompts: list[str], seed: int = 0) -> tuple[
 
 def query_fn(model: LoadedModel, state: Any, index: int):
     """points [N, 3] → (value [N], rgb [N, 3]) for prompt `index` of a batched state."""
-    one = _select(state, index)
+    one = select_prompt(state, index)
 
     @torch.no_grad()
     def fn(points: Tensor) -> tuple[Tensor, Tensor]:
@@ -135,14 +135,15 @@ def query_fn(model: LoadedModel, state: Any, index: int):
     return fn
 
 
-def _select(state: Any, index: int) -> Any:
-    """The state of one prompt, keeping the leading prompt dimension (size 1)."""
+def select_prompt(state: Any, index: int) -> Any:
+    """The state of prompt `index` of a batched generator state (tensors [P, ...], or dicts/lists/tuples of
+    them) → the same structure with tensors [1, ...]: the leading prompt dimension is kept."""
     if torch.is_tensor(state):
         return state[index:index + 1]
     if isinstance(state, dict):
-        return {k: _select(v, index) for k, v in state.items()}
+        return {k: select_prompt(v, index) for k, v in state.items()}
     if isinstance(state, (list, tuple)):
-        return type(state)(_select(v, index) for v in state)
+        return type(state)(select_prompt(v, index) for v in state)
     return state
 
 

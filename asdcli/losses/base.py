@@ -50,7 +50,7 @@ class ScoreDistillationConfig:
     """Options shared by every score-distillation loss (recipe section `loss:`)."""
 
     kind: str  # registry name: asd | sds | csd | vsd
-    guidance_scale: Schedule = _const(7.5)  # classifier-free guidance scale s (a schedule: BENCHMARKS §9e)
+    guidance_scale: Schedule = _const(7.5)  # classifier-free guidance scale s (a schedule: docs/notebook.md §9e)
     # w(t): sds 1−ᾱ_t | uniform 1 | fantasia3d √ᾱ_t(1−ᾱ_t); a name or {piecewise: {0: sds, 8000: uniform}}
     weighting: NamedSchedule[Weighting] = field(default_factory=lambda: NamedSchedule.constant("sds"))
     t_min: Schedule = _fraction_ramp(0.5, 0.02)  # bottom of the timestep window, fraction of T

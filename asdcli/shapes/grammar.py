@@ -99,7 +99,7 @@ def name_left_first(prompt: str, azimuth: float) -> str:
     named first. "A next to B" puts A at −y, which is on the left for |azimuth| ≤ 90° and on the right beyond, so
     behind the pair the caption becomes "B next to A". Read in left-to-right order, the first-named object is
     always the left one: a first-order cue like "on top of"'s, where a prompt-order caption leaves the prior to
-    learn the order × view-word interaction (it did not: BENCHMARKS §9b). Other prompts are returned unchanged."""
+    learn the order × view-word interaction (it did not: docs/notebook.md §9b). Other prompts are returned unchanged."""
     halves = prompt.split(" next to ")
     wrapped = (azimuth + 180.0) % 360.0 - 180.0
     if len(halves) != 2 or abs(wrapped) <= 90.0:

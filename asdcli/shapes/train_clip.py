@@ -57,7 +57,7 @@ class ClipTrainConfig:
     projection: int = 128
     hard_negatives: int = 4
     # Chance that a hard negative swaps one object's shape for its look-alike (LOOKALIKES): the bundled CLIP's
-    # misses on GT renders are mostly those shapes seen face-on (BENCHMARKS §10).
+    # misses on GT renders are mostly those shapes seen face-on (docs/notebook.md §10).
     lookalike_prob: float = 0.0
     pool: int = 2048
     fresh: int = 32

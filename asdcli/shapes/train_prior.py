@@ -69,11 +69,11 @@ class PriorTrainConfig:
     overhead_prob: float = 0.12  # share of cameras drawn at elevation 45…85° (overhead captions)
     single_prob: float = 0.3  # share of single-object prompts (the train split is 97 % pairs)
     # Share of pair draws that are "next to" pairs; None draws pairs as the split has them (half "next to").
-    # Their layout is the only one that changes with the view caption (BENCHMARKS §9).
+    # Their layout is the only one that changes with the view caption (docs/notebook.md §9).
     next_to_prob: float | None = None
     # Share of "next to" draws seen from inside the front or back view bucket (else from the usual cameras). Only
     # those two views fix a pair's left-right order, which flips between them; a prior that has not learned the
-    # flip draws one order for both captions, and ASD then gets contradicting gradients (BENCHMARKS §9).
+    # flip draws one order for both captions, and ASD then gets contradicting gradients (docs/notebook.md §9).
     front_back_prob: float = 0.0
     # How captions name a "next to" pair: "prompt" (as written, whatever the view) or "left_first" (the object
     # on the image's left first, `grammar.name_left_first`). Recorded in the export; the SD path then writes its
@@ -84,7 +84,7 @@ class PriorTrainConfig:
     init_from: str | None = None
     # View-caption rules, recorded in the export (the SD path uses them when a recipe leaves its own unset).
     # 67.5 / 67.5 (side views only where a "next to" pair's objects hide each other) was tried as a 2,000-step
-    # fine-tune: no change, the prior stays view-blind for pair layout (BENCHMARKS §9).
+    # fine-tune: no change, the prior stays view-blind for pair layout (docs/notebook.md §9).
     front_threshold: float = 45.0
     back_threshold: float = 45.0
     overhead_threshold: float = 60.0

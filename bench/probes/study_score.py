@@ -29,7 +29,7 @@ def train_sample(n: int) -> list[str]:
 
 def sample_prompts(corpus: int | None, split: str, n: int, seed: int) -> list[str]:
     """Up to n prompts of a split (train = the nested corpus of that size), seeded, in the split's order (the
-    seeded sets of BENCHMARKS §9b–§9k are `sample_prompts(None, split, 32, seed)`)."""
+    seeded sets of docs/notebook.md §9b–§9k are `sample_prompts(None, split, 32, seed)`)."""
     from asdcli.shapes.library import build_library
 
     items = build_library(0, corpus)[split]

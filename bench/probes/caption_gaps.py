@@ -7,10 +7,10 @@ shape it prints `top1` (the share of views whose lowest loss is the true caption
 relative loss gap (L_rival − L_true) / L_true: the larger the gap, the louder the prior's score says which shape
 it is. `--absolute` prints L_rival − L_true instead (the mean ε-MSE difference per timestep and draw, × 1000)
 and the true caption's loss L_true beside it: a better-trained prior lowers L_true, which alone widens the
-relative gap (BENCHMARKS §9i). `--partner "blue cube"` asks the same of "a red SHAPE next to a blue cube" (the
-relation of ShapesWorld's weakest prompts, BENCHMARKS §9g).
+relative gap (docs/notebook.md §9i). `--partner "blue cube"` asks the same of "a red SHAPE next to a blue cube" (the
+relation of ShapesWorld's weakest prompts, docs/notebook.md §9g).
 
-    python bench/caption_gaps.py [--prior bundled|FOLDER] [--partner "blue cube"] [--colour red]
+    python bench/probes/caption_gaps.py [--prior bundled|FOLDER] [--partner "blue cube"] [--colour red]
         [--shapes cone pyramid ...] [--views 16] [--t 50 100 200 350 500] [--reps 2] [--absolute]
         [--elevation 60 85]
 """
@@ -23,7 +23,7 @@ from pathlib import Path
 
 import torch
 
-ROOT = Path(__file__).resolve().parents[1]
+ROOT = Path(__file__).resolve().parents[2]
 if str(ROOT) not in sys.path:
     sys.path.insert(0, str(ROOT))
 
