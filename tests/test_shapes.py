@@ -7,11 +7,19 @@ import pytest
 import torch
 
 from asdcli.render.cameras import CameraBatch, cameras_from_angles, orbit_cameras
-from asdcli.shapes import grammar, metrics
-from asdcli.shapes.grammar import COLORS, ObjectSpec, PromptError, SceneSpec, parse_prompt
 from asdcli.shapes.gt_render import render_scene, render_scenes
-from asdcli.shapes.library import write_library
-from asdcli.shapes.scenes import FIT_RADIUS, SceneBatch, grid_points, place, scene_field, scene_radius, scene_volume
+from asdcli.shapes.world import grammar, metrics
+from asdcli.shapes.world.grammar import COLORS, ObjectSpec, PromptError, SceneSpec, parse_prompt
+from asdcli.shapes.world.library import write_library
+from asdcli.shapes.world.scenes import (
+    FIT_RADIUS,
+    SceneBatch,
+    grid_points,
+    place,
+    scene_field,
+    scene_radius,
+    scene_volume,
+)
 
 
 def _cams(n: int, elevation: float, azimuth: float, distance: float, fovy: float) -> CameraBatch:

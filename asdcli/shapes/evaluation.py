@@ -11,8 +11,8 @@ from __future__ import annotations
 import torch
 
 from asdcli.engine.inference import LoadedModel, field_state, query_fn
-from asdcli.shapes.grammar import PromptError, parse_prompt, unknown_words
-from asdcli.shapes.metrics import (
+from asdcli.shapes.world.grammar import PromptError, parse_prompt, unknown_words
+from asdcli.shapes.world.metrics import (
     blob_occupancy,
     color_error,
     gt_occupancy,
@@ -20,7 +20,7 @@ from asdcli.shapes.metrics import (
     iou_matrix,
     shape_hits_from_matrix,
 )
-from asdcli.shapes.scenes import grid_points
+from asdcli.shapes.world.scenes import grid_points
 
 
 def _specs(prompts: list[str]):

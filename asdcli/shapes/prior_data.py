@@ -9,7 +9,7 @@ import torch
 from torch import Tensor
 
 from asdcli.errors import UserError
-from asdcli.shapes.grammar import caption_as_seen
+from asdcli.shapes.world.grammar import caption_as_seen
 
 if TYPE_CHECKING:
     from asdcli.shapes.train_prior import PriorTrainConfig
@@ -17,7 +17,7 @@ if TYPE_CHECKING:
 
 def split_singles_pairs(split_seed: int, split: str = "train") -> tuple[list[str], list[str]]:
     """(single-object prompts, pair prompts) of a grammar split, in the split's seeded order."""
-    from asdcli.shapes.grammar import splits
+    from asdcli.shapes.world.grammar import splits
 
     prompts = splits(split_seed)[split]
     singles = [p for p in prompts if " on top of " not in p and " next to " not in p]

@@ -18,7 +18,7 @@ import tempfile
 from pathlib import Path
 from typing import Any
 
-from asdcli.shapes.grammar import VOCABULARY
+from asdcli.shapes.world.grammar import VOCABULARY
 
 MAX_LENGTH = 20
 BOS, EOS = "<|startoftext|>", "<|endoftext|>"
