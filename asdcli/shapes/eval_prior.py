@@ -2,8 +2,8 @@
 
 The prior is loaded exactly as recipes load it (`StableDiffusionPrior`, kind stable-diffusion, model = the
 folder) and conditioned through its own `conditioning` (view suffix from the camera, negative prompt as the
-unconditional branch). Samples: DDIM (η = 0, x̂0 clipped to [−1, 1]) with classifier-free guidance
-ε̂ = ε_u + s·(ε_c − ε_u), the guidance the distillation losses use.
+unconditional branch). Samples: DDIM (`asdcli.priors.ddim`: η = 0, x̂0 clipped to [−1, 1]) with
+classifier-free guidance ε̂ = ε_u + s·(ε_c − ε_u), the guidance the distillation losses use.
 
 Per sample, with a camera drawn from the training distribution and the GT render of the same prompt from it:
 - `mask_iou`: foreground of the sample (pixels farther than FG_DIST from the background colour, estimated from
@@ -41,25 +41,9 @@ from typing import Any, NamedTuple
 import torch
 from torch import Tensor
 
+from asdcli.priors.ddim import ddim_sample
+
 FG_DIST = 0.12
-
-
-@torch.no_grad()
-def ddim_sample(prior: Any, cond: Tensor, uncond: Tensor, scale: float, steps: int, gen: torch.Generator) -> Tensor:
-    """Images [B, 3, S, S] in [0, 1] from a pixel-space prior; cond/uncond [B, L, D]."""
-    a = prior.alphas_cumprod.float()
-    b, s = cond.shape[0], prior.image_size
-    ts = torch.linspace(len(a) - 1, 0, steps).round().long()
-    x = torch.randn(b, 3, s, s, generator=gen)
-    for i, t in enumerate(ts.tolist()):
-        tt = torch.full((2 * b,), t, dtype=torch.long)
-        eu, ec = prior.predict_noise(torch.cat([x, x]), tt, torch.cat([uncond, cond])).chunk(2)
-        eps = eu + scale * (ec - eu)
-        x0 = ((x - (1 - a[t]).sqrt() * eps) / a[t].sqrt()).clamp(-1, 1)
-        eps = (x - a[t].sqrt() * x0) / (1 - a[t]).sqrt()  # consistent with the clipped x̂0
-        a_prev = a[ts[i + 1]] if i + 1 < len(ts) else torch.tensor(1.0)
-        x = a_prev.sqrt() * x0 + (1 - a_prev).sqrt() * eps
-    return ((x + 1) / 2).clamp(0, 1)
 
 
 def foreground(img: Tensor) -> Tensor:

@@ -3,7 +3,7 @@
 The prior is loaded exactly as recipes load it (`MVDreamPrior`, kind mvdream, model = text_model = the folder)
 and conditioned through its own `conditioning` (plain prompt, negative prompt as the unconditional branch,
 cameras = camera_embedding(c2w)). For each prompt, 4 cameras 90° apart (the training layout) are drawn; the 4
-views are sampled jointly with DDIM (η = 0, x̂0 clipped, CFG ε_u + s(ε_c − ε_u), `eval_prior.ddim_sample`) and
+views are sampled jointly with DDIM (η = 0, x̂0 clipped, CFG ε_u + s(ε_c − ε_u), `asdcli.priors.ddim`) and
 compared with GT renders of the same prompt from the same 4 cameras:
 
 - `mask_iou`: sample foreground (`eval_prior.foreground`) vs GT coverage > 0.5, per view and on average;
@@ -75,9 +75,10 @@ def evaluate_prior_mv(model: str | Path, n_prompts: int = 16, scales=(1.0, 3.0, 
                       steps: int = 50, clip: str | None = "bundled:shapes-clip", grid: str | None = None,
                       seed: int = 0) -> dict[str, Any]:
     """Summary per guidance scale (see the module docstring); one 4-view sample per prompt."""
+    from asdcli.priors.ddim import ddim_sample
     from asdcli.priors.mvdream import MVDreamPrior
     from asdcli.render.cameras import sample_training_cameras
-    from asdcli.shapes.eval_prior import ddim_sample, foreground
+    from asdcli.shapes.eval_prior import foreground
     from asdcli.shapes.gt_render import render_scenes
     from asdcli.shapes.prior_data import split_singles_pairs
     from asdcli.shapes.train_prior_mv import INFO_FILE, MVPriorTrainConfig, prior_config
