@@ -64,3 +64,21 @@ def test_help_imports_no_torch():
             "rc2 = main(['eval-prior', '--help']); print(rc, rc2, 'torch' in sys.modules)")
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout
     assert out.strip().endswith("0 0 False") and "train-prior-mv" in out and "--cfg" in out
+
+
+def test_the_documented_commands_parse():
+    """Every `python -m asdcli.shapes ...` command of docs/shapesworld.md (indented continuation lines joined,
+    comments cut)."""
+    import shlex
+    from pathlib import Path
+
+    text = (Path(__file__).resolve().parents[1] / "docs" / "shapesworld.md").read_text(encoding="utf-8")
+    text = text.replace("\\\n", " ").replace("\n    ", " ")
+    lines = [shlex.split(line, comments=True) for line in text.splitlines()
+             if line.startswith("python -m asdcli.shapes ")]
+    assert len(lines) >= 8
+    for argv in lines:
+        _params(argv[3:])
+    got = _params(["eval-prior", "--model", "bundled:shapes-prior", "--prompts", "121", "--cfg", "7.5", "--clip",
+                   "none"])  # as BENCHMARKS §9 runs it
+    assert got["cfg"] == [7.5] and got["prompts"] == 121 and got["clip"] == "none"
