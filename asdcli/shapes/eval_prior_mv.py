@@ -25,6 +25,16 @@ from typing import Any
 import torch
 from torch import Tensor
 
+from asdcli.evaluate import ClipScorer
+from asdcli.media import contact_sheet, save_png
+from asdcli.priors.ddim import ddim_sample
+from asdcli.priors.mvdream import MVDreamPrior
+from asdcli.render.cameras import sample_training_cameras
+from asdcli.shapes.eval_prior import foreground, mask_iou
+from asdcli.shapes.gt_render import render_scenes
+from asdcli.shapes.prior_data import split_singles_pairs
+from asdcli.shapes.train_prior_mv import INFO_FILE, MVPriorTrainConfig, prior_config
+
 
 class _WithCameras:
     """A prior view for `ddim_sample`, which batches [uncond; cond] and knows nothing about cameras: each call
@@ -61,8 +71,6 @@ def color_spread(samples: Tensor, fg: Tensor) -> float:
 
 def _mask_ious(fg: Tensor, gt_mask: Tensor, other_mask: Tensor, views: int) -> dict[str, Any]:
     """fg, gt_mask, other_mask [P·V, H, W] bool (object-major) → the IoU figures of the module docstring."""
-    from asdcli.shapes.eval_prior import mask_iou
-
     p = fg.shape[0] // views
     own = mask_iou(fg, gt_mask).view(p, views)
     rotated_gt = gt_mask.view(p, views, *gt_mask.shape[1:]).roll(-1, dims=1).flatten(0, 1)
@@ -75,14 +83,6 @@ def evaluate_prior_mv(model: str | Path, n_prompts: int = 16, scales=(1.0, 3.0, 
                       steps: int = 50, clip: str | None = "bundled:shapes-clip", grid: str | None = None,
                       seed: int = 0) -> dict[str, Any]:
     """Summary per guidance scale (see the module docstring); one 4-view sample per prompt."""
-    from asdcli.priors.ddim import ddim_sample
-    from asdcli.priors.mvdream import MVDreamPrior
-    from asdcli.render.cameras import sample_training_cameras
-    from asdcli.shapes.eval_prior import foreground
-    from asdcli.shapes.gt_render import render_scenes
-    from asdcli.shapes.prior_data import split_singles_pairs
-    from asdcli.shapes.train_prior_mv import INFO_FILE, MVPriorTrainConfig, prior_config
-
     prior = MVDreamPrior(prior_config(model))
     train_cfg = MVPriorTrainConfig.from_dict(json.loads((Path(model) / INFO_FILE).read_text())["config"])
     singles, pairs = split_singles_pairs(0, split)
@@ -95,8 +95,6 @@ def evaluate_prior_mv(model: str | Path, n_prompts: int = 16, scales=(1.0, 3.0, 
     cond = prior.conditioning([p for p in prompts for _ in range(v)], cams.elevation, cams.azimuth, cams.c2w)
     scorer = None
     if clip:
-        from asdcli.evaluate import ClipScorer
-
         scorer = ClipScorer(clip)
     report: dict[str, Any] = {"model": str(model), "split": split, "prompts": len(prompts), "views": v,
                               "ddim_steps": steps}
@@ -115,8 +113,6 @@ def evaluate_prior_mv(model: str | Path, n_prompts: int = 16, scales=(1.0, 3.0, 
         report[f"cfg_{scale:g}"] = row
         sheets.append(hwc)
     if grid:
-        from asdcli.media import contact_sheet, save_png
-
         tiles = [im for i in range(len(prompts)) for rows in [gt.rgb] + sheets for im in rows[i * v:(i + 1) * v]]
         save_png(contact_sheet(tiles, cols=v * (1 + len(scales))), grid)  # one row per prompt: GT, then each CFG
     return report

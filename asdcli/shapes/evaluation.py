@@ -11,6 +11,8 @@ from __future__ import annotations
 import torch
 
 from asdcli.engine.inference import LoadedModel, field_state, query_fn
+from asdcli.mesh.isosurface import density_threshold
+from asdcli.render.volume import density
 from asdcli.shapes.world.grammar import PromptError, parse_prompt, unknown_words
 from asdcli.shapes.world.metrics import (
     blob_occupancy,
@@ -45,9 +47,6 @@ def predicted_occupancy(model: LoadedModel, state, index: int, res: int, radius:
     value = predicted_value(model, state, index, res, radius)
     if model.generator.field_type == "sdf":
         return value < 0
-    from asdcli.mesh.isosurface import density_threshold
-    from asdcli.render.volume import density
-
     sigma = density(value, "density", model.cfg.render.inv_std)
     level = density_threshold(sigma.numpy(), 2.0 * radius / (res - 1))
     return sigma > level
