@@ -220,9 +220,10 @@ def main() -> None:
 
 if __name__ == "__main__":
     from asdcli.errors import UserError
+    from asdcli.shapes.world.grammar import PromptError
 
     try:
         main()
-    except UserError as exc:  # a bad recipe key or run directory: one line, exit 2, as `asd` does
+    except (UserError, PromptError) as exc:  # a bad recipe key, run directory or prompt: one line, exit 2
         print(f"error: {exc}", file=sys.stderr)
         raise SystemExit(2) from None
