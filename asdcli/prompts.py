@@ -73,12 +73,16 @@ def _paper_library(name: str) -> dict[str, list[str]]:
 def _bundled_library(name: str) -> dict[str, list[str]]:
     """`shapesworld` (the whole ShapesWorld split) or `shapesworld:N` (train = the nested corpus of N
     prompts; val and test whole, so every corpus size is scored on the same prompts)."""
-    from asdcli.shapes.library import build_library
+    from asdcli.shapes.world.grammar import PromptError
+    from asdcli.shapes.world.library import build_library
 
     size = name.partition(":")[2]
     if size and not (size.isdigit() and int(size) > 0):
         raise UserError(f"prompts.library: {name!r}: expected shapesworld or shapesworld:N with N > 0")
-    return build_library(seed=0, corpus_size=int(size) if size else None)
+    try:
+        return build_library(seed=0, corpus_size=int(size) if size else None)
+    except PromptError as err:  # N beyond the train split
+        raise UserError(str(err)) from None
 
 
 def _check_unicode(prompt: str, where: str) -> None:

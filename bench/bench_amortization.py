@@ -55,8 +55,8 @@ def occupancy_fn(model, state):
 def field_iou(model, prompt: str, res: int, angles: int) -> float:
     """Best-rotation IoU of the model's field for `prompt` against its ShapesWorld scene."""
     from asdcli.engine.inference import field_state
-    from asdcli.shapes.grammar import parse_prompt
-    from asdcli.shapes.metrics import iou_field
+    from asdcli.shapes.world.grammar import parse_prompt
+    from asdcli.shapes.world.metrics import iou_field
 
     was_training = model.generator.training
     model.generator.eval()
@@ -122,8 +122,8 @@ def distill_to_iou(prompt: str, target: float, args, run_dir: Path, device: str)
 def iou_matched(checkpoint: Path, args, tmp: Path, device: str) -> list[dict]:
     """Per held-out prompt: generate time and IoU, distill time to that IoU, and their ratio (primary clock)."""
     from asdcli.engine.inference import load_model
-    from asdcli.shapes.grammar import parse_prompt, splits
-    from asdcli.shapes.metrics import blob_baseline_iou
+    from asdcli.shapes.world.grammar import parse_prompt, splits
+    from asdcli.shapes.world.metrics import blob_baseline_iou
 
     model = load_model(checkpoint, device)
     generate_timed(model, "a red cube", tmp / "warmup.glb")  # imports and allocator warm-up, not a real use

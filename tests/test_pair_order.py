@@ -7,7 +7,7 @@ from __future__ import annotations
 import pytest
 import torch
 
-from asdcli.shapes.grammar import name_left_first
+from asdcli.shapes.world.grammar import name_left_first
 
 PAIR = "a red cube next to a blue sphere"
 SWAPPED = "a blue sphere next to a red cube"

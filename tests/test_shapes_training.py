@@ -10,8 +10,8 @@ import torch
 
 from asdcli.errors import UserError
 from asdcli.shapes import bundled
-from asdcli.shapes.grammar import VOCABULARY, all_prompts
 from asdcli.shapes.vocab import MAX_LENGTH, build_tokenizer, token_ids
+from asdcli.shapes.world.grammar import VOCABULARY, all_prompts
 
 
 @pytest.fixture(scope="module")
@@ -314,8 +314,8 @@ def test_pair_color_ok_fails_one_colour_and_swapped_pairs():
 def test_hard_negatives_are_other_scenes_without_held_out_objects():
     import random
 
-    from asdcli.shapes.grammar import held_out_combinations, parse_prompt
     from asdcli.shapes.train_clip import hard_negatives, scene_key
+    from asdcli.shapes.world.grammar import held_out_combinations, parse_prompt
 
     held = held_out_combinations(0)
     rng = random.Random(0)
@@ -331,8 +331,8 @@ def test_hard_negatives_are_other_scenes_without_held_out_objects():
 def test_lookalike_negatives_swap_one_shape_for_its_lookalike():
     import random
 
-    from asdcli.shapes.grammar import held_out_combinations, parse_prompt
     from asdcli.shapes.train_clip import LOOKALIKES, hard_negatives
+    from asdcli.shapes.world.grammar import held_out_combinations, parse_prompt
 
     held, rng = held_out_combinations(0), random.Random(0)
     prompt = parse_prompt("a red pyramid on top of a blue torus")  # the torus has no look-alike

@@ -42,7 +42,7 @@ def test_grid_is_the_planned_arms_on_the_bundled_recipe(study, tmp_path):
     from asdcli.losses.base import ScoreDistillationConfig
     from asdcli.losses.vsd import VSDConfig
     from asdcli.recipe import load_recipe
-    from asdcli.shapes.library import build_library
+    from asdcli.shapes.world.library import build_library
 
     assert len(build_library(0)["train"]) == study.FULL_CORPUS == 6118  # the corpus "6118" is the whole split
     grid = study.build_grid()

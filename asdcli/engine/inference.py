@@ -41,7 +41,7 @@ class LoadedModel:
         the generator never saw); [] for any other prior."""
         if not self.shapesworld:
             return []
-        from asdcli.shapes.grammar import unknown_words
+        from asdcli.shapes.world.grammar import unknown_words
 
         return unknown_words(prompt)
 

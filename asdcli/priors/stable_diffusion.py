@@ -205,7 +205,7 @@ class StableDiffusionPrior(Prior):
         uncond = self._uncond_tokens()[None].expand(b, -1, -1)
         dirs = view_directions(elevation, azimuth, *self.view_thresholds)
         if self.pair_order != "prompt":  # a ShapesWorld prior: word "next to" pairs as its captions did
-            from asdcli.shapes.grammar import caption_as_seen
+            from asdcli.shapes.world.grammar import caption_as_seen
 
             prompts = [caption_as_seen(p, a, self.pair_order) for p, a in zip(prompts, azimuth.tolist(), strict=True)]
         if getattr(cfg, "perp_neg", False):

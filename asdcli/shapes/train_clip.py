@@ -27,7 +27,6 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from asdcli.clip_model import CLIP_MEAN, CLIP_STD
-from asdcli.shapes.grammar import COLORS, SHAPES, SIZES, ObjectSpec, SceneSpec, held_out_combinations, parse_prompt
 from asdcli.shapes.prior_data import split_singles_pairs
 from asdcli.shapes.runs import (
     load_checkpoint,
@@ -39,6 +38,15 @@ from asdcli.shapes.runs import (
     write_folder_atomic,
 )
 from asdcli.shapes.vocab import MAX_LENGTH, build_tokenizer, write_vocab
+from asdcli.shapes.world.grammar import (
+    COLORS,
+    SHAPES,
+    SIZES,
+    ObjectSpec,
+    SceneSpec,
+    held_out_combinations,
+    parse_prompt,
+)
 
 
 @dataclass
@@ -368,8 +376,8 @@ def evaluate_clip(model: str | Path, views: int = 8, split: str = "test", size: 
     "next to" twin), the best any image model can do."""
     from asdcli.evaluate import ClipScorer, clip_metrics
     from asdcli.render.cameras import orbit_cameras
-    from asdcli.shapes.grammar import splits
     from asdcli.shapes.gt_render import render_scenes
+    from asdcli.shapes.world.grammar import splits
 
     prompts = splits(0)[split][:limit]
     scorer = ClipScorer(str(model))

@@ -29,7 +29,6 @@ from torch import Tensor, nn
 
 from asdcli.errors import UserError
 from asdcli.shapes.bundled import SHAPESWORLD_PRIOR_INFO
-from asdcli.shapes.grammar import PAIR_ORDERS
 from asdcli.shapes.prior_data import PriorData
 from asdcli.shapes.runs import (
     HISTORY_FILE,
@@ -43,6 +42,7 @@ from asdcli.shapes.runs import (
     write_folder_atomic,
 )
 from asdcli.shapes.vocab import MAX_LENGTH, build_tokenizer, token_ids, write_vocab
+from asdcli.shapes.world.grammar import PAIR_ORDERS
 
 
 @dataclass

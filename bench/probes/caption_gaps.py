@@ -30,7 +30,7 @@ if str(ROOT) not in sys.path:
 
 def caption(colour: str, shape: str, partner: str | None) -> str:
     """The grammar's prompt for a `colour` `shape`, alone or next to `partner` (e.g. "blue cube")."""
-    from asdcli.shapes.grammar import ObjectSpec, SceneSpec, parse_prompt
+    from asdcli.shapes.world.grammar import ObjectSpec, SceneSpec, parse_prompt
 
     head = ObjectSpec(shape, colour)
     if not partner:
@@ -75,7 +75,7 @@ def shape_gaps(prior, true: str, shapes: list[str], colour: str, partner: str | 
 def main() -> None:
     from asdcli.priors.stable_diffusion import StableDiffusionPrior, StableDiffusionPriorConfig
     from asdcli.shapes.bundled import bundled_prior
-    from asdcli.shapes.scenes import PRIMITIVES
+    from asdcli.shapes.world.scenes import PRIMITIVES
 
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     ap.add_argument("--prior", default="bundled", help="'bundled' or an exported diffusers folder")

@@ -69,8 +69,8 @@ def sdf_grids(source: str, prompts: list[str], res: int) -> list[torch.Tensor]:
     """[R, R, R] SDF grids of each prompt: the ground truth ("gt") or a generator (a run, or "bundled")."""
     from asdcli.engine.inference import field_state, load_model
     from asdcli.shapes.evaluation import grid_points, predicted_value
-    from asdcli.shapes.grammar import parse_prompt
-    from asdcli.shapes.scenes import SceneField
+    from asdcli.shapes.world.grammar import parse_prompt
+    from asdcli.shapes.world.scenes import SceneField
 
     if source == "gt":
         pts = grid_points(res, 1.0).reshape(-1, 3)
@@ -87,8 +87,8 @@ def sdf_grids(source: str, prompts: list[str], res: int) -> list[torch.Tensor]:
 
 def level_sweep(source: str, prompts: list[str], levels=LEVELS, res: int = 64) -> list[dict]:
     """Per level: mean IoU, shape_r@1 and occupied volume / the scenes' volume of {SDF < level}."""
-    from asdcli.shapes.grammar import parse_prompt
-    from asdcli.shapes.metrics import gt_occupancy, iou_matrix, shape_hits_from_matrix
+    from asdcli.shapes.world.grammar import parse_prompt
+    from asdcli.shapes.world.metrics import gt_occupancy, iou_matrix, shape_hits_from_matrix
 
     specs = [parse_prompt(p) for p in prompts]
     grids, gt = sdf_grids(source, prompts, res), gt_occupancy(specs, res)
@@ -149,9 +149,9 @@ def colour_split(source: str, prompts: list[str], n: int = 2048) -> dict:
     saturation / lightness over the GT renders') and `albedo_brightness_excess` (the colour field's lightness
     on the true surface over the true colours'; above the renders' figure, the generator's shading is darker)."""
     from asdcli.engine.inference import field_state, load_model, query_fn, select_prompt
-    from asdcli.shapes.grammar import parse_prompt
-    from asdcli.shapes.metrics import surface_colours
-    from asdcli.shapes.scenes import SceneField
+    from asdcli.shapes.world.grammar import parse_prompt
+    from asdcli.shapes.world.metrics import surface_colours
+    from asdcli.shapes.world.scenes import SceneField
 
     model = load_model(None if source == "bundled" else source)
     errors, placement, excess, albedo = [], [], [], []
@@ -220,9 +220,10 @@ def main() -> None:
 
 if __name__ == "__main__":
     from asdcli.errors import UserError
+    from asdcli.shapes.world.grammar import PromptError
 
     try:
         main()
-    except UserError as exc:  # a bad recipe key or run directory: one line, exit 2, as `asd` does
+    except (UserError, PromptError) as exc:  # a bad recipe key, run directory or prompt: one line, exit 2
         print(f"error: {exc}", file=sys.stderr)
         raise SystemExit(2) from None
