@@ -79,6 +79,12 @@ def test_prior_resume_is_exact_and_export_loads(tmp_path):
     assert not is_shapesworld_prior(str(tmp_path / "a")) and not is_shapesworld_prior("stabilityai/sd-2-1-base")
     prior = ShapesWorldPrior(ShapesWorldPriorConfig(model=str(folder)))
     assert prior.vae is None and prior.image_size == 16
+    from asdcli.errors import UserError
+    from asdcli.priors.stable_diffusion import StableDiffusionPrior, StableDiffusionPriorConfig
+
+    # the export records that it needs prior.kind: shapesworld (its captions follow rules the plain kind ignores)
+    with pytest.raises(UserError, match=r"set prior.kind: shapesworld in the recipe"):
+        StableDiffusionPrior(StableDiffusionPriorConfig(model=str(folder)))
     cond = prior.conditioning(["a red cube", "a blue sphere next to a red cone"], torch.tensor([10.0, 70.0]),
                               torch.tensor([0.0, 120.0]), torch.eye(4).repeat(2, 1, 1))
     z = prior.encode(torch.rand(2, 3, 32, 32))
