@@ -193,11 +193,17 @@ def generate_command(prompt: str, out: Path, *, checkpoint, resolution, threshol
 
 
 def _warn_vocabulary(model, prompts: list[str]) -> None:
-    """A bundled ShapesWorld model knows a small vocabulary: name the words outside it (no crash)."""
+    """A model trained against a ShapesWorld prior (2D or 4-view) knows a small vocabulary, which its tokenizer
+    spells in bytes the generator never saw: name the words outside it (no crash)."""
     import warnings
 
+    from asdcli.shapes.bundled import is_shapesworld_prior
+    from asdcli.shapes.world.grammar import unknown_words
+
+    if not is_shapesworld_prior(getattr(model.cfg.prior, "model", None)):  # tiny-random has no model
+        return
     for prompt in prompts:
-        unknown = model.unknown_words(prompt)
+        unknown = unknown_words(prompt)
         if unknown:
             from asdcli.errors import safe_line, shown
 

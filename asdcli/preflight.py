@@ -70,6 +70,10 @@ def _sd_folder(key: str, source: str, revision: str | None, text_only: bool) -> 
                   include=tuple(f"{s}/*" for s in subs) + (() if text_only else ("model_index.json",)))
 
 
+# Prior kinds whose prior.model is a diffusers folder or hub id (registry names; shapesworld is the SD path).
+SD_FOLDER_KINDS = ("stable-diffusion", "shapesworld")
+
+
 def _get(prior: Any, key: str) -> str | None:
     """A string value of a prior section: a validated config (defaults filled in) or the raw recipe mapping
     (only what the recipe wrote; anything else is left to the check after validation)."""
@@ -81,7 +85,7 @@ def training_weights(prior: Any) -> list[Weight]:
     """The weights `asd train` / `asd distill` load for the recipe's `prior` section (a config or raw mapping)."""
     kind = _get(prior, "kind")
     model = _get(prior, "model")
-    if kind == "stable-diffusion" and model:
+    if kind in SD_FOLDER_KINDS and model:
         return [_sd_folder("prior.model", model, _get(prior, "revision"), text_only=False)]
     if kind == "mvdream":
         return _mvdream_weights(prior)
@@ -103,7 +107,7 @@ def _mvdream_weights(prior: Any) -> list[Weight]:
 def text_weights(prior: Any) -> list[Weight]:
     """The weights `asd generate` / `export` / `eval` load: the prior's text side only."""
     kind, model = _get(prior, "kind"), _get(prior, "model")
-    if kind == "stable-diffusion" and model:
+    if kind in SD_FOLDER_KINDS and model:
         return [_sd_folder("prior.model", model, _get(prior, "revision"), text_only=True)]
     if kind == "mvdream":
         weights = _mvdream_weights(prior)

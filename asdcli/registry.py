@@ -17,6 +17,7 @@ REGISTRY: dict[str, dict[str, str]] = {
         "stable-diffusion": "asdcli.priors.stable_diffusion:StableDiffusionPrior",
         "tiny-random": "asdcli.priors.tiny:TinyRandomPrior",
         "mvdream": "asdcli.priors.mvdream:MVDreamPrior",
+        "shapesworld": "asdcli.shapes.prior:ShapesWorldPrior",
     },
     "generator": {
         "triplane": "asdcli.generators.triplane:TriplaneGenerator",

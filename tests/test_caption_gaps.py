@@ -13,10 +13,10 @@ def caption_gaps(load_bench):
 @pytest.fixture(scope="module")
 def prior():
     """The bundled prior, loaded once for the module's tests."""
-    from asdcli.priors.stable_diffusion import StableDiffusionPrior, StableDiffusionPriorConfig
     from asdcli.shapes.bundled import bundled_prior
+    from asdcli.shapes.prior import ShapesWorldPrior, ShapesWorldPriorConfig
 
-    return StableDiffusionPrior(StableDiffusionPriorConfig(model=str(bundled_prior())))
+    return ShapesWorldPrior(ShapesWorldPriorConfig(model=str(bundled_prior())))
 
 
 def test_captions_follow_the_grammar(caption_gaps):
@@ -51,7 +51,8 @@ def test_elevation_range_draws_the_overhead_views_the_prior_was_trained_on(capti
     """--elevation 60 85: every camera in range, and every one captioned "overhead view" by the bundled prior's
     thresholds; the default range (-10 to 45) has none."""
     from asdcli.priors.perp_neg import OVERHEAD, view_directions
-    from asdcli.shapes.bundled import bundled_prior, recorded_captions
+    from asdcli.shapes.bundled import bundled_prior
+    from asdcli.shapes.prior import recorded_captions
 
     thresholds = recorded_captions(bundled_prior())[0]
     gen = torch.Generator().manual_seed(0)

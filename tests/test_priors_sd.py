@@ -397,3 +397,22 @@ def test_unsupported_prediction_type_is_a_user_error(tmp_path):
     with pytest.raises(UserError, match=r"scheduler_config\.json has prediction_type 'sample'.*'epsilon' and "
                                         r"'v_prediction'"):
         StableDiffusionPrior(StableDiffusionPriorConfig(model=str(folder)))
+
+
+def test_a_folder_recording_another_kind_is_refused_in_one_line(tmp_path):
+    """A folder that names the prior kind it needs (base.KIND_FILE) is loaded by that kind only; a damaged record
+    says which file."""
+    from asdcli.priors.base import KIND_FILE, write_folder_kind
+
+    folder = save_tiny_sd_folder(tmp_path / "sd", seed=0)
+    write_folder_kind(folder, "stable-diffusion")
+    assert StableDiffusionPrior(StableDiffusionPriorConfig(model=str(folder))).image_size == 16
+    write_folder_kind(folder, "shapesworld")
+    fix = r"^prior.kind: '.*sd' must be loaded as prior.kind: shapesworld, not stable-diffusion; set prior.kind: "
+    with pytest.raises(UserError, match=fix):
+        StableDiffusionPrior(StableDiffusionPriorConfig(model=str(folder)))
+    with pytest.raises(UserError, match=fix):
+        load_text_encoder(StableDiffusionPriorConfig(model=str(folder)))
+    (folder / KIND_FILE).write_text("{kind")
+    with pytest.raises(UserError, match=f"prior.model: .*{KIND_FILE} is damaged"):
+        StableDiffusionPrior(StableDiffusionPriorConfig(model=str(folder)))

@@ -80,5 +80,5 @@ def test_the_documented_commands_parse():
     for argv in lines:
         _params(argv[3:])
     got = _params(["eval-prior", "--model", "bundled:shapes-prior", "--prompts", "121", "--cfg", "7.5", "--clip",
-                   "none"])  # as BENCHMARKS §9 runs it
+                   "none"])  # as docs/notebook.md §9 runs it
     assert got["cfg"] == [7.5] and got["prompts"] == 121 and got["clip"] == "none"

@@ -59,7 +59,7 @@ def _prior_cfg(**kw):
 
 
 def test_prior_resume_is_exact_and_export_loads(tmp_path):
-    from asdcli.priors.stable_diffusion import StableDiffusionPrior, StableDiffusionPriorConfig
+    from asdcli.shapes.prior import ShapesWorldPrior, ShapesWorldPriorConfig
     from asdcli.shapes.runs import load_checkpoint
     from asdcli.shapes.train_prior import export_prior, train_prior
 
@@ -77,8 +77,14 @@ def test_prior_resume_is_exact_and_export_loads(tmp_path):
     # generators trained on this folder warn about words outside its vocabulary; other folders and hub ids don't
     assert is_shapesworld_prior(str(folder)) and is_shapesworld_prior("bundled:shapes-prior")
     assert not is_shapesworld_prior(str(tmp_path / "a")) and not is_shapesworld_prior("stabilityai/sd-2-1-base")
-    prior = StableDiffusionPrior(StableDiffusionPriorConfig(model=str(folder)))
+    prior = ShapesWorldPrior(ShapesWorldPriorConfig(model=str(folder)))
     assert prior.vae is None and prior.image_size == 16
+    from asdcli.errors import UserError
+    from asdcli.priors.stable_diffusion import StableDiffusionPrior, StableDiffusionPriorConfig
+
+    # the export records that it needs prior.kind: shapesworld (its captions follow rules the plain kind ignores)
+    with pytest.raises(UserError, match=r"set prior.kind: shapesworld in the recipe"):
+        StableDiffusionPrior(StableDiffusionPriorConfig(model=str(folder)))
     cond = prior.conditioning(["a red cube", "a blue sphere next to a red cone"], torch.tensor([10.0, 70.0]),
                               torch.tensor([0.0, 120.0]), torch.eye(4).repeat(2, 1, 1))
     z = prior.encode(torch.rand(2, 3, 32, 32))
@@ -92,7 +98,7 @@ def test_prior_resume_is_exact_and_export_loads(tmp_path):
     cond = prior.conditioning(["a red cube"], torch.tensor([10.0]), torch.tensor([60.0]), torch.eye(4)[None])
     assert torch.equal(cond.cond, prior.encode_text(["a red cube, front view"]).tokens)
     with pytest.warns(UserWarning, match=r"prior.front_threshold: 45 \(trained with 70\)"):
-        other = StableDiffusionPrior(StableDiffusionPriorConfig(model=str(folder), front_threshold=45.0))
+        other = ShapesWorldPrior(ShapesWorldPriorConfig(model=str(folder), front_threshold=45.0))
     assert other.view_thresholds == (45.0, 30.0, 60.0)  # kept as given: a deliberate experiment stays possible
 
     from asdcli.shapes.eval_prior import evaluate_prior

@@ -4,7 +4,6 @@ one text encoding, one generator forward, chunked field queries and orbit render
 from __future__ import annotations
 
 from dataclasses import dataclass
-from functools import cached_property
 from pathlib import Path
 from typing import Any
 
@@ -29,33 +28,10 @@ class LoadedModel:
     checkpoint: Path
     device: torch.device
 
-    @cached_property
-    def shapesworld(self) -> bool:
-        """Trained against a ShapesWorld prior, whose tokenizer knows only the ShapesWorld vocabulary."""
-        from asdcli.shapes.bundled import is_shapesworld_prior
-
-        return is_shapesworld_prior(getattr(self.cfg.prior, "model", None))
-
-    def unknown_words(self, prompt: str) -> list[str]:
-        """Words of `prompt` outside the vocabulary of a ShapesWorld prior (its tokenizer spells them in bytes
-        the generator never saw); [] for any other prior."""
-        if not self.shapesworld:
-            return []
-        from asdcli.shapes.world.grammar import unknown_words
-
-        return unknown_words(prompt)
-
 
 def load_text_encoder(cfg: RunConfig, device: torch.device):
-    """The prior's text side only (no UNet/VAE): what the generator was trained on. A ShapesWorld prior's CLIP
-    text model runs in plain torch (same embeddings; importing transformers would cost more than the rest)."""
-    from asdcli.shapes.bundled_text import load_bundled_text, use_bundled_text
-
-    folder = use_bundled_text(cfg.prior)
-    if folder is not None:
-        from asdcli.priors.stable_diffusion import StableDiffusionPrior
-
-        return load_bundled_text(folder, StableDiffusionPrior._encoder_id(cfg.prior), device)
+    """The prior's text side only (no UNet/VAE): what the generator was trained on, as the prior kind builds it
+    (a kind may run it without transformers, e.g. ShapesWorld's)."""
     from asdcli.registry import resolve
 
     prior_cls = resolve("prior", cfg.prior.kind, "prior.kind")

@@ -274,6 +274,10 @@ class MVDreamPrior(StableDiffusionPrior):
                              f"num_views={self.num_views}")
         return super().unet_forward(unet, z_t, t, text, cameras)
 
+    @property
+    def view_dependent(self) -> bool:
+        return False  # the cameras tell the UNet the view; prompts carry no suffix
+
     def conditioning(self, prompts: list[str], elevation: Tensor, azimuth: Tensor,
                      c2w: Tensor) -> Conditioning:
         """cond/uncond [B, L, D] (plain prompts: no view suffixes, no Perp-Neg) and cameras [B, 16]."""

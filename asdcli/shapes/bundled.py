@@ -13,7 +13,6 @@ Recipes spell the priors and the CLIP `bundled:shapes-prior`, `bundled:shapes-mv
 
 from __future__ import annotations
 
-import json
 from importlib.resources import files
 from pathlib import Path
 
@@ -44,7 +43,7 @@ def _require(path: Path, needs: tuple[str, ...], what: str, fix: str) -> Path:
 
 
 def bundled_prior() -> Path:
-    """The bundled prior folder (load with StableDiffusionPrior, model = this path)."""
+    """The bundled prior folder (load with ShapesWorldPrior, prior.kind: shapesworld, model = this path)."""
     return _require(assets_dir() / "prior", ("unet/config.json", "text_encoder/config.json", "tokenizer",
                                              "scheduler/scheduler_config.json"), "prior", PRIOR_FIX)
 
@@ -98,14 +97,3 @@ def is_shapesworld_prior(model: object) -> bool:
     folder = resolve_bundled(model) or Path(model).expanduser()
     return any((folder / name).is_file() for name in SHAPESWORLD_PRIOR_INFO)
 
-
-def recorded_captions(folder: Path) -> tuple[tuple[float, float, float] | None, str]:
-    """How a 2D prior folder's training captions were written, from the training record that export-prior
-    writes: ((front, back, overhead) view thresholds, pair_order). Without a record (e.g. Stable Diffusion
-    itself): (None, "prompt"); a record older than pair_order: "prompt"."""
-    record = Path(folder) / SHAPESWORLD_PRIOR_INFO[0]
-    if not record.is_file():
-        return None, "prompt"
-    config = json.loads(record.read_text(encoding="utf-8"))["config"]
-    thresholds = config["front_threshold"], config["back_threshold"], config["overhead_threshold"]
-    return thresholds, config.get("pair_order", "prompt")

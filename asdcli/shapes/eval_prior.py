@@ -1,6 +1,6 @@
 """Sample quality of an exported ShapesWorld prior, measured against the ground truth.
 
-The prior is loaded exactly as recipes load it (`StableDiffusionPrior`, kind stable-diffusion, model = the
+The prior is loaded exactly as recipes load it (`ShapesWorldPrior`, kind shapesworld, model = the
 folder) and conditioned through its own `conditioning` (view suffix from the camera, negative prompt as the
 unconditional branch). Samples: DDIM (`asdcli.priors.ddim`: η = 0, x̂0 clipped to [−1, 1]) with
 classifier-free guidance ε̂ = ε_u + s·(ε_c − ε_u), the guidance the distillation losses use.
@@ -339,11 +339,11 @@ def evaluate_prior(model: str | Path, n_prompts: int = 24, scales=(1.0, 3.0, 7.5
     "next to" twin) and that of the GT renders from the same cameras beside them. One sample per prompt, cameras
     from the training distribution."""
     from asdcli.config import CameraConfig
-    from asdcli.priors.stable_diffusion import StableDiffusionPrior, StableDiffusionPriorConfig
     from asdcli.render.cameras import sample_training_cameras
     from asdcli.shapes.gt_render import render_scenes
+    from asdcli.shapes.prior import ShapesWorldPrior, ShapesWorldPriorConfig
 
-    prior = StableDiffusionPrior(StableDiffusionPriorConfig(model=str(model)))
+    prior = ShapesWorldPrior(ShapesWorldPriorConfig(model=str(model)))
     prompts = _prompts(split, n_prompts)
     gen = torch.Generator().manual_seed(seed)
     cams = sample_training_cameras(CameraConfig(), len(prompts), 1, gen)

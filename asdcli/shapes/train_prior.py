@@ -28,7 +28,9 @@ import torch
 from torch import Tensor, nn
 
 from asdcli.errors import UserError
+from asdcli.priors.base import write_folder_kind
 from asdcli.shapes.bundled import SHAPESWORLD_PRIOR_INFO
+from asdcli.shapes.prior import KIND as SHAPESWORLD_KIND
 from asdcli.shapes.prior_data import PriorData
 from asdcli.shapes.runs import (
     HISTORY_FILE,
@@ -317,14 +319,14 @@ def export_prior(run_dir: str | Path, dest: str | Path, fp16: bool = True) -> Pa
     """Write the EMA weights of `run_dir`'s checkpoint as a diffusers folder (unet/, text_encoder/, tokenizer/,
     scheduler/; no vae/ = pixel space) at `dest`, built in a temp folder and renamed into place."""
     return export_ema_folder(run_dir, dest, PriorTrainConfig, build_models, fp16, SHAPESWORLD_PRIOR_INFO[0],
-                             "train-prior")
+                             "train-prior", prior_kind=SHAPESWORLD_KIND)
 
 
 def export_ema_folder(run_dir: str | Path, dest: str | Path, config_cls: type, build, fp16: bool, info_file: str,
-                      command: str, extra_info=None) -> Path:
+                      command: str, extra_info=None, prior_kind: str | None = None) -> Path:
     """The shared export of the prior trainers: the checkpoint's EMA weights loaded into `build(cfg)`'s models,
     written as unet/, text_encoder/, tokenizer/ (+ vocab.json, merges.txt), scheduler/ and `info_file`
-    (`extra_info(cfg)` adds keys to it)."""
+    (`extra_info(cfg)` adds keys to it); with `prior_kind`, the record that only that prior kind may load it."""
     tensors, meta = load_checkpoint(run_dir, command)
     cfg = config_cls.from_dict(meta["config"])
     tokenizer, text, unet = build(cfg)
@@ -342,5 +344,7 @@ def export_ema_folder(run_dir: str | Path, dest: str | Path, config_cls: type, b
                 "dtype": "float16" if fp16 else "float32", "history": read_history(run_dir),
                 **(extra_info(cfg) if extra_info else {})}
         (tmp / info_file).write_text(json.dumps(info, indent=1) + "\n")
+        if prior_kind:
+            write_folder_kind(tmp, prior_kind)
 
     return write_folder_atomic(Path(dest), write)

@@ -73,8 +73,8 @@ def shape_gaps(prior, true: str, shapes: list[str], colour: str, partner: str | 
 
 
 def main() -> None:
-    from asdcli.priors.stable_diffusion import StableDiffusionPrior, StableDiffusionPriorConfig
     from asdcli.shapes.bundled import bundled_prior
+    from asdcli.shapes.prior import ShapesWorldPrior, ShapesWorldPriorConfig
     from asdcli.shapes.world.scenes import PRIMITIVES
 
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
@@ -92,7 +92,7 @@ def main() -> None:
                          "captions views above 60 as overhead)")
     args = ap.parse_args()
     folder = bundled_prior() if args.prior == "bundled" else Path(args.prior)
-    prior = StableDiffusionPrior(StableDiffusionPriorConfig(model=str(folder)))
+    prior = ShapesWorldPrior(ShapesWorldPriorConfig(model=str(folder)))
     gen = torch.Generator().manual_seed(args.seed)
     for true in args.shapes:
         top1, l_true, gaps = shape_gaps(prior, true, args.shapes, args.colour, args.partner, args.views, args.t,
