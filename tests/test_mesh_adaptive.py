@@ -25,8 +25,8 @@ def test_matches_full_grid_near_surface_and_in_sign():
 
 
 def test_triplane_field_same_mesh():
+    from asdcli.conditioning import TextEmbeddings
     from asdcli.generators.triplane import TriplaneConfig, TriplaneGenerator
-    from asdcli.priors.base import TextEmbeddings
 
     torch.manual_seed(1)
     gen = TriplaneGenerator(TriplaneConfig())

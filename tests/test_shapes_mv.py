@@ -45,7 +45,7 @@ def _checkpoint(run):
 
 
 def test_views_of_a_sample_share_the_scene_and_are_90_degrees_apart():
-    from asdcli.priors.base import camera_embedding
+    from asdcli.conditioning import camera_embedding
     from asdcli.render.cameras import CameraBatch
     from asdcli.shapes.gt_render import render_scenes
 

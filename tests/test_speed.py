@@ -114,8 +114,8 @@ def test_logging_less_often_changes_no_weight_and_no_logged_value(tmp_path):
 
 
 def _triplane(seed: int = 0):
+    from asdcli.conditioning import TextEmbeddings
     from asdcli.generators.triplane import TriplaneConfig, TriplaneGenerator
-    from asdcli.priors.base import TextEmbeddings
 
     torch.manual_seed(seed)
     gen = TriplaneGenerator(TriplaneConfig(text_dim=16, plane_res=8, plane_channels=4, hidden=16, width=32))

@@ -5,8 +5,8 @@ from __future__ import annotations
 import pytest
 import torch
 
+from asdcli.conditioning import TextEmbeddings
 from asdcli.errors import UserError
-from asdcli.priors.base import TextEmbeddings
 from asdcli.priors.text_cache import TextCacheMiss, TextEmbeddingCache
 from asdcli.priors.tiny import TinyRandomPriorConfig, build_tiny_text
 

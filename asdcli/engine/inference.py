@@ -11,11 +11,11 @@ from typing import Any
 import torch
 from torch import Tensor
 
+from asdcli.conditioning import TextEmbeddings
 from asdcli.config import RunConfig, is_device_name
 from asdcli.engine import checkpoint as ckpt_io
 from asdcli.engine.components import build_background, build_generator, resolve_device
 from asdcli.errors import UserError
-from asdcli.priors.base import TextEmbeddings
 from asdcli.recipe import load_recipe, read_yaml_mapping
 from asdcli.render.cameras import CameraBatch, orbit_cameras
 

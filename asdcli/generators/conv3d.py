@@ -22,10 +22,10 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
+from asdcli.conditioning import TextEmbeddings
 from asdcli.generators.base import FieldOutput, Generator
 from asdcli.generators.mlp import VanillaMLP, sphere_sdf
 from asdcli.generators.sampling import grid_sample
-from asdcli.priors.base import TextEmbeddings
 
 
 @dataclass(frozen=True)

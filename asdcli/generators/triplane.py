@@ -13,6 +13,7 @@ from typing import Literal
 import torch
 from torch import Tensor, nn
 
+from asdcli.conditioning import TextEmbeddings
 from asdcli.generators.base import FieldOutput, Generator
 from asdcli.generators.mlp import (
     ConditionBlock,
@@ -24,7 +25,6 @@ from asdcli.generators.mlp import (
     sphere_sdf_grad,
     triplane_gradient,
 )
-from asdcli.priors.base import TextEmbeddings
 
 
 @dataclass(frozen=True)

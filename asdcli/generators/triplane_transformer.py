@@ -15,9 +15,9 @@ from typing import Literal
 import torch
 from torch import Tensor, nn
 
+from asdcli.conditioning import TextEmbeddings
 from asdcli.generators.base import FieldOutput, Generator
 from asdcli.generators.mlp import ConditionBlock, VanillaMLP, sample_triplanes, sphere_sdf
-from asdcli.priors.base import TextEmbeddings
 
 
 @dataclass(frozen=True)

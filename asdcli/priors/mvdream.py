@@ -21,8 +21,8 @@ from typing import Any, Literal
 import torch
 from torch import Tensor, nn
 
+from asdcli.conditioning import Conditioning, camera_embedding
 from asdcli.errors import ConfigError, UserError
-from asdcli.priors.base import Conditioning, camera_embedding
 from asdcli.priors.mvdream_unet import (
     build_mvdream_unet,
     infer_ldm_unet_config,

@@ -15,8 +15,8 @@ from typing import Any
 import torch
 from torch import Tensor
 
+from asdcli.conditioning import TextEmbeddings
 from asdcli.errors import UserError
-from asdcli.priors.base import TextEmbeddings
 
 # Files fetched from the hub: configs, tokenizer files and the full-precision safetensors weights only (the
 # fp16/EMA variants would double the download).

@@ -27,8 +27,8 @@ from pathlib import Path
 import numpy as np
 import torch
 
+from asdcli.conditioning import TextEmbeddings
 from asdcli.errors import UserError
-from asdcli.priors.base import TextEmbeddings
 
 VERSION = 1
 _MASK32 = (1 << 32) - 1
