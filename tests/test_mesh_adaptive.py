@@ -5,7 +5,8 @@ import numpy as np
 import torch
 
 from asdcli.mesh.adaptive import sample_sdf_coarse_to_fine
-from asdcli.mesh.isosurface import extract_mesh, sample_grid
+from asdcli.mesh.grid import sample_grid
+from asdcli.mesh.isosurface import extract_mesh
 
 
 def torus_and_sphere(points):

@@ -60,7 +60,8 @@ def test_threads_reach_torch_in_a_command():
 
 
 def test_small_query_chunks_give_the_same_mesh():
-    from asdcli.mesh.isosurface import QUERY_CHUNK, extract_mesh
+    from asdcli.mesh.grid import QUERY_CHUNK
+    from asdcli.mesh.isosurface import extract_mesh
 
     def sdf(points):  # a box with rounded edges, coloured by position
         q = points.abs() - 0.4
