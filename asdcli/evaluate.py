@@ -47,7 +47,7 @@ def load_clip(model: str | os.PathLike):
     saying what to fetch and where to put it."""
     from transformers import AutoTokenizer, CLIPModel
 
-    from asdcli.shapes.bundled import resolve_bundled
+    from asdcli.bundled import resolve_bundled
 
     name = str(model)
     bundled = resolve_bundled(name)

@@ -31,7 +31,7 @@ import common
 def bundled() -> tuple[Path | None, str | None]:
     """The bundled ShapesWorld generator's checkpoint, or why there is none."""
     try:
-        from asdcli.shapes.bundled import bundled_checkpoint
+        from asdcli.bundled import bundled_checkpoint
 
         return Path(bundled_checkpoint()), None
     except Exception as exc:  # ImportError while it is being built; UserError when the weights are missing

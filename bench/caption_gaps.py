@@ -73,8 +73,8 @@ def shape_gaps(prior, true: str, shapes: list[str], colour: str, partner: str | 
 
 
 def main() -> None:
+    from asdcli.bundled import bundled_prior
     from asdcli.priors.stable_diffusion import StableDiffusionPrior, StableDiffusionPriorConfig
-    from asdcli.shapes.bundled import bundled_prior
     from asdcli.shapes.scenes import PRIMITIVES
 
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])

@@ -11,7 +11,7 @@ from pathlib import Path
 import pytest
 import torch
 
-from asdcli.shapes.bundled import bundled_prior
+from asdcli.bundled import bundled_prior
 from asdcli.shapes.bundled_text import load_bundled_text, split_words, use_bundled_text
 
 ROOT = Path(__file__).resolve().parents[1]

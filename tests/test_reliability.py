@@ -411,7 +411,7 @@ def _pickle_only(folder: Path, marker: Path) -> None:
 
 
 def _pickle_clip(env: Env) -> Path:
-    from asdcli.shapes.bundled import bundled_clip
+    from asdcli.bundled import bundled_clip
 
     folder = env.tmp / "clip"
     shutil.copytree(bundled_clip(), folder)

@@ -93,7 +93,7 @@ def load_model(checkpoint: str | Path | None, device: str | None = None) -> Load
 
 def _bundled_or_path(checkpoint: str | Path | None) -> Path:
     """None → the bundled generator; `bundled:NAME` → that asset, which must be a generator run; else the path."""
-    from asdcli.shapes.bundled import BUNDLED, PREFIX, bundled_checkpoint, resolve_bundled
+    from asdcli.bundled import BUNDLED, PREFIX, bundled_checkpoint, resolve_bundled
 
     if checkpoint is None:
         return bundled_checkpoint()

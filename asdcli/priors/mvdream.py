@@ -202,7 +202,7 @@ class MVDreamPrior(StableDiffusionPrior):
     @classmethod
     def _source(cls, cfg: Any) -> Path:
         """The checkpoint file or folder `cfg.model` names (bundled, local, or fetched from the hub)."""
-        from asdcli.shapes.bundled import resolve_bundled
+        from asdcli.bundled import resolve_bundled
 
         bundled = resolve_bundled(cfg.model)  # bundled:shapes-mv-prior → the package's folder
         path = bundled if bundled is not None else Path(cfg.model).expanduser()

@@ -237,7 +237,8 @@ def load_text_transformer(folder: Path) -> ClipTextTransformer:
 def use_bundled_text(prior_cfg) -> Path | None:
     """The ShapesWorld prior folder whose text side this module can run (a stable-diffusion prior that is
     bundled or was written by export-prior, holding a CLIP text model), else None (transformers is used)."""
-    from asdcli.shapes.bundled import is_shapesworld_prior, resolve_bundled
+    from asdcli.bundled import resolve_bundled
+    from asdcli.shapes.bundled import is_shapesworld_prior
 
     model = getattr(prior_cfg, "model", None)
     if getattr(prior_cfg, "kind", None) != "stable-diffusion" or getattr(prior_cfg, "revision", None):
