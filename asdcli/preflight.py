@@ -216,7 +216,7 @@ def _unreachable_since(endpoint: str) -> float | None:
 
 
 def _remember_unreachable(endpoint: str) -> None:
-    from asdcli.media import write_bytes_atomic
+    from asdcli.atomic import write_bytes_atomic
 
     path = _memo_file()
     try:

@@ -27,6 +27,7 @@ from typing import Any
 import torch
 from torch import Tensor, nn
 
+from asdcli.atomic import write_folder_atomic
 from asdcli.errors import UserError
 from asdcli.shapes.bundled import SHAPESWORLD_PRIOR_INFO
 from asdcli.shapes.grammar import PAIR_ORDERS
@@ -40,7 +41,6 @@ from asdcli.shapes.runs import (
     read_history,
     run_training,
     save_checkpoint,
-    write_folder_atomic,
 )
 from asdcli.shapes.vocab import MAX_LENGTH, build_tokenizer, token_ids, write_vocab
 
