@@ -249,9 +249,10 @@ def _build_kind(family: str, data: Any, path: str) -> Any:
 
 
 # Integer fields of a component config (prior, generator, loss) are sizes and counts: never negative, and 0 only
-# where it means "none" (layers, noise width, bias volumes). Each also has an upper bound, so a typo such as
+# where it means "none" (layers, noise width, bias volumes): those fields say so next to their default, e.g.
+# `z_dim: int = field(default=64, metadata=ZERO_OK)`. Each also has an upper bound, so a typo such as
 # plane_res=100000 fails here (and at --dry-run) instead of allocating terabytes in the first step.
-_ZERO_OK = ("num_layers", "mapping_layers", "mlp_layers", "z_dim", "bias_volume_max_res")
+ZERO_OK = {"zero_ok": True}
 SIZE_MAX = 65536  # widths, channels, timesteps: far above any recipe
 _SIZE_MAX_BY_NAME = {"log2_hashmap_size": 26, "n_levels": 64, "num_layers": 256, "mapping_layers": 256,
                      "mlp_layers": 256, "num_views": 64, "image_size": 4096}
@@ -279,7 +280,7 @@ def _check_counts(cfg: Any, path: str) -> None:
             if f.name == "seed":
                 check_seed(value, f"{path}.seed")
                 continue
-            low, high = (0 if f.name in _ZERO_OK else 1), _size_max(f.name)
+            low, high = (0 if f.metadata.get("zero_ok") else 1), _size_max(f.name)
             if not low <= value <= high:
                 raise ConfigError(f"{path}.{f.name}: must be between {low} and {high:,}, got {shown(value)}")
 
