@@ -292,7 +292,7 @@ def _emit_report(report, json_path, csv_path, quiet) -> None:
 
 
 def _default_clip() -> str:
-    from asdcli.shapes.bundled import bundled_clip
+    from asdcli.bundled import bundled_clip
 
     return str(bundled_clip())
 

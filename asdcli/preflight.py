@@ -139,7 +139,7 @@ def _missing_in(folder: Path, needs: tuple[tuple[str, ...], ...]) -> str | None:
 def _local(w: Weight) -> Path | None:
     """The local path `w.source` names (bundled:NAME, a file or folder), None for a hub id; UserError when a
     local path is missing or incomplete."""
-    from asdcli.shapes.bundled import resolve_bundled
+    from asdcli.bundled import resolve_bundled
 
     path = resolve_bundled(w.source)
     if path is None and not (looks_like_path(w.source) or Path(w.source).expanduser().exists()):
@@ -220,7 +220,7 @@ def _unreachable_since(endpoint: str) -> float | None:
 
 
 def _remember_unreachable(endpoint: str) -> None:
-    from asdcli.media import write_bytes_atomic
+    from asdcli.atomic import write_bytes_atomic
 
     path = _memo_file()
     try:

@@ -1,4 +1,9 @@
-"""Reading recipes: YAML files, `base:` inheritance, `key.path=value` overrides, dump and reload."""
+"""Reading recipes: YAML files, `base:` inheritance, `key.path=value` overrides, dump and reload.
+
+Order of precedence (fixed and tested): dataclass defaults < `base:` recipe < the recipe < `key.path=value`
+overrides < named flags (`--steps`, `--out`, `--device`). Everything is validated (config.build_dataclass)
+before any model loads.
+"""
 
 from __future__ import annotations
 

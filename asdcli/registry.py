@@ -11,6 +11,7 @@ import importlib
 from typing import Any
 
 from asdcli.errors import ConfigError
+from asdcli.suggest import did_you_mean
 
 REGISTRY: dict[str, dict[str, str]] = {
     "prior": {
@@ -41,8 +42,6 @@ def kinds(family: str) -> list[str]:
 
 def resolve(family: str, kind: str, path: str) -> type:
     """The class registered as `kind` in `family`; `path` is the recipe key path for errors."""
-    from asdcli.config import did_you_mean
-
     table = REGISTRY[family]
     if kind not in table:
         raise ConfigError(f"{path}: unknown {family} kind {kind!r}{did_you_mean(kind, table)}; "

@@ -31,7 +31,7 @@ import common
 def bundled() -> tuple[Path | None, str | None]:
     """The bundled ShapesWorld generator's checkpoint, or why there is none."""
     try:
-        from asdcli.shapes.bundled import bundled_checkpoint
+        from asdcli.bundled import bundled_checkpoint
 
         return Path(bundled_checkpoint()), None
     except Exception as exc:  # ImportError while it is being built; UserError when the weights are missing
@@ -42,7 +42,8 @@ def bundled() -> tuple[Path | None, str | None]:
 def occupancy_fn(model, state):
     """points → inside (bool), at the level `asd generate` meshes: SDF < 0, or the automatic density level."""
     from asdcli.generate import mesh_query_fn
-    from asdcli.mesh.isosurface import density_threshold, sample_grid
+    from asdcli.mesh.grid import sample_grid
+    from asdcli.mesh.isosurface import density_threshold
 
     fn = mesh_query_fn(model, state, 0)
     if model.generator.field_type == "sdf":

@@ -65,7 +65,7 @@ def test_excess_reads_washed_out_as_less_chroma_and_more_brightness(load_bench):
 
 @pytest.fixture(scope="module")
 def mechanism(load_bench):
-    from asdcli.shapes.bundled import bundled_checkpoint
+    from asdcli.bundled import bundled_checkpoint
 
     rows = load_bench("probes/asd_direction").mechanism_rows
     return {eta: rows(bundled_checkpoint(), PROMPTS, ts=(200,), eta=eta)[0] for eta in (0.0, 0.5)}

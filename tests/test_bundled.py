@@ -12,7 +12,7 @@ import numpy as np
 import pytest
 import torch
 
-from asdcli.shapes.bundled import assets_dir
+from asdcli.bundled import assets_dir
 
 ROOT = Path(__file__).resolve().parents[1]
 pytestmark = pytest.mark.skipif(not (assets_dir() / "generator" / "recipe.yaml").is_file(),

@@ -11,8 +11,8 @@ from pathlib import Path
 import pytest
 import torch
 
+from asdcli.bundled import bundled_prior
 from asdcli.errors import UserError
-from asdcli.shapes.bundled import bundled_prior
 from asdcli.shapes.bundled_text import ClipBpeTokenizer, load_bundled_text, runs_bundled_text, split_words
 
 ROOT = Path(__file__).resolve().parents[1]

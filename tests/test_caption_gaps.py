@@ -13,7 +13,7 @@ def caption_gaps(load_bench):
 @pytest.fixture(scope="module")
 def prior():
     """The bundled prior, loaded once for the module's tests."""
-    from asdcli.shapes.bundled import bundled_prior
+    from asdcli.bundled import bundled_prior
     from asdcli.shapes.prior import ShapesWorldPrior, ShapesWorldPriorConfig
 
     return ShapesWorldPrior(ShapesWorldPriorConfig(model=str(bundled_prior())))
@@ -50,8 +50,8 @@ def test_absolute_gaps_are_the_loss_difference_on_the_same_draws(caption_gaps, p
 def test_elevation_range_draws_the_overhead_views_the_prior_was_trained_on(caption_gaps):
     """--elevation 60 85: every camera in range, and every one captioned "overhead view" by the bundled prior's
     thresholds; the default range (-10 to 45) has none."""
+    from asdcli.bundled import bundled_prior
     from asdcli.priors.perp_neg import OVERHEAD, view_directions
-    from asdcli.shapes.bundled import bundled_prior
     from asdcli.shapes.prior import recorded_captions
 
     thresholds = recorded_captions(bundled_prior())[0]

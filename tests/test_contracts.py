@@ -13,12 +13,13 @@ from test_generators import inputs as generator_inputs
 from test_mvdream import CTX as MV_TEXT_DIM
 from test_mvdream import _unet as mvdream_unet
 
+from asdcli.conditioning import Conditioning, TextEmbeddings
 from asdcli.config import build_dataclass
 from asdcli.engine.distributed import DistInfo
 from asdcli.engine.trainer import attach_text_cache
 from asdcli.generators.base import FieldOutput, Generator
 from asdcli.losses.base import LossOutput, ScoreDistillation
-from asdcli.priors.base import Conditioning, Prior, TextEmbeddings
+from asdcli.priors.base import Prior
 from asdcli.priors.tiny import save_tiny_sd_folder
 from asdcli.registry import REGISTRY, build, resolve
 from asdcli.render.cameras import orbit_cameras

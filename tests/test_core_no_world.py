@@ -10,7 +10,6 @@ CORE = ("priors", "engine", "render", "generators", "losses", "mesh", "evaluate.
 WORLD = "asdcli.shapes"
 # `bundled:` asset resolution is moving out of asdcli/shapes/bundled.py into a core module (asdcli/bundled.py);
 # until that lands these names may still be imported from there. Empty this when it does.
-MOVING = {"asdcli.shapes.bundled": {"resolve_bundled", "PREFIX", "BUNDLED", "bundled_checkpoint"}}
 
 
 def _imports(path: Path, root: Path) -> list[tuple[int, str, set[str]]]:
@@ -44,10 +43,8 @@ def world_imports(files: list[Path], root: Path = PACKAGE.parent) -> list[str]:
     """"FILE:LINE imports MODULE" for each import of the world in `files`."""
     found = []
     for path in files:
-        for line, module, names in _imports(path, root):
+        for line, module, _names in _imports(path, root):
             if module != WORLD and not module.startswith(WORLD + "."):
-                continue
-            if module in MOVING and names and names <= MOVING[module]:
                 continue
             found.append(f"{path.relative_to(root)}:{line} imports {module}")
     return found
@@ -67,9 +64,9 @@ def test_the_scan_finds_world_imports_anywhere_in_a_module(tmp_path):
                "b.py": "def f():\n    from asdcli.shapes.grammar import caption_as_seen\n",
                "c.py": "from ..shapes import prior\n",
                "d.py": "from asdcli import shapes\n",
-               "e.py": "from asdcli.shapes.bundled import resolve_bundled\n",  # MOVING: allowed for now
+               "e.py": "from asdcli.shapes.bundled import is_shapesworld_prior\n",
                "f.py": "from asdcli.shapes.bundled import resolve_bundled, is_shapesworld_prior\n"}
     for name, text in sources.items():
         (pkg / name).write_text(text)
     found = world_imports(sorted(pkg.glob("*.py")), tmp_path)
-    assert [f.split(":")[0] for f in found] == [f"asdcli/priors/{n}.py" for n in "abcdf"]
+    assert [f.split(":")[0] for f in found] == [f"asdcli/priors/{n}.py" for n in "abcdef"]

@@ -356,12 +356,12 @@ class _EpsFromV(torch.nn.Module):
 def test_every_loss_sees_noise_from_a_v_prediction_prior(v_folder, kind):
     """Each loss on the v-prior equals the same loss on an ε-prior that wraps the same UNet (VSD: the LoRA copy
     and its ε-fitting go through the conversion too); treating v as ε would differ by O(1)."""
+    from asdcli.conditioning import Conditioning
     from asdcli.config import build_dataclass
     from asdcli.losses.asd import ASDConfig, AsynchronousScoreDistillation
     from asdcli.losses.csd import ClassifierScoreDistillation, CSDConfig
     from asdcli.losses.sds import ScoreDistillationSampling, SDSConfig
     from asdcli.losses.vsd import VariationalScoreDistillation, VSDConfig
-    from asdcli.priors.base import Conditioning
 
     classes = {"asd": (ASDConfig, AsynchronousScoreDistillation), "sds": (SDSConfig, ScoreDistillationSampling),
                "csd": (CSDConfig, ClassifierScoreDistillation), "vsd": (VSDConfig, VariationalScoreDistillation)}

@@ -6,10 +6,10 @@ import pytest
 import torch
 from torch import nn
 
+from asdcli.conditioning import TextEmbeddings
 from asdcli.config import RenderConfig
 from asdcli.generators.base import FieldOutput, Generator
 from asdcli.generators.triplane import TriplaneConfig, TriplaneGenerator
-from asdcli.priors.base import TextEmbeddings
 from asdcli.render.background import Background, build_background
 from asdcli.render.cameras import cameras_from_angles, orbit_cameras
 from asdcli.render.volume import density, render, render_chunked

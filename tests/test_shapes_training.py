@@ -8,6 +8,7 @@ import json
 import pytest
 import torch
 
+from asdcli import bundled as bundled_assets
 from asdcli.errors import UserError
 from asdcli.shapes import bundled
 from asdcli.shapes.vocab import MAX_LENGTH, build_tokenizer, token_ids
@@ -374,20 +375,20 @@ def test_resume_applies_config_changes_but_not_architecture_ones(tmp_path):
 
 
 def test_bundled_errors_name_the_fix(tmp_path, monkeypatch):
-    monkeypatch.setattr(bundled, "assets_dir", lambda: tmp_path)
-    for fn, fix in ((bundled.bundled_prior, "export-prior"), (bundled.bundled_clip, "export-clip"),
-                    (bundled.bundled_checkpoint, "asd train")):
+    monkeypatch.setattr(bundled_assets, "assets_dir", lambda: tmp_path)
+    for fn, fix in ((bundled_assets.bundled_prior, "export-prior"), (bundled_assets.bundled_clip, "export-clip"),
+                    (bundled_assets.bundled_checkpoint, "asd train")):
         with pytest.raises(UserError, match=fix):
             fn()
     with pytest.raises(UserError, match="export-prior"):
-        bundled.resolve_bundled("bundled:shapes-prior")
+        bundled_assets.resolve_bundled("bundled:shapes-prior")
     with pytest.raises(UserError, match="bundled:shapes-clip"):
-        bundled.resolve_bundled("bundled:nope")
-    assert bundled.resolve_bundled("stabilityai/stable-diffusion-2-1-base") is None
+        bundled_assets.resolve_bundled("bundled:nope")
+    assert bundled_assets.resolve_bundled("stabilityai/stable-diffusion-2-1-base") is None
     (tmp_path / "clip").mkdir()
     for name in ("config.json", "model.safetensors", "preprocessor_config.json"):
         (tmp_path / "clip" / name).write_text("{}")
-    assert bundled.resolve_bundled("bundled:shapes-clip") == tmp_path / "clip"
+    assert bundled_assets.resolve_bundled("bundled:shapes-clip") == tmp_path / "clip"
 
 
 def test_cli_reports_a_missing_run_as_one_line(tmp_path, capsys):

@@ -10,11 +10,11 @@ from typing import Any
 import torch
 from torch import Tensor
 
+from asdcli.conditioning import TextEmbeddings
 from asdcli.config import RunConfig, is_device_name
 from asdcli.engine import checkpoint as ckpt_io
 from asdcli.engine.components import build_background, build_generator, resolve_device
 from asdcli.errors import UserError
-from asdcli.priors.base import TextEmbeddings
 from asdcli.recipe import load_recipe, read_yaml_mapping
 from asdcli.render.cameras import CameraBatch, orbit_cameras
 
@@ -69,7 +69,7 @@ def load_model(checkpoint: str | Path | None, device: str | None = None) -> Load
 
 def _bundled_or_path(checkpoint: str | Path | None) -> Path:
     """None → the bundled generator; `bundled:NAME` → that asset, which must be a generator run; else the path."""
-    from asdcli.shapes.bundled import BUNDLED, PREFIX, bundled_checkpoint, resolve_bundled
+    from asdcli.bundled import BUNDLED, PREFIX, bundled_checkpoint, resolve_bundled
 
     if checkpoint is None:
         return bundled_checkpoint()

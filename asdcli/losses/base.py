@@ -17,9 +17,10 @@ from typing import Any
 import torch
 from torch import Tensor, nn
 
+from asdcli.conditioning import Conditioning
 from asdcli.errors import ConfigError
 from asdcli.losses.timesteps import TimestepWindow, Weighting, loss_weight, sample_timesteps, timestep_window
-from asdcli.priors.base import Conditioning, Prior
+from asdcli.priors.base import Prior
 from asdcli.schedule import NamedSchedule, Schedule
 
 

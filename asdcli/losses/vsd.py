@@ -30,6 +30,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
+from asdcli.conditioning import Conditioning
 from asdcli.errors import ConfigError
 from asdcli.losses.base import (
     ScoreDistillation,
@@ -39,7 +40,7 @@ from asdcli.losses.base import (
     predict_branches,
 )
 from asdcli.losses.timesteps import TimestepWindow, sample_timesteps
-from asdcli.priors.base import Conditioning, Prior
+from asdcli.priors.base import Prior
 
 
 @dataclass(frozen=True)

@@ -28,8 +28,8 @@ from pathlib import Path
 
 import numpy as np
 
+from asdcli.atomic import write_bytes_atomic
 from asdcli.errors import UserError
-from asdcli.media import write_bytes_atomic
 from asdcli.mesh.isosurface import Mesh
 
 MESH_FORMATS = (".glb", ".obj", ".ply")

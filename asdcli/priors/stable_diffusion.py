@@ -15,8 +15,9 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
+from asdcli.conditioning import Conditioning, TextEmbeddings, camera_embedding
 from asdcli.errors import UserError
-from asdcli.priors.base import Conditioning, Prior, TextEmbeddings, camera_embedding, check_folder_kind
+from asdcli.priors.base import Prior, check_folder_kind
 from asdcli.priors.perp_neg import VIEWS, perp_neg_plan, resolve_view_thresholds, view_directions, view_prompt
 from asdcli.priors.text import TextEncoder, load_clip_text, resolve_model_folder
 

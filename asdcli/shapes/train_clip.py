@@ -26,6 +26,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
+from asdcli.atomic import write_folder_atomic
 from asdcli.clip_model import CLIP_MEAN, CLIP_STD
 from asdcli.shapes.prior_data import split_singles_pairs
 from asdcli.shapes.runs import (
@@ -35,7 +36,6 @@ from asdcli.shapes.runs import (
     read_history,
     run_training,
     save_checkpoint,
-    write_folder_atomic,
 )
 from asdcli.shapes.vocab import MAX_LENGTH, build_tokenizer, write_vocab
 from asdcli.shapes.world.grammar import (

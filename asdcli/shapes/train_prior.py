@@ -27,6 +27,7 @@ from typing import Any
 import torch
 from torch import Tensor, nn
 
+from asdcli.atomic import write_folder_atomic
 from asdcli.errors import UserError
 from asdcli.priors.base import write_folder_kind
 from asdcli.shapes.bundled import SHAPESWORLD_PRIOR_INFO
@@ -41,7 +42,6 @@ from asdcli.shapes.runs import (
     read_history,
     run_training,
     save_checkpoint,
-    write_folder_atomic,
 )
 from asdcli.shapes.vocab import MAX_LENGTH, build_tokenizer, token_ids, write_vocab
 from asdcli.shapes.world.grammar import PAIR_ORDERS
@@ -154,7 +154,7 @@ def source_weights(source: str) -> tuple[dict[str, Tensor], dict[str, Any], dict
     """(EMA state dict of {"unet", "text"} in float32, the source's config, its history record) of a run
     directory (its checkpoint's EMA) or of an exported folder (`bundled:NAME`, or a folder with a training record
     beside unet/ and text_encoder/: its weights are the EMA, stored in float16 by default)."""
-    from asdcli.shapes.bundled import resolve_bundled
+    from asdcli.bundled import resolve_bundled
 
     folder = resolve_bundled(source) or Path(source).expanduser()
     info = next((folder / n for n in SHAPESWORLD_PRIOR_INFO if (folder / n).is_file()), None)

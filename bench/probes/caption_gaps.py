@@ -73,7 +73,7 @@ def shape_gaps(prior, true: str, shapes: list[str], colour: str, partner: str | 
 
 
 def main() -> None:
-    from asdcli.shapes.bundled import bundled_prior
+    from asdcli.bundled import bundled_prior
     from asdcli.shapes.prior import ShapesWorldPrior, ShapesWorldPriorConfig
     from asdcli.shapes.world.scenes import PRIMITIVES
 

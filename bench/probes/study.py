@@ -231,14 +231,14 @@ def set_run_device(run: Path, device: str) -> None:
     arm may move between a GPU session and a CPU sitting (every training draw is on the CPU either way)."""
     import yaml
 
-    from asdcli.engine.rundir import atomic_write_text
+    from asdcli.atomic import write_text_atomic
 
     file = run / "recipe.yaml"
     if file.is_file():
         data = yaml.safe_load(file.read_text())
         if data["train"]["device"] != device:
             data["train"]["device"] = device
-            atomic_write_text(file, yaml.safe_dump(data, sort_keys=False, allow_unicode=True))
+            write_text_atomic(file, yaml.safe_dump(data, sort_keys=False, allow_unicode=True))
 
 
 def seconds_per_step(arm: Arm, store: Path) -> float:
