@@ -17,6 +17,7 @@ runner = CliRunner()
 
 @pytest.fixture(scope="module")
 def trained_run(tmp_path_factory):
+    """The `asd train` under test (10 steps at the recipe's own size), so not the shared `tiny_run`."""
     run = tmp_path_factory.mktemp("e2e") / "run"
     res = runner.invoke(app, ["train", str(TINY), "--steps", "10", "--out", str(run), "--quiet"])
     assert res.exit_code == 0, res.output

@@ -13,17 +13,7 @@ TINY = ROOT / "recipes" / "tiny_cpu.yaml"
 runner = CliRunner()
 
 
-@pytest.fixture(scope="module")
-def run_dir(tmp_path_factory):
-    run = tmp_path_factory.mktemp("export") / "run"
-    res = runner.invoke(app, ["train", str(TINY), "--steps", "1", "--out", str(run), "--quiet",
-                              "render.resolution=8", "render.samples_per_ray=8", "prompts.num_val=1",
-                              "train.val_views=1"])
-    assert res.exit_code == 0, res.output
-    return run
-
-
-def test_one_bad_prompt_of_twenty(run_dir, tmp_path, monkeypatch):
+def test_one_bad_prompt_of_twenty(tiny_run, tmp_path, monkeypatch):
     import asdcli.generate as generate
 
     prompts = [f"a red cube number {i}" for i in range(19)] + ["../../escape attempt"]
@@ -37,7 +27,7 @@ def test_one_bad_prompt_of_twenty(run_dir, tmp_path, monkeypatch):
 
     monkeypatch.setattr(generate, "generate_mesh", flaky)
     out = tmp_path / "out"
-    res = runner.invoke(app, ["export", str(run_dir), "--prompts", str(tmp_path / "p.json"), "--out", str(out),
+    res = runner.invoke(app, ["export", str(tiny_run), "--prompts", str(tmp_path / "p.json"), "--out", str(out),
                               "--resolution", "16", "--quiet"])
     assert res.exit_code == 1
     assert "failed: 'a red cube number 7': simulated isosurface failure" in res.stderr
@@ -49,11 +39,11 @@ def test_one_bad_prompt_of_twenty(run_dir, tmp_path, monkeypatch):
     assert not any(p.name == "escape_attempt.glb" for p in tmp_path.iterdir())  # stayed inside --out
 
 
-def test_skip_existing_unless_overwrite(run_dir, tmp_path):
+def test_skip_existing_unless_overwrite(tiny_run, tmp_path):
     prompts = tmp_path / "p.txt"
     prompts.write_text("a blue sphere\n")
     out = tmp_path / "out"
-    args = ["export", str(run_dir), "--prompts", str(prompts), "--out", str(out), "--resolution", "16",
+    args = ["export", str(tiny_run), "--prompts", str(prompts), "--out", str(out), "--resolution", "16",
             "--format", "ply", "--quiet"]
     assert runner.invoke(app, args).exit_code == 0
     target = out / "a_blue_sphere.ply"
@@ -70,10 +60,10 @@ def test_skip_existing_unless_overwrite(run_dir, tmp_path):
     (["--resolution", "0"], "--resolution: must be between 8 and 1024"),
     (["--split", "dev"], "--split: expected one of train, val, test"),
 ])
-def test_bad_export_options(run_dir, tmp_path, args, message):
+def test_bad_export_options(tiny_run, tmp_path, args, message):
     prompts = tmp_path / "p.txt"
     prompts.write_text("a red cube\n")
-    res = runner.invoke(app, ["export", str(run_dir), "--prompts", str(prompts), "--out", str(tmp_path / "o"),
+    res = runner.invoke(app, ["export", str(tiny_run), "--prompts", str(prompts), "--out", str(tmp_path / "o"),
                               *args])
     assert res.exit_code == 2 and message in res.stderr
     assert not (tmp_path / "o").exists()

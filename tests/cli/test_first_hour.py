@@ -26,11 +26,11 @@ def asd(*args, cwd, env_extra=None, timeout=600):
                           env=env, cwd=cwd, timeout=timeout)
 
 
-def test_generate_glb_colours_are_the_ply_colours_linearised(tmp_path, tiny_run):
+def test_generate_glb_colours_are_the_ply_colours_linearised(tmp_path, run40):
     """The same mesh as .ply (display sRGB, kept) and .glb (COLOR_0 linear): GLB = sRGB decode of PLY within
     one 16-bit step (the red check of a known value is tests/mesh/test_mesh.py::test_glb_colours_are_linear)."""
     for name in ("m.glb", "m.ply"):
-        res = asd("generate", "a red cube", "--checkpoint", tiny_run, "--out", tmp_path / name, "--resolution", "32",
+        res = asd("generate", "a red cube", "--checkpoint", run40, "--out", tmp_path / name, "--resolution", "32",
                   "-q", cwd=tmp_path)
         assert res.returncode == 0, res.stderr
     ply = trimesh.load(tmp_path / "m.ply", process=False).visual.vertex_colors[:, :3]
@@ -45,8 +45,9 @@ PROMPTS_40 = [f"a {c} {s}" for c in ("red", "blue", "green", "yellow", "pink") f
 
 
 @pytest.fixture(scope="module")
-def tiny_run(tmp_path_factory):
-    """A 1-step tiny run over 40 prompts, trained through the CLI (more prompts than eval's default sample)."""
+def run40(tmp_path_factory):
+    """A 1-step tiny run over 40 prompts, trained through the CLI (more prompts than eval's default sample, so
+    not the shared 4-prompt `tiny_run`)."""
     root = tmp_path_factory.mktemp("tiny40")
     items = "[" + ", ".join(f'"{p}"' for p in PROMPTS_40) + "]"
     res = asd("train", TINY, "--steps", "1", "--out", root / "run", f"prompts.items={items}", "-q", cwd=root)
@@ -82,8 +83,8 @@ def test_distill_out_must_be_a_mesh_and_run_dir_is_honoured(tmp_path):
     assert res.stdout.startswith("wrote ") and res.stdout.count("\n") == 1 and res.stderr == ""
 
 
-def test_eval_scores_a_seeded_sample_by_default_and_all_on_request(tmp_path, tiny_run):
-    common = ("eval", "--checkpoint", tiny_run, "--views", "1", "--resolution", "16")
+def test_eval_scores_a_seeded_sample_by_default_and_all_on_request(tmp_path, run40):
+    common = ("eval", "--checkpoint", run40, "--views", "1", "--resolution", "16")
     res = asd(*common, "--json", tmp_path / "a.json", "--sheet", tmp_path / "s.png", cwd=tmp_path)
     assert res.returncode == 0, res.stderr
     assert res.stdout.splitlines()[0] == ("scoring 32 of the run's 40 prompts (seeded sample; --prompts all "
@@ -140,8 +141,8 @@ def test_mp4_without_the_encoder_is_exit_2_naming_the_extra(tmp_path):
 
 
 @pytest.mark.slow  # 48 + 4 renders at 256 px: minutes on a 2-core CPU
-def test_turntable_and_views_defaults(tmp_path, tiny_run):
-    res = asd("generate", "a red cube", "--checkpoint", tiny_run, "--out", tmp_path / "c.glb", "--resolution", "16",
+def test_turntable_and_views_defaults(tmp_path, run40):
+    res = asd("generate", "a red cube", "--checkpoint", run40, "--out", tmp_path / "c.glb", "--resolution", "16",
               "--turntable", tmp_path / "c.gif", "--views-png", tmp_path / "v.png", "--views", "4", cwd=tmp_path)
     assert res.returncode == 0, res.stderr
     frames = iio.imread(tmp_path / "c.gif", index=None)

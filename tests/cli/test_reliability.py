@@ -59,15 +59,6 @@ def assert_one_line(res, code: int, expect: str) -> str:
     return lines[0]
 
 
-@pytest.fixture(scope="module")
-def run_dir(tmp_path_factory):
-    """One tiny trained run (1 step) for the generate / export / eval / resume cases."""
-    run = tmp_path_factory.mktemp("reliability") / "run"
-    res = runner.invoke(app, ["train", str(TINY), "--steps", "1", "--out", str(run), "--quiet", *SMALL])
-    assert res.exit_code == 0, res.output
-    return run
-
-
 # ------------------------------------------------------------------------------------------- the table
 class Env:
     """What a case builds its arguments from: a scratch folder (also the cwd) and the trained run."""
@@ -519,15 +510,15 @@ def test_table_has_enough_cases():
 
 
 @pytest.mark.parametrize("make, expect", [c[1:] for c in CASES], ids=[c[0] for c in CASES])
-def test_bad_input_exits_2_with_one_line_and_writes_nothing(run_dir, tmp_path, monkeypatch, make, expect):
+def test_bad_input_exits_2_with_one_line_and_writes_nothing(tiny_run, tmp_path, monkeypatch, make, expect):
     monkeypatch.chdir(tmp_path)  # a default output folder (runs/NAME) would land here and be seen
-    before_run = snapshot(run_dir)
-    args = make(Env(tmp_path, run_dir, monkeypatch))
+    before_run = snapshot(tiny_run)
+    args = make(Env(tmp_path, tiny_run, monkeypatch))
     before = snapshot(tmp_path)
     res = invoke(*args)
     assert_one_line(res, 2, expect)
     assert snapshot(tmp_path) == before, "a failed command wrote or changed files"
-    assert snapshot(run_dir) == before_run
+    assert snapshot(tiny_run) == before_run
     assert not (tmp_path / "pwned").exists()  # a pickle payload never ran
 
 
@@ -557,13 +548,13 @@ def test_debug_flag_keeps_the_traceback(tmp_path):
 
 
 # ---------------------------------------------------------------------------------- warnings, not errors
-def test_duplicate_and_over_long_prompts_warn_and_export(run_dir, tmp_path):
+def test_duplicate_and_over_long_prompts_warn_and_export(tiny_run, tmp_path):
     long_prompt = "a red cube " * 40  # far over the tiny tokenizer's 16 tokens
     prompts = tmp_path / "p.txt"
     prompts.write_text(f"a red cube\na red cube\n{long_prompt}\n")
     out = tmp_path / "out"
     with pytest.warns(UserWarning) as record:
-        res = invoke("export", run_dir, "--prompts", prompts, "--out", out, "--resolution", "8", "--quiet")
+        res = invoke("export", tiny_run, "--prompts", prompts, "--out", out, "--resolution", "8", "--quiet")
     assert res.exit_code == 0, res.output
     messages = " ".join(str(w.message) for w in record)
     assert "duplicate prompt" in messages and "truncated (end-of-text kept)" in messages
@@ -588,11 +579,11 @@ def _enospc(*args, **kwargs):
     raise OSError(errno.ENOSPC, "No space left on device")
 
 
-def test_full_disk_during_checkpoint_keeps_the_previous_one(run_dir, tmp_path, monkeypatch):
+def test_full_disk_during_checkpoint_keeps_the_previous_one(tiny_run, tmp_path, monkeypatch):
     from asdcli.engine import checkpoint as ckpt_io
 
     run = tmp_path / "run"
-    shutil.copytree(run_dir, run, symlinks=True)
+    shutil.copytree(tiny_run, run, symlinks=True)
     ckpts = snapshot(run / "checkpoints")
     monkeypatch.setattr(ckpt_io, "save_file", _enospc)
     res = invoke("train", TINY, *SMALL, "--steps", "2", "--resume", "--out", run, "--quiet")
@@ -605,9 +596,9 @@ def test_full_disk_during_checkpoint_keeps_the_previous_one(run_dir, tmp_path, m
     assert ckpt_io.load_state(ckpt_io.resolve_checkpoint(run))["step"] == 2
 
 
-def test_full_disk_writing_run_metadata_keeps_the_old_file(run_dir, tmp_path, monkeypatch):
+def test_full_disk_writing_run_metadata_keeps_the_old_file(tiny_run, tmp_path, monkeypatch):
     run = tmp_path / "run"
-    shutil.copytree(run_dir, run, symlinks=True)
+    shutil.copytree(tiny_run, run, symlinks=True)
     meta = (run / "meta.json").read_bytes()
     real = Path.write_bytes
 
@@ -635,11 +626,11 @@ def _enospc_on_temp_files(monkeypatch):
     monkeypatch.setattr(Path, "write_bytes", write_bytes)
 
 
-def test_full_disk_during_export_keeps_earlier_files(run_dir, tmp_path, monkeypatch):
+def test_full_disk_during_export_keeps_earlier_files(tiny_run, tmp_path, monkeypatch):
     prompts = tmp_path / "p.txt"
     prompts.write_text("a red cube\n")
     out = tmp_path / "out"
-    args = ["export", run_dir, "--prompts", prompts, "--out", out, "--resolution", "8", "--quiet"]
+    args = ["export", tiny_run, "--prompts", prompts, "--out", out, "--resolution", "8", "--quiet"]
     assert invoke(*args).exit_code == 0
     before = snapshot(out)
     prompts.write_text("a red cube\na blue sphere\n")
@@ -649,11 +640,11 @@ def test_full_disk_during_export_keeps_earlier_files(run_dir, tmp_path, monkeypa
     assert snapshot(out) == before  # the earlier asset and index.json byte-identical, no temp debris
 
 
-def test_full_disk_during_generate_keeps_the_existing_file(run_dir, tmp_path, monkeypatch):
+def test_full_disk_during_generate_keeps_the_existing_file(tiny_run, tmp_path, monkeypatch):
     target = tmp_path / "a.glb"
     target.write_bytes(b"an earlier mesh")
     _enospc_on_temp_files(monkeypatch)
-    res = invoke("generate", "a red cube", "--out", target, "--checkpoint", run_dir, "--resolution", "16")
+    res = invoke("generate", "a red cube", "--out", target, "--checkpoint", tiny_run, "--resolution", "16")
     assert_one_line(res, 1, "no space left")
     assert target.read_bytes() == b"an earlier mesh"
     assert sorted(p.name for p in tmp_path.iterdir()) == ["a.glb"]
@@ -665,14 +656,14 @@ def _generator_weights(run: Path) -> dict:
     return load_file(str(run / "checkpoints" / "last" / "generator.safetensors"))
 
 
-def test_killed_before_the_first_checkpoint_resumes_from_step_0(run_dir, tmp_path):
+def test_killed_before_the_first_checkpoint_resumes_from_step_0(tiny_run, tmp_path):
     """SIGKILL after the run directory appeared but before any checkpoint (or during its write): --resume
     starts over and ends where an uninterrupted run ends."""
     import torch
 
     run = tmp_path / "run"
     run.mkdir()
-    shutil.copy(run_dir / "recipe.yaml", run / "recipe.yaml")
+    shutil.copy(tiny_run / "recipe.yaml", run / "recipe.yaml")
     (run / "metrics.jsonl").write_text("")
     debris = run / "checkpoints" / ".tmp_step_000001_99999"  # a checkpoint write cut off by the kill
     debris.mkdir(parents=True)
@@ -680,15 +671,15 @@ def test_killed_before_the_first_checkpoint_resumes_from_step_0(run_dir, tmp_pat
     res = invoke("train", TINY, *SMALL, "--steps", "1", "--resume", "--out", run, "--quiet")
     assert res.exit_code == 0, res.output
     assert not debris.exists()
-    expected, got = _generator_weights(run_dir), _generator_weights(run)
+    expected, got = _generator_weights(tiny_run), _generator_weights(run)
     assert expected.keys() == got.keys() and all(torch.equal(expected[k], got[k]) for k in expected)
 
 
-def test_killed_mid_checkpoint_write_resumes_from_the_previous_one(run_dir, tmp_path):
+def test_killed_mid_checkpoint_write_resumes_from_the_previous_one(tiny_run, tmp_path):
     from asdcli.engine import checkpoint as ckpt_io
 
     run = tmp_path / "run"
-    shutil.copytree(run_dir, run, symlinks=True)
+    shutil.copytree(tiny_run, run, symlinks=True)
     debris = run / "checkpoints" / ".tmp_step_000002_99999"
     debris.mkdir()
     (debris / "generator.safetensors").write_bytes(b"partial")

@@ -38,7 +38,7 @@ def _lines(text: str) -> list[str]:
 
 @pytest.fixture(scope="module")
 def run2(tmp_path_factory):
-    """A tiny run with two checkpoints (steps 1 and 2); `last` → step_000002."""
+    """A tiny run with two checkpoints (steps 1 and 2); `last` → step_000002 (the shared `tiny_run` has one)."""
     run = tmp_path_factory.mktemp("runs") / "run"
     res = invoke("train", TINY, *SMALL, "train.checkpoint_every=1", "--steps", "2", "--out", run, "--quiet")
     assert res.exit_code == 0, res.output
