@@ -1,24 +1,33 @@
 """Contracts: every kind registered in asdcli.registry, built tiny through the real registry/loader path, does
 what callers use it for. A prior kind is checked on every member Prior (priors/base.py) declares; generators
 on forward/query shapes and gradients; losses on their output and the gradient reaching the render. A registry
-kind (or family) without a case here fails `test_every_registered_kind_has_a_contract_case`."""
+kind (or family) without a case here fails `test_every_registered_kind_has_a_contract_case`.
+
+The other named tables a recipe chooses from (backgrounds, schedule forms, optimizers, timestep weightings) get
+the same treatment: each name the package accepts, read from the package itself, has a contract case below, or
+`test_every_named_choice_has_a_contract_case` fails."""
 
 import dataclasses
+import typing
 from pathlib import Path
 
 import pytest
 import torch
 
 from asdcli.conditioning import Conditioning, TextEmbeddings
-from asdcli.config import build_dataclass
+from asdcli.config import RenderConfig, TrainConfig, build_dataclass
 from asdcli.engine.distributed import DistInfo
+from asdcli.engine.optim import build_optimizer
 from asdcli.engine.trainer import attach_text_cache
 from asdcli.generators.base import FieldOutput, Generator
 from asdcli.losses.base import LossOutput, ScoreDistillation
+from asdcli.losses.timesteps import Weighting, loss_weight
 from asdcli.priors.base import Prior
 from asdcli.priors.tiny import save_tiny_sd_folder
 from asdcli.registry import REGISTRY, build, resolve
+from asdcli.render import background
 from asdcli.render.cameras import orbit_cameras
+from asdcli.schedule import Schedule, parse_schedule
 from tests.helpers.generators import TINY as GENERATORS
 from tests.helpers.generators import inputs as generator_inputs
 from tests.helpers.mvdream import CTX as MV_TEXT_DIM
@@ -173,3 +182,92 @@ def test_loss_contract(kind, prior_of):
     assert {"loss", "grad_norm", "t"} <= set(out.logs)
     out.loss.backward()
     assert images.grad is not None and torch.isfinite(images.grad).all() and images.grad.abs().sum() > 0
+
+
+# ------------------------------------------------------------------- named tables besides the registry
+BACKGROUNDS = ("solid", "random", "env-mlp", "text-env-mlp")
+# A recipe value of each form → (step, value) pairs of a 10-step run.
+SCHEDULES = {
+    "constant": (0.5, [(0, 0.5), (10, 0.5)]),
+    "linear": ({"linear": {"from": 1.0, "to": 0.0, "start": 0, "end": 10}}, [(0, 1.0), (5, 0.5), (10, 0.0)]),
+    "piecewise": ({"piecewise": {0: 1.0, 5: 0.0}}, [(0, 1.0), (4, 1.0), (5, 0.0)]),
+    "keyframes": ({"keyframes": {0: 1.0, 10: 0.0}}, [(0, 1.0), (5, 0.5), (10, 0.0)]),
+}
+OPTIMIZERS = {"adam": (0.9, 0.99), "adamw": (0.9, 0.99), "adan": (0.98, 0.92, 0.99)}
+WEIGHTINGS = ("sds", "uniform", "fantasia3d")
+
+
+def _literal(cls, field: str) -> set[str]:
+    return set(typing.get_args(typing.get_type_hints(cls)[field]))
+
+
+def test_every_named_choice_has_a_contract_case():
+    tables = {  # where the package lists the names (a config Literal and the module's own table must agree)
+        "render.background (config)": (_literal(RenderConfig, "background"), BACKGROUNDS),
+        "render.background (render/background.py)": (set(background.KINDS), BACKGROUNDS),
+        "schedule kinds": (_literal(Schedule, "kind"), SCHEDULES),
+        "train.optimizer": (_literal(TrainConfig, "optimizer"), OPTIMIZERS),
+        "loss.weighting": (set(typing.get_args(Weighting)), WEIGHTINGS),
+    }
+    for table, (names, cases) in tables.items():
+        assert names == set(cases), f"{table}: names without a contract case or cases without a name"
+
+
+@pytest.mark.parametrize("kind", BACKGROUNDS)
+def test_background_contract(kind):
+    """forward(dirs [B, R, 3]) → colours [B, R, 3] in [0, 1], the same at evaluation every time; a trainable
+    kind gets gradients into its own parameters only through param_groups."""
+    torch.manual_seed(0)
+    cfg = RenderConfig(background=kind, background_color=(0.2, 0.4, 0.6))
+    bg = background.build_background(cfg, text_dim=8)  # the trainer's path
+    dirs = torch.nn.functional.normalize(torch.randn(4, 5, 3, generator=torch.Generator().manual_seed(1)), dim=-1)
+    text = torch.randn(2, 8, generator=torch.Generator().manual_seed(2))  # 2 prompts × 2 images
+    for training in (True, False):
+        out = bg(dirs, training, torch.Generator().manual_seed(3), text=text).detach()
+        assert out.shape == (4, 5, 3) and torch.isfinite(out).all() and 0 <= float(out.min()) <= float(out.max()) <= 1
+    assert torch.equal(bg(dirs, False, text=text).detach(), out)
+    if kind in ("solid", "random"):  # evaluation colour: the configured one
+        torch.testing.assert_close(out, torch.tensor([0.2, 0.4, 0.6]).expand(4, 5, 3), atol=0, rtol=0)
+        assert bg.param_groups(1e-3) == []
+    else:
+        bg(dirs, False, text=text).sum().backward()
+        (group,) = bg.param_groups(1e-3)
+        assert len(group["params"]) == len(list(bg.parameters()))
+        assert any(p.grad is not None and p.grad.abs().sum() > 0 for p in group["params"])
+
+
+@pytest.mark.parametrize("kind", sorted(SCHEDULES))
+def test_schedule_contract(kind):
+    value, points = SCHEDULES[kind]
+    schedule = parse_schedule(value, "x")
+    assert schedule.kind == kind
+    for step, expected in points:
+        assert schedule.at(step, 10) == pytest.approx(expected, abs=1e-12)
+
+
+@pytest.mark.parametrize("name", sorted(OPTIMIZERS))
+def test_optimizer_contract(name):
+    """build_optimizer by name, 30 steps on |w − target|²: the loss falls by at least half, every group kept."""
+    torch.manual_seed(0)
+    w, target = torch.nn.Parameter(torch.zeros(8)), torch.linspace(-1, 1, 8)
+    extra = torch.nn.Parameter(torch.zeros(2))
+    opt = build_optimizer(TrainConfig(optimizer=name, betas=OPTIMIZERS[name]),
+                          [{"params": [w], "lr": 0.05}, {"params": [extra], "lr": 0.01}, {"params": []}])
+    assert [g["lr"] for g in opt.param_groups] == [0.05, 0.01]  # an empty group is dropped, not an error
+    first = float(((w - target) ** 2).sum().detach())
+    for _ in range(30):
+        opt.zero_grad()
+        ((w - target) ** 2).sum().backward()
+        opt.step()
+    assert float(((w - target) ** 2).sum().detach()) < 0.5 * first
+
+
+@pytest.mark.parametrize("weighting", WEIGHTINGS)
+def test_weighting_contract(weighting):
+    """w(t) [B]: finite and non-negative for every t of a 1000-step schedule, indexed by t."""
+    alphas = torch.linspace(0.9999, 0.0047, 1000)  # SD's ᾱ range
+    t = torch.tensor([0, 20, 500, 999])
+    w = loss_weight(alphas, t, weighting)
+    assert w.shape == (4,) and w.dtype == torch.float32 and torch.isfinite(w).all() and (w >= 0).all()
+    torch.testing.assert_close(loss_weight(alphas, t[2:3], weighting), w[2:3], atol=0, rtol=0)
+
