@@ -1,0 +1,1 @@
+"""Helpers shared by several test modules (builders, fixtures readers, loaders); no tests here."""
