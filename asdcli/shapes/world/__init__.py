@@ -3,5 +3,5 @@ geometry metrics and the prompt-library builder.
 
 Imports nothing of asdcli outside this package (only the standard library and torch), so the world can be read,
 tested and reused without the text-to-3D core; the training app (`asdcli.shapes`) and the commands sit on top.
-tests/test_shapes_layout.py checks it.
+tests/architecture/test_shapes_layout.py checks it.
 """
