@@ -13,6 +13,7 @@ from typing import Literal
 import torch
 from torch import Tensor, nn
 
+from asdcli.generators import fused
 from asdcli.generators.base import FieldOutput, Generator
 from asdcli.generators.mlp import (
     ConditionBlock,
@@ -84,7 +85,12 @@ class TriplaneGenerator(Generator):
     def query_with_grad(self, state: Tensor, points: Tensor) -> tuple[FieldOutput, Tensor]:
         """`query` plus d sdf / d points [P, N, 3], written out (renderers call it instead of autograd.grad with
         create_graph): the eikonal term then trains the field with one backward instead of a double backward.
-        points must not need a gradient (renderer samples do not)."""
+        points must not need a gradient (renderer samples do not). On CPU in float32 one fused C++ pass
+        (generators/fused.py) computes the same."""
+        if fused.usable(state, points, (self.sdf_head, self.feature_head), self.cfg.hidden):
+            sdf, colour, grad = fused.field_with_grad(state, points, self.sdf_head, self.feature_head,
+                                                      self.cfg.radius, self.cfg.sdf_bias_radius)
+            return FieldOutput(sdf, colour), grad
         feats, slope_u, slope_v = sample_triplanes_with_slopes(state, points, self.cfg.radius)  # [P, 3C, N]
         value, d_feats = mlp_channel_major(self.sdf_head, feats, input_grad=True)
         colour, _ = mlp_channel_major(self.feature_head, feats)
