@@ -101,7 +101,8 @@ std::vector<torch::Tensor> forward_impl(const torch::Tensor& cells, const torch:
                                         const torch::Tensor& w1s, const torch::Tensor& w2s,
                                         const torch::Tensor& w1c, const torch::Tensor& w2c,
                                         const torch::Tensor& w1s_hf, const Geometry& g) {
-  const int64_t P = points.size(0), N = points.size(1), O = w2c.size(0);
+  const int64_t P = points.size(0), N = points.size(1);
+  constexpr int O = 3;  // colour features (TriplaneGenerator's feature_head)
   const int64_t plane_stride = 3 * (g.res + 1) * (g.res + 1) * 4 * C;
   auto sdf = torch::empty({P, N}, points.options());
   auto colour = torch::empty({P, N, O}, points.options());
@@ -145,9 +146,9 @@ std::vector<torch::Tensor> forward_impl(const torch::Tensor& cells, const torch:
 template <int C, int H, int B>
 struct Block {
   static constexpr int F = 3 * C;
-  float f[B][F], g_df[B][F], g_hs[B][H], e[B][H], g_hc[B][H], v_s[B][H], r_c[B][H], g_col[B][4];
+  float f[B][F], g_df[B][F], g_hs[B][H], e[B][H], g_hc[B][H], v_s[B][H], r_c[B][H], g_col[B][3];
 
-  void flush(int nb, int O, float* dws, float* dwc, float* dvs, float* dvc) const {
+  void flush(int nb, float* dws, float* dwc, float* dvs, float* dvc) const {
     for (int j = 0; j < F; ++j) {
       float as[H], ac[H];
       for (int h = 0; h < H; ++h) { as[h] = dws[j * H + h]; ac[h] = dwc[j * H + h]; }
@@ -162,7 +163,7 @@ struct Block {
     }
     for (int b = 0; b < nb; ++b)
       for (int h = 0; h < H; ++h) dvs[h] += v_s[b][h];
-    for (int o = 0; o < O; ++o)
+    for (int o = 0; o < 3; ++o)
       for (int b = 0; b < nb; ++b)
         for (int h = 0; h < H; ++h) dvc[o * H + h] += g_col[b][o] * r_c[b][h];
   }
@@ -178,8 +179,8 @@ std::vector<torch::Tensor> backward_impl(const torch::Tensor& cells, const torch
                                          const torch::Tensor& g_sdf, const torch::Tensor& g_col,
                                          const torch::Tensor& g_grad, const Geometry& g) {
   constexpr int F = 3 * C, B = 8;
-  const int64_t P = points.size(0), N = points.size(1), O = w2c.size(0);
-  TORCH_CHECK(O <= 4, "the fused triplane kernel takes at most 4 colour features");
+  const int64_t P = points.size(0), N = points.size(1);
+  constexpr int O = 3;  // colour features (TriplaneGenerator's feature_head)
   const int64_t plane_stride = 3 * (g.res + 1) * (g.res + 1) * 4 * C, k_cells = (g.res + 1) * (g.res + 1);
   auto g_cells = torch::zeros_like(cells);
   auto g_w1s = torch::zeros({P, F, H}, points.options()), g_w1c = torch::zeros({P, F, H}, points.options());
@@ -246,7 +247,7 @@ std::vector<torch::Tensor> backward_impl(const torch::Tensor& cells, const torch
             }
           }
         }
-        blk->flush(nb, static_cast<int>(O), dws, dwc, dvs, dvc);
+        blk->flush(nb, dws, dwc, dvs, dvc);
       }
     }
   });
@@ -269,6 +270,7 @@ std::vector<torch::Tensor> forward(torch::Tensor cells, torch::Tensor points, to
                        {w2c, "w2c"}, {w1s_hf, "w1s_hf"}, {w1c_hf, "w1c_hf"}})
     check(t, n);
   const int64_t c = cells.size(-1), h = w1s.size(1);
+  TORCH_CHECK(w2c.size(0) == 3, "the fused triplane kernel takes 3 colour features, not ", w2c.size(0));
   const Geometry g{res, radius, sphere_radius};
   DISPATCH(8, 32, forward_impl)(cells, points, w1s, w2s, w1c, w2c, w1s_hf, g);
   DISPATCH(4, 32, forward_impl)(cells, points, w1s, w2s, w1c, w2c, w1s_hf, g);
@@ -283,6 +285,7 @@ std::vector<torch::Tensor> backward(torch::Tensor cells, torch::Tensor points, t
                                     double sphere_radius) {
   for (auto& [t, n] : {std::pair{g_sdf, "g_sdf"}, {g_col, "g_col"}, {g_grad, "g_grad"}}) check(t, n);
   const int64_t c = cells.size(-1), h = w1s.size(1);
+  TORCH_CHECK(w2c.size(0) == 3, "the fused triplane kernel takes 3 colour features, not ", w2c.size(0));
   const Geometry g{res, radius, sphere_radius};
   DISPATCH(8, 32, backward_impl)(cells, points, w1s, w2s, w1c, w2c, w1s_hf, w1c_hf, g_sdf, g_col, g_grad, g);
   DISPATCH(4, 32, backward_impl)(cells, points, w1s, w2s, w1c, w2c, w1s_hf, w1c_hf, g_sdf, g_col, g_grad, g);
