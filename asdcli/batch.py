@@ -153,12 +153,12 @@ def _read_map(path: Path) -> dict[str, str]:
 
 
 def _write_maps(out: Path, index: dict[str, str], sources: dict[str, str]) -> None:
-    from asdcli.media import write_bytes_atomic
+    from asdcli.atomic import write_json_atomic
 
     present = {name for name in index if (out / name).exists()}  # files deleted since are dropped
     for path, data in ((out / SOURCES, sources), (out / INDEX, index)):
         kept = {k: v for k, v in sorted(data.items()) if k in present}
-        write_bytes_atomic(path, (json.dumps(kept, indent=2, ensure_ascii=False) + "\n").encode())
+        write_json_atomic(path, kept, indent=2, ensure_ascii=False)
 
 
 def checkpoint_fingerprint(ckpt: Path) -> str:

@@ -20,7 +20,7 @@ from asdcli import __version__
 _CLICK_ERROR = next(c for c in typer.BadParameter.__mro__ if c.__name__ == "ClickException")
 
 
-class _FlagsAsFlags:
+class FlagsAsFlags:
     """Help shows a flag as `--resume`, not `--resume <bool>` (it takes no value): flags get an empty metavar."""
 
     def get_params(self, ctx):
@@ -31,7 +31,7 @@ class _FlagsAsFlags:
         return params
 
 
-class _Command(_FlagsAsFlags, typer.core.TyperCommand):
+class _Command(FlagsAsFlags, typer.core.TyperCommand):
     """A command whose usage line names its arguments in capitals without braces: `asd train RECIPE`."""
 
     def collect_usage_pieces(self, ctx):
@@ -43,9 +43,9 @@ def _examples(*lines: str) -> str:
     return "[bold]Examples[/bold]\n\n" + "\n\n".join(lines)
 
 
-class _OneLineUsageErrors(_FlagsAsFlags, typer.core.TyperGroup):
+class OneLineUsageErrors(FlagsAsFlags, typer.core.TyperGroup):
     """Usage errors (unknown option, non-numeric count, missing argument) as ONE line on stderr, exit 2,
-    instead of click's usage block and rich panel."""
+    instead of click's usage block and rich panel. Also the group of `python -m asdcli.shapes`."""
 
     def main(self, args=None, prog_name=None, complete_var=None, standalone_mode=True, **extra):
         if not standalone_mode:
@@ -79,7 +79,7 @@ def _one_line_warning(message, category, filename, lineno, file=None, line=None)
 
 
 app = typer.Typer(add_completion=False, no_args_is_help=True, pretty_exceptions_enable=False,
-                  cls=_OneLineUsageErrors,
+                  cls=OneLineUsageErrors,
                   help="Scalable text-to-3D with Asynchronous Score Distillation (ASD).",
                   context_settings={"help_option_names": ["-h", "--help"]})
 

@@ -10,39 +10,19 @@ from pathlib import Path
 from asdcli.errors import UserError
 
 
-def _flags(steps: int | None, out: Path | None, device: str | None) -> dict:
-    if steps is not None and steps < 1:
-        raise UserError(f"--steps: must be >= 1, got {steps}")
-    given = {"train.steps": steps, "output.dir": str(out) if out is not None else None, "train.device": device}
-    return {k: v for k, v in given.items() if v is not None}
-
-
-def _prompts_of(cfg) -> tuple[list[str], list[str]]:
-    from asdcli.prompts import _check_prompts, read_library
-
-    if cfg.prompts.library is None:
-        items = _check_prompts(list(cfg.prompts.items), "prompts.items")
-        return items, items
-    lib = read_library(cfg.prompts.library)
-    train, val = lib.get(cfg.prompts.train_split, []), lib.get(cfg.prompts.val_split, [])
-    if not train:
-        raise UserError(f"{cfg.prompts.library}: split {cfg.prompts.train_split!r} is empty "
-                        f"(prompts.train_split); splits present: {', '.join(k for k, v in lib.items() if v)}")
-    return train, val or train
-
-
 def train_command(recipe: Path, overrides: list[str], *, steps, out, device, resume, dry_run, json_out,
                   quiet) -> None:
-    from asdcli.recipe import load_recipe, merged_recipe
+    from asdcli.prompts import recipe_prompts
+    from asdcli.recipe import flag_overrides, load_recipe, merged_recipe
 
-    data = merged_recipe(recipe, overrides, _flags(steps, out, device))
+    data = merged_recipe(recipe, overrides, flag_overrides(steps, out, device))
     if not dry_run:
         _early_checks(data)
     cfg = load_recipe(raw=data)
     if dry_run:
         prompts, note = _dry_run_prompts(cfg)
         return dry_run_report(cfg, prompts, json_out, prompts_note=note)
-    prompts, val = _prompts_of(cfg)
+    prompts, val = recipe_prompts(cfg)
     _fit_with_weights(cfg, prompts, val, resume, quiet)
 
 
@@ -63,10 +43,10 @@ def _early_checks(data: dict) -> None:
 
 def _dry_run_prompts(cfg) -> tuple[list[str] | None, str | None]:
     """The train prompts, or (None, why) for a library the paper never published: the dry run still reports."""
-    from asdcli.prompts import UnpublishedLibrary
+    from asdcli.prompts import UnpublishedLibrary, recipe_prompts
 
     try:
-        return _prompts_of(cfg)[0], None
+        return recipe_prompts(cfg)[0], None
     except UnpublishedLibrary as exc:
         return None, str(exc)
 
@@ -102,12 +82,12 @@ def distill_command(prompt: str, overrides: list[str], *, recipe, steps, out, ru
     from asdcli.generate import MESH_SUFFIXES, check_output_file, check_resolution
     from asdcli.mesh.names import safe_filename
     from asdcli.prompts import check_prompt
-    from asdcli.recipe import load_recipe, merged_recipe
+    from asdcli.recipe import flag_overrides, load_recipe, merged_recipe
 
     prompt = check_prompt(prompt)
     check_resolution(resolution)
     name = safe_filename(prompt, max_len=60)
-    flags = _flags(steps, run_dir, device)
+    flags = flag_overrides(steps, run_dir, device)
     flags.update({"name": name, "prompts.items": [prompt], "prompts.library": None, "render.prompts_per_step": 1})
     data = merged_recipe(recipe or default_distill_recipe(), overrides, flags)
     _early_checks(data)
@@ -213,11 +193,17 @@ def generate_command(prompt: str, out: Path, *, checkpoint, resolution, threshol
 
 
 def _warn_vocabulary(model, prompts: list[str]) -> None:
-    """A bundled ShapesWorld model knows a small vocabulary: name the words outside it (no crash)."""
+    """A model trained against a ShapesWorld prior (2D or 4-view) knows a small vocabulary, which its tokenizer
+    spells in bytes the generator never saw: name the words outside it (no crash)."""
     import warnings
 
+    from asdcli.shapes.bundled import is_shapesworld_prior
+    from asdcli.shapes.world.grammar import unknown_words
+
+    if not is_shapesworld_prior(getattr(model.cfg.prior, "model", None)):  # tiny-random has no model
+        return
     for prompt in prompts:
-        unknown = model.unknown_words(prompt)
+        unknown = unknown_words(prompt)
         if unknown:
             from asdcli.errors import safe_line, shown
 
@@ -306,7 +292,7 @@ def _emit_report(report, json_path, csv_path, quiet) -> None:
 
 
 def _default_clip() -> str:
-    from asdcli.shapes.bundled import bundled_clip
+    from asdcli.bundled import bundled_clip
 
     return str(bundled_clip())
 

@@ -1,33 +1,29 @@
-"""The typed recipe tree: strict YAML loading, `base:` inheritance, dotted overrides, dump and reload.
+"""The typed run config: one frozen dataclass per recipe section, and the strict builder that fills them.
 
-Order of precedence (fixed and tested): dataclass defaults < `base:` recipe < the recipe < `key.path=value`
-overrides < named flags (`--steps`, `--out`, `--device`). Everything is validated here, before any model
-loads. Sections that come in several kinds (`prior`, `generator`, `loss`) carry `kind:`; the registry maps it
-to the component class, whose `Config` dataclass validates the section.
+`build_dataclass` turns plain data (what recipe.py read from YAML) into the dataclasses, checking every value
+against its field's type (unknown keys, wrong types, Literal choices, schedules) with a did-you-mean. Sections
+that come in several kinds (`prior`, `generator`, `loss`) carry `kind:`; the registry maps it to the component
+class, whose `Config` dataclass validates the section, and every integer size or count in it is range-checked.
+`to_plain` turns a config back into plain data. Reading YAML, `base:` inheritance and overrides: recipe.py.
 """
 
 from __future__ import annotations
 
 import dataclasses
-import difflib
 import math
 import types
 import typing
-from collections.abc import Iterable, Sequence
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Literal
 
 from asdcli.errors import ConfigError, shown
+from asdcli.registry import config_class
 from asdcli.schedule import SCIENTIFIC, NamedSchedule, Schedule, parse_named_schedule, parse_schedule
+from asdcli.suggest import check_choice, did_you_mean
 
 SCHEMA_VERSION = 1
-
-
-def did_you_mean(name: str, candidates: Iterable[str]) -> str:
-    """'; did you mean X?' for the closest candidate, or ''."""
-    close = difflib.get_close_matches(str(name), [str(c) for c in candidates], n=1, cutoff=0.6)
-    return f"; did you mean {shown(close[0])}?" if close else ""
 
 
 def is_device_name(name: str, auto: bool = True) -> bool:
@@ -143,14 +139,6 @@ def key_text(key: Any) -> str:
     return text if isinstance(key, str) and len(text) <= 80 and text.isprintable() else shown(key)
 
 
-def check_choice(value: Any, allowed: tuple, path: str) -> Any:
-    """`value` if it is one of `allowed` (a Literal's values), else the one-line error with a did-you-mean."""
-    if value not in allowed:
-        raise ConfigError(f"{path}: {shown(value)} is not allowed{did_you_mean(str(value), map(str, allowed))}; "
-                          f"allowed: {', '.join(repr(a) for a in allowed)}")
-    return value
-
-
 def _convert(value: Any, tp: Any, path: str) -> Any:
     origin, args = typing.get_origin(tp), typing.get_args(tp)
     if tp is Any:
@@ -251,8 +239,6 @@ def build_dataclass(cls: type, data: Any, path: str) -> Any:
 
 
 def _build_kind(family: str, data: Any, path: str) -> Any:
-    from asdcli.registry import config_class
-
     if not isinstance(data, dict) or "kind" not in data:
         raise ConfigError(f"{path}: expected a mapping with a 'kind' key")
     if not isinstance(data["kind"], str):
@@ -263,9 +249,10 @@ def _build_kind(family: str, data: Any, path: str) -> Any:
 
 
 # Integer fields of a component config (prior, generator, loss) are sizes and counts: never negative, and 0 only
-# where it means "none" (layers, noise width, bias volumes). Each also has an upper bound, so a typo such as
+# where it means "none" (layers, noise width, bias volumes): those fields say so next to their default, e.g.
+# `z_dim: int = field(default=64, metadata=ZERO_OK)`. Each also has an upper bound, so a typo such as
 # plane_res=100000 fails here (and at --dry-run) instead of allocating terabytes in the first step.
-_ZERO_OK = ("num_layers", "mapping_layers", "mlp_layers", "z_dim", "bias_volume_max_res")
+ZERO_OK = {"zero_ok": True}
 SIZE_MAX = 65536  # widths, channels, timesteps: far above any recipe
 _SIZE_MAX_BY_NAME = {"log2_hashmap_size": 26, "n_levels": 64, "num_layers": 256, "mapping_layers": 256,
                      "mlp_layers": 256, "num_views": 64, "image_size": 4096}
@@ -293,7 +280,7 @@ def _check_counts(cfg: Any, path: str) -> None:
             if f.name == "seed":
                 check_seed(value, f"{path}.seed")
                 continue
-            low, high = (0 if f.name in _ZERO_OK else 1), _size_max(f.name)
+            low, high = (0 if f.metadata.get("zero_ok") else 1), _size_max(f.name)
             if not low <= value <= high:
                 raise ConfigError(f"{path}.{f.name}: must be between {low} and {high:,}, got {shown(value)}")
 

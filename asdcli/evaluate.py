@@ -18,7 +18,6 @@ from __future__ import annotations
 
 import csv
 import io
-import json
 import math
 import os
 from collections.abc import Mapping, Sequence
@@ -30,9 +29,9 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor
 
+from asdcli.atomic import write_bytes_atomic, write_json_atomic
 from asdcli.clip_model import CLIP_MEAN, CLIP_STD
 from asdcli.errors import UserError
-from asdcli.media import write_bytes_atomic
 
 
 def _looks_like_path(model: str) -> bool:
@@ -47,7 +46,7 @@ def load_clip(model: str | os.PathLike):
     saying what to fetch and where to put it."""
     from transformers import AutoTokenizer, CLIPModel
 
-    from asdcli.shapes.bundled import resolve_bundled
+    from asdcli.bundled import resolve_bundled
 
     name = str(model)
     bundled = resolve_bundled(name)
@@ -199,8 +198,7 @@ class EvalReport:
 
     def write_json(self, path: str | os.PathLike) -> Path:
         """{"summary", "meta", "prompts": rows} as JSON (undefined values as null), written atomically."""
-        text = json.dumps(self.to_dict(), indent=2, ensure_ascii=False, allow_nan=False, default=str)
-        return write_bytes_atomic(path, (text + "\n").encode("utf-8"))
+        return write_json_atomic(path, self.to_dict(), indent=2, ensure_ascii=False, allow_nan=False, default=str)
 
     def write_csv(self, path: str | os.PathLike) -> Path:
         """One row per prompt: prompt, then each metric (empty when undefined); written atomically."""

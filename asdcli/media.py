@@ -7,64 +7,19 @@ half-written file behind and an existing file is only ever replaced by a complet
 
 from __future__ import annotations
 
-import contextlib
 import functools
 import os
-import tempfile
-from collections.abc import Iterator, Sequence
+from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 
+from asdcli.atomic import atomic_output
 from asdcli.errors import UserError
 
 TURNTABLE_EXTENSIONS = (".mp4", ".gif")
 VIDEO_EXTRA_FIX = "pip install 'asdcli[video]' (imageio-ffmpeg), or ask for a .gif"
-
-
-@contextlib.contextmanager
-def atomic_output(path: str | os.PathLike) -> Iterator[Path]:
-    """Yield a temporary path next to `path` (same suffix, so writers pick the right format); on success it is
-    fsynced and renamed onto `path`, on any error it is removed.
-
-    Missing parent folders are created. A folder at `path`, or a parent that is a file or not writable, is a
-    UserError naming the path.
-    """
-    path = Path(path)
-    if path.is_dir():
-        raise UserError(f"{path} is a directory: give a file name, e.g. {path / ('out' + path.suffix)}")
-    try:
-        path.parent.mkdir(parents=True, exist_ok=True)
-        fd, tmp_name = tempfile.mkstemp(dir=path.parent, prefix=f".{path.stem}.", suffix=f".tmp{path.suffix}")
-    except OSError as err:
-        reason = err.strerror or err
-        raise UserError(f"cannot write to {path.parent}: {reason}; choose a writable folder") from err
-    os.close(fd)
-    tmp = Path(tmp_name)
-    os.chmod(tmp, 0o666 & ~_umask())  # mkstemp makes 0600 files; the result should get the usual permissions
-    try:
-        yield tmp
-        with open(tmp, "rb+") as f:
-            os.fsync(f.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        tmp.unlink(missing_ok=True)
-        raise
-
-
-@functools.lru_cache(maxsize=1)
-def _umask() -> int:
-    mask = os.umask(0o022)
-    os.umask(mask)
-    return mask
-
-
-def write_bytes_atomic(path: str | os.PathLike, data: bytes) -> Path:
-    """Write `data` to `path` atomically; returns the path."""
-    with atomic_output(path) as tmp:
-        tmp.write_bytes(data)
-    return Path(path)
 
 
 def to_uint8(img: Any) -> np.ndarray:

@@ -70,6 +70,10 @@ def _sd_folder(key: str, source: str, revision: str | None, text_only: bool) -> 
                   include=tuple(f"{s}/*" for s in subs) + (() if text_only else ("model_index.json",)))
 
 
+# Prior kinds whose prior.model is a diffusers folder or hub id (registry names; shapesworld is the SD path).
+SD_FOLDER_KINDS = ("stable-diffusion", "shapesworld")
+
+
 def _get(prior: Any, key: str) -> str | None:
     """A string value of a prior section: a validated config (defaults filled in) or the raw recipe mapping
     (only what the recipe wrote; anything else is left to the check after validation)."""
@@ -81,7 +85,7 @@ def training_weights(prior: Any) -> list[Weight]:
     """The weights `asd train` / `asd distill` load for the recipe's `prior` section (a config or raw mapping)."""
     kind = _get(prior, "kind")
     model = _get(prior, "model")
-    if kind == "stable-diffusion" and model:
+    if kind in SD_FOLDER_KINDS and model:
         return [_sd_folder("prior.model", model, _get(prior, "revision"), text_only=False)]
     if kind == "mvdream":
         return _mvdream_weights(prior)
@@ -103,7 +107,7 @@ def _mvdream_weights(prior: Any) -> list[Weight]:
 def text_weights(prior: Any) -> list[Weight]:
     """The weights `asd generate` / `export` / `eval` load: the prior's text side only."""
     kind, model = _get(prior, "kind"), _get(prior, "model")
-    if kind == "stable-diffusion" and model:
+    if kind in SD_FOLDER_KINDS and model:
         return [_sd_folder("prior.model", model, _get(prior, "revision"), text_only=True)]
     if kind == "mvdream":
         weights = _mvdream_weights(prior)
@@ -135,7 +139,7 @@ def _missing_in(folder: Path, needs: tuple[tuple[str, ...], ...]) -> str | None:
 def _local(w: Weight) -> Path | None:
     """The local path `w.source` names (bundled:NAME, a file or folder), None for a hub id; UserError when a
     local path is missing or incomplete."""
-    from asdcli.shapes.bundled import resolve_bundled
+    from asdcli.bundled import resolve_bundled
 
     path = resolve_bundled(w.source)
     if path is None and not (looks_like_path(w.source) or Path(w.source).expanduser().exists()):
@@ -216,7 +220,7 @@ def _unreachable_since(endpoint: str) -> float | None:
 
 
 def _remember_unreachable(endpoint: str) -> None:
-    from asdcli.media import write_bytes_atomic
+    from asdcli.atomic import write_bytes_atomic
 
     path = _memo_file()
     try:

@@ -73,12 +73,16 @@ def _paper_library(name: str) -> dict[str, list[str]]:
 def _bundled_library(name: str) -> dict[str, list[str]]:
     """`shapesworld` (the whole ShapesWorld split) or `shapesworld:N` (train = the nested corpus of N
     prompts; val and test whole, so every corpus size is scored on the same prompts)."""
-    from asdcli.shapes.library import build_library
+    from asdcli.shapes.world.grammar import PromptError
+    from asdcli.shapes.world.library import build_library
 
     size = name.partition(":")[2]
     if size and not (size.isdigit() and int(size) > 0):
         raise UserError(f"prompts.library: {name!r}: expected shapesworld or shapesworld:N with N > 0")
-    return build_library(seed=0, corpus_size=int(size) if size else None)
+    try:
+        return build_library(seed=0, corpus_size=int(size) if size else None)
+    except PromptError as err:  # N beyond the train split
+        raise UserError(str(err)) from None
 
 
 def _check_unicode(prompt: str, where: str) -> None:
@@ -180,3 +184,18 @@ def check_prompt(prompt: str) -> str:
     _check_unicode(prompt, "PROMPT")
     _check_visible(prompt, "PROMPT")
     return " ".join(prompt.split())
+
+
+def recipe_prompts(cfg) -> tuple[list[str], list[str]]:
+    """The (train, val) prompts a resolved recipe trains on, as `asd train` reads them: `prompts.items` for both,
+    or the library's `prompts.train_split` and `prompts.val_split` (val falls back to train when empty).
+    Public for scripts (bench/); raises UserError naming the key to fix."""
+    if cfg.prompts.library is None:
+        items = _check_prompts(list(cfg.prompts.items), "prompts.items")
+        return items, items
+    lib = read_library(cfg.prompts.library)
+    train, val = lib.get(cfg.prompts.train_split, []), lib.get(cfg.prompts.val_split, [])
+    if not train:
+        raise UserError(f"{cfg.prompts.library}: split {cfg.prompts.train_split!r} is empty "
+                        f"(prompts.train_split); splits present: {', '.join(k for k, v in lib.items() if v)}")
+    return train, val or train

@@ -1,4 +1,9 @@
-"""Reading recipes: YAML files, `base:` inheritance, `key.path=value` overrides, dump and reload."""
+"""Reading recipes: YAML files, `base:` inheritance, `key.path=value` overrides, dump and reload.
+
+Order of precedence (fixed and tested): dataclass defaults < `base:` recipe < the recipe < `key.path=value`
+overrides < named flags (`--steps`, `--out`, `--device`). Everything is validated (config.build_dataclass)
+before any model loads.
+"""
 
 from __future__ import annotations
 
@@ -243,3 +248,12 @@ def load_dumped(text: str) -> RunConfig:
     if not isinstance(data, dict):
         raise ConfigError("recipe.yaml: not a mapping; the run directory is damaged")
     return load_recipe(raw=data)
+
+
+def flag_overrides(steps: int | None, out: str | os.PathLike | None, device: str | None) -> dict:
+    """The recipe keys set by the commands' --steps, --out/--run-dir and --device (None: not given), as the
+    `flags` of load_recipe/merged_recipe. Public for scripts (bench/) that mirror `asd train`."""
+    if steps is not None and steps < 1:
+        raise UserError(f"--steps: must be >= 1, got {steps}")
+    given = {"train.steps": steps, "output.dir": str(out) if out is not None else None, "train.device": device}
+    return {k: v for k, v in given.items() if v is not None}

@@ -11,12 +11,14 @@ import importlib
 from typing import Any
 
 from asdcli.errors import ConfigError
+from asdcli.suggest import did_you_mean
 
 REGISTRY: dict[str, dict[str, str]] = {
     "prior": {
         "stable-diffusion": "asdcli.priors.stable_diffusion:StableDiffusionPrior",
         "tiny-random": "asdcli.priors.tiny:TinyRandomPrior",
         "mvdream": "asdcli.priors.mvdream:MVDreamPrior",
+        "shapesworld": "asdcli.shapes.prior:ShapesWorldPrior",
     },
     "generator": {
         "triplane": "asdcli.generators.triplane:TriplaneGenerator",
@@ -40,8 +42,6 @@ def kinds(family: str) -> list[str]:
 
 def resolve(family: str, kind: str, path: str) -> type:
     """The class registered as `kind` in `family`; `path` is the recipe key path for errors."""
-    from asdcli.config import did_you_mean
-
     table = REGISTRY[family]
     if kind not in table:
         raise ConfigError(f"{path}: unknown {family} kind {kind!r}{did_you_mean(kind, table)}; "

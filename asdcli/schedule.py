@@ -21,6 +21,7 @@ from dataclasses import dataclass
 from typing import Any, Generic, Literal, TypeVar
 
 from asdcli.errors import ConfigError
+from asdcli.suggest import check_choice, did_you_mean
 
 Unit = Literal["steps", "fraction"]
 FORMS = ("linear", "piecewise", "keyframes")  # the one-key mappings a recipe may give instead of a number
@@ -120,15 +121,11 @@ def parse_schedule(value: Any, path: str) -> Schedule:
         return _parse_linear(body, f"{path}.linear")
     if name in ("piecewise", "keyframes"):
         return _parse_piecewise(body, f"{path}.{name}", name)
-    from asdcli.config import did_you_mean
-
     raise ConfigError(f"{path}: unknown schedule {name!r}{did_you_mean(name, FORMS)}; "
                       f"expected {forms}")
 
 
 def _parse_linear(body: Any, path: str) -> Schedule:
-    from asdcli.config import did_you_mean
-
     if not isinstance(body, dict):
         raise ConfigError(f"{path}: expected a mapping with keys from, to, start, end (unit optional)")
     for key in body:
@@ -209,8 +206,6 @@ class NamedSchedule(Generic[V]):
 
 def parse_named_schedule(value: Any, allowed: tuple[str, ...], path: str) -> NamedSchedule:
     """Parse a recipe value (a name or {piecewise: {STEP: NAME}}) whose names must be among `allowed`."""
-    from asdcli.config import check_choice
-
     def name(val: Any, where: str) -> str:
         return check_choice(val, allowed, where)
 

@@ -31,7 +31,7 @@ import common
 def bundled() -> tuple[Path | None, str | None]:
     """The bundled ShapesWorld generator's checkpoint, or why there is none."""
     try:
-        from asdcli.shapes.bundled import bundled_checkpoint
+        from asdcli.bundled import bundled_checkpoint
 
         return Path(bundled_checkpoint()), None
     except Exception as exc:  # ImportError while it is being built; UserError when the weights are missing
@@ -42,7 +42,8 @@ def bundled() -> tuple[Path | None, str | None]:
 def occupancy_fn(model, state):
     """points → inside (bool), at the level `asd generate` meshes: SDF < 0, or the automatic density level."""
     from asdcli.generate import mesh_query_fn
-    from asdcli.mesh.isosurface import density_threshold, sample_grid
+    from asdcli.mesh.grid import sample_grid
+    from asdcli.mesh.isosurface import density_threshold
 
     fn = mesh_query_fn(model, state, 0)
     if model.generator.field_type == "sdf":
@@ -55,8 +56,8 @@ def occupancy_fn(model, state):
 def field_iou(model, prompt: str, res: int, angles: int) -> float:
     """Best-rotation IoU of the model's field for `prompt` against its ShapesWorld scene."""
     from asdcli.engine.inference import field_state
-    from asdcli.shapes.grammar import parse_prompt
-    from asdcli.shapes.metrics import iou_field
+    from asdcli.shapes.world.grammar import parse_prompt
+    from asdcli.shapes.world.metrics import iou_field
 
     was_training = model.generator.training
     model.generator.eval()
@@ -122,8 +123,8 @@ def distill_to_iou(prompt: str, target: float, args, run_dir: Path, device: str)
 def iou_matched(checkpoint: Path, args, tmp: Path, device: str) -> list[dict]:
     """Per held-out prompt: generate time and IoU, distill time to that IoU, and their ratio (primary clock)."""
     from asdcli.engine.inference import load_model
-    from asdcli.shapes.grammar import parse_prompt, splits
-    from asdcli.shapes.metrics import blob_baseline_iou
+    from asdcli.shapes.world.grammar import parse_prompt, splits
+    from asdcli.shapes.world.metrics import blob_baseline_iou
 
     model = load_model(checkpoint, device)
     generate_timed(model, "a red cube", tmp / "warmup.glb")  # imports and allocator warm-up, not a real use

@@ -67,9 +67,9 @@ def child_build(library: str, cache: str, run_dir: str, gpu: bool) -> dict:
 
 
 def _prompts(cfg) -> list[str]:
-    from asdcli.commands import _prompts_of
+    from asdcli.prompts import recipe_prompts
 
-    return _prompts_of(cfg)[0]
+    return recipe_prompts(cfg)[0]
 
 
 def child_steps(library: str, cache: str, run_dir: str, gpu: bool, warmup: int) -> None:

@@ -67,9 +67,9 @@ def build_trainers(overrides: list[str], tmp: Path, recipe: Path, kinds=LOSSES) 
 
 
 def _prompts(cfg) -> list[str]:
-    from asdcli.commands import _prompts_of
+    from asdcli.prompts import recipe_prompts
 
-    return _prompts_of(cfg)[0]
+    return recipe_prompts(cfg)[0]
 
 
 def asd_prior_call(prior, z, cond, gen: torch.Generator) -> torch.Tensor:

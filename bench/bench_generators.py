@@ -14,6 +14,7 @@ from __future__ import annotations
 import common
 import torch
 
+from asdcli.conditioning import TextEmbeddings
 from asdcli.config import RenderConfig
 from asdcli.generators.conv3d import Conv3DConfig, Conv3DNet
 from asdcli.generators.hashgrid import HashGrid, HashGridConfig
@@ -21,7 +22,6 @@ from asdcli.generators.hyper_ingp import HyperINGP, HyperINGPConfig
 from asdcli.generators.nerf import NeRF, NeRFConfig
 from asdcli.generators.triplane import TriplaneConfig, TriplaneGenerator
 from asdcli.generators.triplane_transformer import TriplaneTransformer, TriplaneTransformerConfig
-from asdcli.priors.base import TextEmbeddings
 from asdcli.render.background import Background
 from asdcli.render.cameras import orbit_cameras
 from asdcli.render.volume import render, render_chunked

@@ -29,12 +29,12 @@ MODES = ("default", "keep")
 
 
 def _engine_step(views: int, tmp: Path):
-    from asdcli.commands import _prompts_of
     from asdcli.engine.trainer import Trainer
+    from asdcli.prompts import recipe_prompts
 
     overrides = [f"render.views_per_prompt={views}", "train.val_every=0"]
     cfg = common.tiny_config(overrides, run_dir=tmp / "run", recipe=common.ROOT / "recipes" / "shapes_asd.yaml")
-    trainer = Trainer(cfg, _prompts_of(cfg)[0], [], quiet=True)
+    trainer = Trainer(cfg, recipe_prompts(cfg)[0], [], quiet=True)
     return trainer.train_step
 
 

@@ -21,12 +21,13 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
+from asdcli.conditioning import Conditioning, TextEmbeddings
 from asdcli.config import build_dataclass
 from asdcli.losses.asd import ASDConfig, AsynchronousScoreDistillation
 from asdcli.losses.csd import ClassifierScoreDistillation, CSDConfig
 from asdcli.losses.sds import ScoreDistillationSampling, SDSConfig
 from asdcli.losses.vsd import VariationalScoreDistillation, VSDConfig
-from asdcli.priors.base import Conditioning, Prior, TextEmbeddings
+from asdcli.priors.base import Prior
 
 TEXT_LEN, TEXT_DIM = 8, 32
 

@@ -25,14 +25,15 @@ def _torch_single_thread():
 
 @pytest.fixture(scope="session")
 def load_bench():
-    """load_bench("name") → bench/name.py as a module (the bench scripts are not a package)."""
+    """load_bench("name") → bench/name.py as a module, "probes/name" → bench/probes/name.py (the bench scripts are
+    not a package)."""
     import importlib.util
     from pathlib import Path
 
     bench = Path(__file__).resolve().parents[1] / "bench"
 
     def load(name: str):
-        spec = importlib.util.spec_from_file_location(name, bench / f"{name}.py")
+        spec = importlib.util.spec_from_file_location(Path(name).name, bench / f"{name}.py")
         module = importlib.util.module_from_spec(spec)
         spec.loader.exec_module(module)
         return module

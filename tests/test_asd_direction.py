@@ -1,5 +1,5 @@
-"""bench/asd_direction.py splits ASD's direction into its guidance and asynchronous terms through the loss's own
-code; bench/gt_ceiling.py colours splits `asd eval`'s colour error into bias and placement."""
+"""bench/probes/asd_direction.py splits ASD's direction into its guidance and asynchronous terms through the loss's own
+code; bench/probes/gt_ceiling.py colours splits `asd eval`'s colour error into bias and placement."""
 
 import pytest
 import torch
@@ -9,7 +9,7 @@ PROMPTS = ["a red cube on top of a blue sphere", "a green cylinder"]
 
 @pytest.fixture(scope="module")
 def rows(load_bench):
-    return load_bench("asd_direction").direction_table("bundled", PROMPTS, ts=(200,), shift_ratios=(0.0, 0.5))
+    return load_bench("probes/asd_direction").direction_table("bundled", PROMPTS, ts=(200,), shift_ratios=(0.0, 0.5))
 
 
 def test_without_a_shift_the_direction_is_guidance_alone(rows):
@@ -31,21 +31,21 @@ def test_scales_at_or_below_one_are_refused(load_bench):
     from asdcli.errors import UserError
 
     with pytest.raises(UserError, match="--scales"):
-        load_bench("asd_direction").direction_table("bundled", PROMPTS, scales=(1.0, 7.5))
+        load_bench("probes/asd_direction").direction_table("bundled", PROMPTS, scales=(1.0, 7.5))
 
 
 def test_colour_split_reports_asd_evals_colour_error(load_bench):
     from asdcli.engine.inference import load_model
     from asdcli.shapes.evaluation import ground_truth_metrics
 
-    split = load_bench("gt_ceiling").colour_split("bundled", PROMPTS)
+    split = load_bench("probes/gt_ceiling").colour_split("bundled", PROMPTS)
     reported = ground_truth_metrics(load_model(None), PROMPTS, res=32)["color_error"]
     assert split["color_error"] == pytest.approx(sum(reported) / len(reported), abs=1e-6)
     assert 0.0 <= split["placement_error"] < split["color_error"]
 
 
 def test_median_correction_removes_a_per_object_bias_only(load_bench):
-    median_corrected = load_bench("gt_ceiling")._median_corrected
+    median_corrected = load_bench("probes/gt_ceiling")._median_corrected
     gt = torch.tensor([[0.8, 0.1, 0.1]] * 4 + [[0.1, 0.1, 0.8]] * 4)
     owner = torch.tensor([0] * 4 + [1] * 4)
     biased = gt + torch.tensor([0.1, -0.05, 0.0])  # one colour shift on both objects: bias, no placement error
@@ -55,7 +55,7 @@ def test_median_correction_removes_a_per_object_bias_only(load_bench):
 
 
 def test_excess_reads_washed_out_as_less_chroma_and_more_brightness(load_bench):
-    excess = load_bench("gt_ceiling")._excess
+    excess = load_bench("probes/gt_ceiling")._excess
     red = torch.tensor([[0.8, 0.1, 0.1]] * 3)
     chroma, brightness = excess(torch.tensor([[0.9, 0.3, 0.3]] * 3), red)  # lighter and greyer
     assert chroma == pytest.approx(0.6 - 0.7, abs=1e-6) and brightness == pytest.approx(1.5 / 3 - 1.0 / 3, abs=1e-6)
@@ -65,9 +65,9 @@ def test_excess_reads_washed_out_as_less_chroma_and_more_brightness(load_bench):
 
 @pytest.fixture(scope="module")
 def mechanism(load_bench):
-    from asdcli.shapes.bundled import bundled_checkpoint
+    from asdcli.bundled import bundled_checkpoint
 
-    rows = load_bench("asd_direction").mechanism_rows
+    rows = load_bench("probes/asd_direction").mechanism_rows
     return {eta: rows(bundled_checkpoint(), PROMPTS, ts=(200,), eta=eta)[0] for eta in (0.0, 0.5)}
 
 

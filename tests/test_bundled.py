@@ -12,7 +12,7 @@ import numpy as np
 import pytest
 import torch
 
-from asdcli.shapes.bundled import assets_dir
+from asdcli.bundled import assets_dir
 
 ROOT = Path(__file__).resolve().parents[1]
 pytestmark = pytest.mark.skipif(not (assets_dir() / "generator" / "recipe.yaml").is_file(),
@@ -42,7 +42,7 @@ def test_readme_main_job_makes_a_red_top_over_a_blue_bottom(tmp_path):
 
 
 def test_a_next_to_pair_gets_one_colour_per_side_not_a_top_bottom_split(tmp_path):
-    """Against a prior blind to the pair's order the generator split both colours top / bottom (BENCHMARKS §9b);
+    """Against a prior blind to the pair's order the generator split both colours top / bottom (docs/notebook.md §9b);
     against the left-first prior each object keeps its own colour, side by side."""
     trimesh = pytest.importorskip("trimesh")
     res = asd("generate", "a red cube next to a blue sphere", "--out", "pair.glb", cwd=tmp_path)

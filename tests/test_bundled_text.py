@@ -11,8 +11,9 @@ from pathlib import Path
 import pytest
 import torch
 
-from asdcli.shapes.bundled import bundled_prior
-from asdcli.shapes.bundled_text import load_bundled_text, split_words, use_bundled_text
+from asdcli.bundled import bundled_prior
+from asdcli.errors import UserError
+from asdcli.shapes.bundled_text import ClipBpeTokenizer, load_bundled_text, runs_bundled_text, split_words
 
 ROOT = Path(__file__).resolve().parents[1]
 EDGE = ["", " ", "a red cube", "A  RED\tcube", "a very " * 12 + "long prompt", "x" * 50,
@@ -76,15 +77,24 @@ def test_split_words_follows_clip_pattern():
     assert split_words("it's a 12-sided box!!") == ["it", "'s", "a", "1", "2", "-", "sided", "box", "!!"]
 
 
-def test_only_shapesworld_stable_diffusion_priors_take_the_bundled_path(tmp_path):
-    class Cfg:
-        kind, model, revision = "stable-diffusion", "bundled:shapes-prior", None
+def test_only_the_shapesworld_kind_on_a_shapesworld_folder_takes_the_bundled_path(tmp_path):
+    from asdcli.priors.stable_diffusion import StableDiffusionPrior
+    from asdcli.priors.text import TextEncoder
+    from asdcli.shapes.prior import ShapesWorldPrior, ShapesWorldPriorConfig
 
-    assert use_bundled_text(Cfg) == bundled_prior()
-    Cfg.kind = "mvdream"
-    assert use_bundled_text(Cfg) is None
-    Cfg.kind, Cfg.model = "stable-diffusion", str(tmp_path)  # a folder without shapesworld_prior.json
-    assert use_bundled_text(Cfg) is None
+    assert runs_bundled_text(bundled_prior())
+    shutil.copytree(bundled_prior() / "tokenizer", tmp_path / "tokenizer")
+    shutil.copytree(bundled_prior() / "text_encoder", tmp_path / "text_encoder")
+    assert not runs_bundled_text(tmp_path)  # a folder without shapesworld_prior.json: transformers
+    fast = ShapesWorldPrior.build_text_encoder(ShapesWorldPriorConfig(), torch.device("cpu"))
+    assert isinstance(fast.tokenizer, ClipBpeTokenizer) and isinstance(fast, TextEncoder)
+    plain = ShapesWorldPrior.build_text_encoder(ShapesWorldPriorConfig(model=str(tmp_path)), torch.device("cpu"))
+    assert not isinstance(plain.tokenizer, ClipBpeTokenizer)
+    assert fast.encoder_id == "bundled:shapes-prior" and plain.encoder_id == str(tmp_path)
+    torch.testing.assert_close(fast.encode(["a red cube"]).tokens, plain.encode(["a red cube"]).tokens,
+                               atol=1e-5, rtol=0)
+    with pytest.raises(UserError, match="prior.kind: shapesworld in the recipe"):  # the folder records its kind
+        StableDiffusionPrior.build_text_encoder(ShapesWorldPriorConfig(kind="stable-diffusion"), torch.device("cpu"))
 
 
 def test_generate_on_the_bundled_model_does_not_import_transformers(tmp_path):

@@ -1,4 +1,5 @@
-"""bench/caption_gaps.py: the bundled prior's loss tells a sphere's caption from a pyramid's on a sphere's renders."""
+"""bench/probes/caption_gaps.py: the bundled prior's loss tells a sphere's caption from a pyramid's on a sphere's
+renders."""
 
 import pytest
 import torch
@@ -6,16 +7,16 @@ import torch
 
 @pytest.fixture(scope="module")
 def caption_gaps(load_bench):
-    return load_bench("caption_gaps")
+    return load_bench("probes/caption_gaps")
 
 
 @pytest.fixture(scope="module")
 def prior():
     """The bundled prior, loaded once for the module's tests."""
-    from asdcli.priors.stable_diffusion import StableDiffusionPrior, StableDiffusionPriorConfig
-    from asdcli.shapes.bundled import bundled_prior
+    from asdcli.bundled import bundled_prior
+    from asdcli.shapes.prior import ShapesWorldPrior, ShapesWorldPriorConfig
 
-    return StableDiffusionPrior(StableDiffusionPriorConfig(model=str(bundled_prior())))
+    return ShapesWorldPrior(ShapesWorldPriorConfig(model=str(bundled_prior())))
 
 
 def test_captions_follow_the_grammar(caption_gaps):
@@ -49,8 +50,9 @@ def test_absolute_gaps_are_the_loss_difference_on_the_same_draws(caption_gaps, p
 def test_elevation_range_draws_the_overhead_views_the_prior_was_trained_on(caption_gaps):
     """--elevation 60 85: every camera in range, and every one captioned "overhead view" by the bundled prior's
     thresholds; the default range (-10 to 45) has none."""
+    from asdcli.bundled import bundled_prior
     from asdcli.priors.perp_neg import OVERHEAD, view_directions
-    from asdcli.shapes.bundled import bundled_prior, recorded_captions
+    from asdcli.shapes.prior import recorded_captions
 
     thresholds = recorded_captions(bundled_prior())[0]
     gen = torch.Generator().manual_seed(0)

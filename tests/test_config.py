@@ -202,3 +202,28 @@ def test_weighting_may_switch_at_a_step():
 def test_weighting_schedule_errors_name_the_key(override, message):
     with pytest.raises(ConfigError, match=message):
         load_recipe(TINY, [override])
+
+
+def test_zero_is_allowed_exactly_where_a_field_says_it_means_none(tmp_path):
+    """Integer sizes and counts of every component kind refuse 0, except the fields marked ZERO_OK (layers, noise
+    width, bias volumes), which load with 0. The list is pinned: moving it into field metadata changed no field."""
+    import dataclasses
+
+    from asdcli.registry import REGISTRY, config_class
+
+    zero_ok = []
+    for family in ("prior", "generator", "loss"):
+        for kind in sorted(REGISTRY[family]):
+            for f in dataclasses.fields(config_class(family, kind, f"{family}.kind")):
+                if f.type not in ("int", int) or f.name == "seed":
+                    continue
+                child = write(tmp_path, {"base": str(TINY), family: {"kind": kind, f.name: 0}})
+                if f.metadata.get("zero_ok"):
+                    assert getattr(getattr(load_recipe(child), family), f.name) == 0
+                    zero_ok.append(f"{kind}.{f.name}")
+                else:
+                    with pytest.raises(ConfigError, match=rf"^{family}\.{f.name}: "):
+                        load_recipe(child)
+    assert sorted(zero_ok) == ["3dconv-net.bias_volume_max_res", "3dconv-net.mapping_layers", "3dconv-net.z_dim",
+                               "nerf.mlp_layers", "triplane-transformer.mlp_layers",
+                               "triplane-transformer.num_layers", "triplane.num_layers"]

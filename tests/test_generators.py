@@ -5,13 +5,13 @@ import dataclasses
 import pytest
 import torch
 
+from asdcli.conditioning import TextEmbeddings
 from asdcli.generators.conv3d import Conv3DConfig, Conv3DNet
 from asdcli.generators.hashgrid import HashGridConfig
 from asdcli.generators.hyper_ingp import HyperINGP, HyperINGPConfig
 from asdcli.generators.nerf import NeRF, NeRFConfig
 from asdcli.generators.triplane import TriplaneConfig, TriplaneGenerator
 from asdcli.generators.triplane_transformer import TriplaneTransformer, TriplaneTransformerConfig
-from asdcli.priors.base import TextEmbeddings
 from asdcli.render.background import Background
 
 D = 16

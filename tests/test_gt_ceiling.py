@@ -1,4 +1,4 @@
-"""bench/gt_ceiling.py: the ground-truth fit trains the recipe's generator towards the prompt's ground-truth
+"""bench/probes/gt_ceiling.py: the ground-truth fit trains the recipe's generator towards the prompt's ground-truth
 renders (its coverage error falls), and writes an ordinary run that `asd eval` scores."""
 
 import json
@@ -16,7 +16,7 @@ TINY = ["prior={kind: tiny-random, seed: 0, max_length: 24}", "generator.text_di
 
 @pytest.fixture(scope="module")
 def gt_ceiling(load_bench):
-    return load_bench("gt_ceiling")
+    return load_bench("probes/gt_ceiling")
 
 
 def test_fit_lowers_the_coverage_error_and_the_run_is_scored(gt_ceiling, tmp_path, monkeypatch):

@@ -12,6 +12,7 @@ import pytest
 import torch
 from torch import Tensor, nn
 
+from asdcli.conditioning import Conditioning
 from asdcli.config import build_dataclass
 from asdcli.errors import ConfigError
 from asdcli.losses.asd import ASDConfig, AsynchronousScoreDistillation
@@ -19,7 +20,7 @@ from asdcli.losses.base import ScoreDistillationConfig
 from asdcli.losses.csd import ClassifierScoreDistillation, CSDConfig
 from asdcli.losses.sds import ScoreDistillationSampling, SDSConfig
 from asdcli.losses.timesteps import TimestepWindow, shifted_timesteps, timestep_window
-from asdcli.priors.base import Conditioning, Prior
+from asdcli.priors.base import Prior
 from asdcli.schedule import Schedule
 
 T = 1000

@@ -9,7 +9,7 @@ import torch
 
 from asdcli import media
 from asdcli.errors import UserError
-from asdcli.media import atomic_output, contact_sheet, save_png, save_turntable
+from asdcli.media import contact_sheet, save_png, save_turntable
 
 
 def _frames(count, height, width):
@@ -34,24 +34,15 @@ def test_save_png_float_uint8_and_torch(tmp_path):
         save_png(np.zeros((4, 4)), tmp_path / "bad.png")
 
 
-def test_atomic_output_never_leaves_partial_files(tmp_path):
-    target = tmp_path / "out.png"
-    target.write_bytes(b"old")
-    with pytest.raises(RuntimeError):
-        with atomic_output(target) as tmp:
-            tmp.write_bytes(b"half")
-            raise RuntimeError("crash mid-write")
-    assert target.read_bytes() == b"old" and os.listdir(tmp_path) == ["out.png"]
-    with atomic_output(target) as tmp:
-        assert tmp.parent == tmp_path and tmp.suffix == ".png"
-        tmp.write_bytes(b"new")
-    assert target.read_bytes() == b"new" and os.listdir(tmp_path) == ["out.png"]
-    assert (target.stat().st_mode & 0o777) == 0o666 & ~media._umask()
+def test_save_png_errors_name_the_path(tmp_path):
+    """save_png writes through asdcli.atomic (tests/test_atomic.py): its one-line errors reach the user."""
     (tmp_path / "dir.png").mkdir()
     with pytest.raises(UserError, match="directory"):
         save_png(np.zeros((2, 2, 3)), tmp_path / "dir.png")
+    (tmp_path / "out.png").write_bytes(b"old")
     with pytest.raises(UserError, match="cannot write"):
         save_png(np.zeros((2, 2, 3)), tmp_path / "out.png" / "x.png")
+    assert (tmp_path / "out.png").read_bytes() == b"old" and sorted(os.listdir(tmp_path)) == ["dir.png", "out.png"]
 
 
 def test_contact_sheet_layout_and_labels():

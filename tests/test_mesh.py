@@ -13,13 +13,13 @@ import torch
 from asdcli.errors import UserError
 from asdcli.mesh import export as export_module
 from asdcli.mesh.export import WORLD_TO_Y_UP, write_mesh
+from asdcli.mesh.grid import sample_grid
 from asdcli.mesh.isosurface import (
     EmptySurfaceError,
     Mesh,
     decimate,
     extract_mesh,
     remove_floaters,
-    sample_grid,
 )
 
 trimesh = pytest.importorskip("trimesh")

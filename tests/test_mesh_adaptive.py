@@ -5,7 +5,8 @@ import numpy as np
 import torch
 
 from asdcli.mesh.adaptive import sample_sdf_coarse_to_fine
-from asdcli.mesh.isosurface import extract_mesh, sample_grid
+from asdcli.mesh.grid import sample_grid
+from asdcli.mesh.isosurface import extract_mesh
 
 
 def torus_and_sphere(points):
@@ -25,8 +26,8 @@ def test_matches_full_grid_near_surface_and_in_sign():
 
 
 def test_triplane_field_same_mesh():
+    from asdcli.conditioning import TextEmbeddings
     from asdcli.generators.triplane import TriplaneConfig, TriplaneGenerator
-    from asdcli.priors.base import TextEmbeddings
 
     torch.manual_seed(1)
     gen = TriplaneGenerator(TriplaneConfig())

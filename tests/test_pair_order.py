@@ -7,7 +7,7 @@ from __future__ import annotations
 import pytest
 import torch
 
-from asdcli.shapes.grammar import name_left_first
+from asdcli.shapes.world.grammar import name_left_first
 
 PAIR = "a red cube next to a blue sphere"
 SWAPPED = "a blue sphere next to a red cube"
@@ -102,7 +102,7 @@ def test_pair_order_is_checked_and_survives_resume(tmp_path, capsys):
 
 
 def test_sd_path_words_view_captions_as_the_model_was_trained(tmp_path):
-    from asdcli.priors.stable_diffusion import StableDiffusionPrior, StableDiffusionPriorConfig
+    from asdcli.shapes.prior import ShapesWorldPrior, ShapesWorldPriorConfig
     from asdcli.shapes.train_prior import PriorTrainConfig, export_prior, train_prior
 
     small = dict(pool=8, fresh=2, batch=4, channels=(16, 32), text_dim=16, text_layers=1, image_size=16,
@@ -116,7 +116,7 @@ def test_sd_path_words_view_captions_as_the_model_was_trained(tmp_path):
     for order, texts in expected.items():
         train_prior(tmp_path / order, PriorTrainConfig(**small, pair_order=order), log=lambda *a: None)
         folder = export_prior(tmp_path / order, tmp_path / f"{order}_export")
-        prior = StableDiffusionPrior(StableDiffusionPriorConfig(model=str(folder)))
+        prior = ShapesWorldPrior(ShapesWorldPriorConfig(model=str(folder)))
         assert prior.pair_order == order
         cond = prior.conditioning(prompts, elevation, azimuth, torch.eye(4).repeat(3, 1, 1))
         assert torch.equal(cond.cond, prior.encode_text(texts).tokens)

@@ -356,12 +356,12 @@ class _EpsFromV(torch.nn.Module):
 def test_every_loss_sees_noise_from_a_v_prediction_prior(v_folder, kind):
     """Each loss on the v-prior equals the same loss on an ε-prior that wraps the same UNet (VSD: the LoRA copy
     and its ε-fitting go through the conversion too); treating v as ε would differ by O(1)."""
+    from asdcli.conditioning import Conditioning
     from asdcli.config import build_dataclass
     from asdcli.losses.asd import ASDConfig, AsynchronousScoreDistillation
     from asdcli.losses.csd import ClassifierScoreDistillation, CSDConfig
     from asdcli.losses.sds import ScoreDistillationSampling, SDSConfig
     from asdcli.losses.vsd import VariationalScoreDistillation, VSDConfig
-    from asdcli.priors.base import Conditioning
 
     classes = {"asd": (ASDConfig, AsynchronousScoreDistillation), "sds": (SDSConfig, ScoreDistillationSampling),
                "csd": (CSDConfig, ClassifierScoreDistillation), "vsd": (VSDConfig, VariationalScoreDistillation)}
@@ -396,4 +396,23 @@ def test_unsupported_prediction_type_is_a_user_error(tmp_path):
     folder = save_tiny_sd_folder(tmp_path / "x0", seed=0, prediction_type="sample")
     with pytest.raises(UserError, match=r"scheduler_config\.json has prediction_type 'sample'.*'epsilon' and "
                                         r"'v_prediction'"):
+        StableDiffusionPrior(StableDiffusionPriorConfig(model=str(folder)))
+
+
+def test_a_folder_recording_another_kind_is_refused_in_one_line(tmp_path):
+    """A folder that names the prior kind it needs (base.KIND_FILE) is loaded by that kind only; a damaged record
+    says which file."""
+    from asdcli.priors.base import KIND_FILE, write_folder_kind
+
+    folder = save_tiny_sd_folder(tmp_path / "sd", seed=0)
+    write_folder_kind(folder, "stable-diffusion")
+    assert StableDiffusionPrior(StableDiffusionPriorConfig(model=str(folder))).image_size == 16
+    write_folder_kind(folder, "shapesworld")
+    fix = r"^prior.kind: '.*sd' must be loaded as prior.kind: shapesworld, not stable-diffusion; set prior.kind: "
+    with pytest.raises(UserError, match=fix):
+        StableDiffusionPrior(StableDiffusionPriorConfig(model=str(folder)))
+    with pytest.raises(UserError, match=fix):
+        load_text_encoder(StableDiffusionPriorConfig(model=str(folder)))
+    (folder / KIND_FILE).write_text("{kind")
+    with pytest.raises(UserError, match=f"prior.model: .*{KIND_FILE} is damaged"):
         StableDiffusionPrior(StableDiffusionPriorConfig(model=str(folder)))

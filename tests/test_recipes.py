@@ -134,7 +134,7 @@ def test_default_distill_recipe_runs_on_cpu(tmp_path):
     from asdcli.commands import default_distill_recipe
 
     cfg = load_recipe(default_distill_recipe())
-    assert (cfg.prior.kind, cfg.prior.model, cfg.generator.kind) == ("stable-diffusion", "bundled:shapes-prior", "nerf")
+    assert (cfg.prior.kind, cfg.prior.model, cfg.generator.kind) == ("shapesworld", "bundled:shapes-prior", "nerf")
     assert cfg.train.steps >= 100
     out = tmp_path / "distill"
     res = invoke("distill", "a red cube", "--steps", 2, "--run-dir", out, "--resolution", 32, "--quiet")

@@ -411,7 +411,7 @@ def _pickle_only(folder: Path, marker: Path) -> None:
 
 
 def _pickle_clip(env: Env) -> Path:
-    from asdcli.shapes.bundled import bundled_clip
+    from asdcli.bundled import bundled_clip
 
     folder = env.tmp / "clip"
     shutil.copytree(bundled_clip(), folder)
@@ -609,14 +609,14 @@ def test_full_disk_writing_run_metadata_keeps_the_old_file(run_dir, tmp_path, mo
     run = tmp_path / "run"
     shutil.copytree(run_dir, run, symlinks=True)
     meta = (run / "meta.json").read_bytes()
-    real = Path.write_text
+    real = Path.write_bytes
 
-    def write_text(self, *args, **kwargs):
-        if self.name.startswith(".meta.json.tmp"):
+    def write_bytes(self, data):  # asdcli.atomic writes meta.json's bytes to a temp file named .meta.*.tmp.json
+        if self.name.startswith(".meta.") and ".tmp" in self.name:
             raise OSError(errno.ENOSPC, "No space left on device", str(self))
-        return real(self, *args, **kwargs)
+        return real(self, data)
 
-    monkeypatch.setattr(Path, "write_text", write_text)
+    monkeypatch.setattr(Path, "write_bytes", write_bytes)
     res = invoke("train", TINY, *SMALL, "--steps", "2", "--resume", "--out", run, "--quiet")
     assert_one_line(res, 1, "no space left")
     assert (run / "meta.json").read_bytes() == meta

@@ -6,10 +6,10 @@ import pytest
 import torch
 from torch import nn
 
+from asdcli.conditioning import TextEmbeddings
 from asdcli.config import RenderConfig
 from asdcli.generators.base import FieldOutput, Generator
 from asdcli.generators.triplane import TriplaneConfig, TriplaneGenerator
-from asdcli.priors.base import TextEmbeddings
 from asdcli.render.background import Background, build_background
 from asdcli.render.cameras import cameras_from_angles, orbit_cameras
 from asdcli.render.volume import density, render, render_chunked
@@ -184,9 +184,9 @@ def test_camera_light_matches_ground_truth_shading_and_random_light_varies():
     assert torch.allclose(fixed, shaded("camera", 1)) and torch.allclose(fixed, shaded("random", 0, training=False))
     assert (shaded("random", 0) - shaded("random", 1)).abs().max() > 0.1
     # the ground truth of a red sphere of the same size, seen from the same camera, is shaded alike
-    from asdcli.shapes.grammar import parse_prompt
     from asdcli.shapes.gt_render import render_scene
-    from asdcli.shapes.scenes import scene_radius
+    from asdcli.shapes.world.grammar import parse_prompt
+    from asdcli.shapes.world.scenes import scene_radius
 
     r = scene_radius(parse_prompt("a red sphere"))
     gt = render_scene("a red sphere", c, H, W, shading="lambertian", background=(0.0, 0.0, 0.0)).rgb[..., 0]

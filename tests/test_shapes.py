@@ -7,11 +7,19 @@ import pytest
 import torch
 
 from asdcli.render.cameras import CameraBatch, cameras_from_angles, orbit_cameras
-from asdcli.shapes import grammar, metrics
-from asdcli.shapes.grammar import COLORS, ObjectSpec, PromptError, SceneSpec, parse_prompt
 from asdcli.shapes.gt_render import render_scene, render_scenes
-from asdcli.shapes.library import write_library
-from asdcli.shapes.scenes import FIT_RADIUS, SceneBatch, grid_points, place, scene_field, scene_radius, scene_volume
+from asdcli.shapes.world import grammar, metrics
+from asdcli.shapes.world.grammar import COLORS, ObjectSpec, PromptError, SceneSpec, parse_prompt
+from asdcli.shapes.world.library import write_library
+from asdcli.shapes.world.scenes import (
+    FIT_RADIUS,
+    SceneBatch,
+    grid_points,
+    place,
+    scene_field,
+    scene_radius,
+    scene_volume,
+)
 
 
 def _cams(n: int, elevation: float, azimuth: float, distance: float, fovy: float) -> CameraBatch:
@@ -206,3 +214,23 @@ def test_write_library(tmp_path):
     loaded = json.loads((tmp_path / "lib" / "shapes.json").read_text())
     assert loaded == lib and set(lib) == {"train", "val", "test"}
     assert lib["train"] == grammar.corpus(16) and lib["test"] == grammar.splits(0)["test"]
+
+
+def test_prompt_errors_are_value_errors_the_commands_report_as_user_errors(tmp_path, capsys):
+    """The world raises PromptError (a ValueError: it imports nothing of the core); the library path of `asd` and
+    `python -m asdcli.shapes` still report it as one line, exit 2."""
+    import typer
+
+    from asdcli.errors import UserError
+    from asdcli.prompts import read_library
+    from asdcli.shapes.__main__ import _guarded
+
+    assert issubclass(PromptError, ValueError) and not issubclass(PromptError, UserError)
+    n = len(grammar.splits(0)["train"])
+    with pytest.raises(UserError, match=f"corpus size must be between 1 and {n} \\(the train split\\), got {n + 1}"):
+        read_library(f"shapesworld:{n + 1}")
+    with pytest.raises(typer.Exit) as exit_info:
+        _guarded(parse_prompt, "a shiny dog")
+    assert exit_info.value.exit_code == 2
+    err = capsys.readouterr().err
+    assert err.startswith("error: words outside the ShapesWorld vocabulary: shiny, dog.") and err.count("\n") == 1

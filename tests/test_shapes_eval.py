@@ -6,8 +6,8 @@ from asdcli.engine.inference import LoadedModel
 from asdcli.generators.base import FieldOutput, Generator
 from asdcli.recipe import load_recipe
 from asdcli.shapes.evaluation import ground_truth_metrics
-from asdcli.shapes.grammar import parse_prompt
-from asdcli.shapes.scenes import scene_field
+from asdcli.shapes.world.grammar import parse_prompt
+from asdcli.shapes.world.scenes import scene_field
 
 
 class OracleGenerator(Generator):

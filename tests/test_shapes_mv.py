@@ -45,7 +45,7 @@ def _checkpoint(run):
 
 
 def test_views_of_a_sample_share_the_scene_and_are_90_degrees_apart():
-    from asdcli.priors.base import camera_embedding
+    from asdcli.conditioning import camera_embedding
     from asdcli.render.cameras import CameraBatch
     from asdcli.shapes.gt_render import render_scenes
 
@@ -115,9 +115,9 @@ def test_export_loads_through_mvdream_as_a_pixel_space_prior(trained, tmp_path):
 
 
 def test_bundled_name_resolves_to_the_package_folder(trained, tmp_path, monkeypatch):
+    from asdcli import bundled
     from asdcli.errors import UserError
     from asdcli.priors.mvdream import MVDreamPrior
-    from asdcli.shapes import bundled
 
     monkeypatch.setattr(bundled, "assets_dir", lambda: tmp_path)
     with pytest.raises(UserError, match="export-prior-mv"):

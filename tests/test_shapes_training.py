@@ -8,10 +8,11 @@ import json
 import pytest
 import torch
 
+from asdcli import bundled as bundled_assets
 from asdcli.errors import UserError
 from asdcli.shapes import bundled
-from asdcli.shapes.grammar import VOCABULARY, all_prompts
 from asdcli.shapes.vocab import MAX_LENGTH, build_tokenizer, token_ids
+from asdcli.shapes.world.grammar import VOCABULARY, all_prompts
 
 
 @pytest.fixture(scope="module")
@@ -59,7 +60,7 @@ def _prior_cfg(**kw):
 
 
 def test_prior_resume_is_exact_and_export_loads(tmp_path):
-    from asdcli.priors.stable_diffusion import StableDiffusionPrior, StableDiffusionPriorConfig
+    from asdcli.shapes.prior import ShapesWorldPrior, ShapesWorldPriorConfig
     from asdcli.shapes.runs import load_checkpoint
     from asdcli.shapes.train_prior import export_prior, train_prior
 
@@ -77,8 +78,14 @@ def test_prior_resume_is_exact_and_export_loads(tmp_path):
     # generators trained on this folder warn about words outside its vocabulary; other folders and hub ids don't
     assert is_shapesworld_prior(str(folder)) and is_shapesworld_prior("bundled:shapes-prior")
     assert not is_shapesworld_prior(str(tmp_path / "a")) and not is_shapesworld_prior("stabilityai/sd-2-1-base")
-    prior = StableDiffusionPrior(StableDiffusionPriorConfig(model=str(folder)))
+    prior = ShapesWorldPrior(ShapesWorldPriorConfig(model=str(folder)))
     assert prior.vae is None and prior.image_size == 16
+    from asdcli.errors import UserError
+    from asdcli.priors.stable_diffusion import StableDiffusionPrior, StableDiffusionPriorConfig
+
+    # the export records that it needs prior.kind: shapesworld (its captions follow rules the plain kind ignores)
+    with pytest.raises(UserError, match=r"set prior.kind: shapesworld in the recipe"):
+        StableDiffusionPrior(StableDiffusionPriorConfig(model=str(folder)))
     cond = prior.conditioning(["a red cube", "a blue sphere next to a red cone"], torch.tensor([10.0, 70.0]),
                               torch.tensor([0.0, 120.0]), torch.eye(4).repeat(2, 1, 1))
     z = prior.encode(torch.rand(2, 3, 32, 32))
@@ -92,7 +99,7 @@ def test_prior_resume_is_exact_and_export_loads(tmp_path):
     cond = prior.conditioning(["a red cube"], torch.tensor([10.0]), torch.tensor([60.0]), torch.eye(4)[None])
     assert torch.equal(cond.cond, prior.encode_text(["a red cube, front view"]).tokens)
     with pytest.warns(UserWarning, match=r"prior.front_threshold: 45 \(trained with 70\)"):
-        other = StableDiffusionPrior(StableDiffusionPriorConfig(model=str(folder), front_threshold=45.0))
+        other = ShapesWorldPrior(ShapesWorldPriorConfig(model=str(folder), front_threshold=45.0))
     assert other.view_thresholds == (45.0, 30.0, 60.0)  # kept as given: a deliberate experiment stays possible
 
     from asdcli.shapes.eval_prior import evaluate_prior
@@ -314,8 +321,8 @@ def test_pair_color_ok_fails_one_colour_and_swapped_pairs():
 def test_hard_negatives_are_other_scenes_without_held_out_objects():
     import random
 
-    from asdcli.shapes.grammar import held_out_combinations, parse_prompt
     from asdcli.shapes.train_clip import hard_negatives, scene_key
+    from asdcli.shapes.world.grammar import held_out_combinations, parse_prompt
 
     held = held_out_combinations(0)
     rng = random.Random(0)
@@ -331,8 +338,8 @@ def test_hard_negatives_are_other_scenes_without_held_out_objects():
 def test_lookalike_negatives_swap_one_shape_for_its_lookalike():
     import random
 
-    from asdcli.shapes.grammar import held_out_combinations, parse_prompt
     from asdcli.shapes.train_clip import LOOKALIKES, hard_negatives
+    from asdcli.shapes.world.grammar import held_out_combinations, parse_prompt
 
     held, rng = held_out_combinations(0), random.Random(0)
     prompt = parse_prompt("a red pyramid on top of a blue torus")  # the torus has no look-alike
@@ -368,20 +375,20 @@ def test_resume_applies_config_changes_but_not_architecture_ones(tmp_path):
 
 
 def test_bundled_errors_name_the_fix(tmp_path, monkeypatch):
-    monkeypatch.setattr(bundled, "assets_dir", lambda: tmp_path)
-    for fn, fix in ((bundled.bundled_prior, "export-prior"), (bundled.bundled_clip, "export-clip"),
-                    (bundled.bundled_checkpoint, "asd train")):
+    monkeypatch.setattr(bundled_assets, "assets_dir", lambda: tmp_path)
+    for fn, fix in ((bundled_assets.bundled_prior, "export-prior"), (bundled_assets.bundled_clip, "export-clip"),
+                    (bundled_assets.bundled_checkpoint, "asd train")):
         with pytest.raises(UserError, match=fix):
             fn()
     with pytest.raises(UserError, match="export-prior"):
-        bundled.resolve_bundled("bundled:shapes-prior")
+        bundled_assets.resolve_bundled("bundled:shapes-prior")
     with pytest.raises(UserError, match="bundled:shapes-clip"):
-        bundled.resolve_bundled("bundled:nope")
-    assert bundled.resolve_bundled("stabilityai/stable-diffusion-2-1-base") is None
+        bundled_assets.resolve_bundled("bundled:nope")
+    assert bundled_assets.resolve_bundled("stabilityai/stable-diffusion-2-1-base") is None
     (tmp_path / "clip").mkdir()
     for name in ("config.json", "model.safetensors", "preprocessor_config.json"):
         (tmp_path / "clip" / name).write_text("{}")
-    assert bundled.resolve_bundled("bundled:shapes-clip") == tmp_path / "clip"
+    assert bundled_assets.resolve_bundled("bundled:shapes-clip") == tmp_path / "clip"
 
 
 def test_cli_reports_a_missing_run_as_one_line(tmp_path, capsys):

@@ -60,7 +60,8 @@ def test_threads_reach_torch_in_a_command():
 
 
 def test_small_query_chunks_give_the_same_mesh():
-    from asdcli.mesh.isosurface import QUERY_CHUNK, extract_mesh
+    from asdcli.mesh.grid import QUERY_CHUNK
+    from asdcli.mesh.isosurface import extract_mesh
 
     def sdf(points):  # a box with rounded edges, coloured by position
         q = points.abs() - 0.4
@@ -114,8 +115,8 @@ def test_logging_less_often_changes_no_weight_and_no_logged_value(tmp_path):
 
 
 def _triplane(seed: int = 0):
+    from asdcli.conditioning import TextEmbeddings
     from asdcli.generators.triplane import TriplaneConfig, TriplaneGenerator
-    from asdcli.priors.base import TextEmbeddings
 
     torch.manual_seed(seed)
     gen = TriplaneGenerator(TriplaneConfig(text_dim=16, plane_res=8, plane_channels=4, hidden=16, width=32))

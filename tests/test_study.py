@@ -1,7 +1,7 @@
-"""bench/study.py, the ShapesWorld method study: the grid is exactly the planned arms on the bundled recipe; a tiny
-arm trains in segments, is scored and probed at every checkpoint, resumes from its committed compact state on
-a fresh run folder; the compact state's rounding is measured; the report gives mean ± spread and calls no
-difference inside the spread."""
+"""bench/probes/study.py, the ShapesWorld method study: the grid is exactly the planned arms on the bundled
+recipe; a tiny arm trains in segments, is scored and probed at every checkpoint, resumes from its committed
+compact state on a fresh run folder; the compact state's rounding is measured; the report gives mean ± spread
+and calls no difference inside the spread."""
 
 import json
 import shutil
@@ -22,10 +22,9 @@ SETS = [part for s in TINY for part in ("--set", s)]
 def study():
     import importlib.util
 
-    bench = str(ROOT / "bench")
-    sys.path.insert(0, bench)  # study.py imports its helper modules (common, study_state, ...) from bench/
+    folders = [str(ROOT / "bench" / "probes"), str(ROOT / "bench")]  # study.py puts both on sys.path itself
     try:
-        spec = importlib.util.spec_from_file_location("study", ROOT / "bench" / "study.py")
+        spec = importlib.util.spec_from_file_location("study", ROOT / "bench" / "probes" / "study.py")
         module = importlib.util.module_from_spec(spec)
         sys.modules["study"] = module  # dataclasses resolve their annotations through sys.modules
         spec.loader.exec_module(module)
@@ -33,8 +32,7 @@ def study():
     finally:
         for name in ("study", "study_state", "study_score", "study_report", "study_measure", "asd_direction"):
             sys.modules.pop(name, None)
-        while bench in sys.path:
-            sys.path.remove(bench)
+        sys.path[:] = [p for p in sys.path if p not in folders]
 
 
 def test_grid_is_the_planned_arms_on_the_bundled_recipe(study, tmp_path):
@@ -44,7 +42,7 @@ def test_grid_is_the_planned_arms_on_the_bundled_recipe(study, tmp_path):
     from asdcli.losses.base import ScoreDistillationConfig
     from asdcli.losses.vsd import VSDConfig
     from asdcli.recipe import load_recipe
-    from asdcli.shapes.library import build_library
+    from asdcli.shapes.world.library import build_library
 
     assert len(build_library(0)["train"]) == study.FULL_CORPUS == 6118  # the corpus "6118" is the whole split
     grid = study.build_grid()

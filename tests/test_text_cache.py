@@ -5,8 +5,8 @@ from __future__ import annotations
 import pytest
 import torch
 
+from asdcli.conditioning import TextEmbeddings
 from asdcli.errors import UserError
-from asdcli.priors.base import TextEmbeddings
 from asdcli.priors.text_cache import TextCacheMiss, TextEmbeddingCache
 from asdcli.priors.tiny import TinyRandomPriorConfig, build_tiny_text
 
@@ -80,8 +80,8 @@ def test_resume_after_interruption_skips_finished_shards(tmp_path, encoder):
     with pytest.raises(KeyboardInterrupt):
         cache.build(PROMPTS, first, batch_size=4, progress=False)
     assert _shards(cache) == ["shard-00000.safetensors"]
-    assert not list((cache.dir / "shards").glob("*.tmp-*"))  # nothing half-written under a final name
-    (cache.dir / "shards" / "shard-00001.safetensors.tmp-999").write_bytes(b"junk from a killed run")
+    assert not [p for p in (cache.dir / "shards").iterdir() if ".tmp" in p.name]  # no temporary left behind
+    (cache.dir / "shards" / ".shard-00001.k1ll3d.tmp.safetensors").write_bytes(b"junk from a killed run")
     second = CountingEncoder(encoder)
     stats = cache.build(PROMPTS, second, batch_size=4, progress=False)
     assert stats["skipped_shards"] == 1 and stats["encoded"] == len(PROMPTS) - 8

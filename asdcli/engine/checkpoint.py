@@ -24,18 +24,11 @@ from typing import Any
 import torch
 from safetensors.torch import load_file, save_file
 
+from asdcli.atomic import atomic_folder, fsync_dir
 from asdcli.errors import UserError, shown
 from asdcli.safeio import JSON_MAX_BYTES, read_bounded
 
 STEP_RE = re.compile(r"^step_(\d{6,})$")
-
-
-def _fsync_dir(path: Path) -> None:
-    fd = os.open(path, os.O_RDONLY)
-    try:
-        os.fsync(fd)
-    finally:
-        os.close(fd)
 
 
 def flatten_optimizer(state: dict) -> tuple[dict[str, torch.Tensor], dict]:
@@ -77,23 +70,12 @@ def save_checkpoint(ckpt_root: Path, step: int, parts: dict[str, dict[str, torch
         raise FloatingPointError(f"refusing to write a non-finite checkpoint at step {step}")
     ckpt_root.mkdir(parents=True, exist_ok=True)
     final = ckpt_root / f"step_{step:06d}"
-    tmp = ckpt_root / f".tmp_step_{step:06d}_{os.getpid()}"
-    shutil.rmtree(tmp, ignore_errors=True)
-    tmp.mkdir()
-    try:
+    # A failed write (full disk, kill) leaves the last checkpoint intact; a step written again (a resumed run
+    # stopped at once) is swapped in whole. The temporaries are named .tmp_step_*: prune() clears a killed one's.
+    with atomic_folder(final, prefix=f".tmp_step_{step:06d}_") as tmp:
         _write_parts(tmp, step, parts, optimizers, rng, state)
-    except BaseException:
-        shutil.rmtree(tmp, ignore_errors=True)  # a failed write (full disk, kill) leaves the last one intact
-        raise
-    trash = None
-    if final.exists():  # rewriting a step (a resumed run stopped at once): swap, then delete the old copy
-        trash = ckpt_root / f".tmp_step_old_{step:06d}_{os.getpid()}"
-        os.replace(final, trash)
-    os.replace(tmp, final)
-    if trash is not None:
-        shutil.rmtree(trash, ignore_errors=True)
     _point_last(ckpt_root, final.name)
-    _fsync_dir(ckpt_root)
+    fsync_dir(ckpt_root)
     prune(ckpt_root, keep_last)
     return final
 
@@ -109,9 +91,6 @@ def _write_parts(tmp: Path, step: int, parts: dict, optimizers: dict, rng: dict,
         (tmp / f"{name}.json").write_text(json.dumps(opt_plain))
     _save(_cpu(rng), tmp / "rng.safetensors")
     (tmp / "state.json").write_text(json.dumps({**state, "step": step, "write_s": time.perf_counter() - t0}))
-    for f in tmp.iterdir():
-        with open(f, "rb") as fh:
-            os.fsync(fh.fileno())
 
 
 # safetensors' Rust I/O error text: "I/O error: No space left on device (os error 28)" or "Os { code: 28, ..."

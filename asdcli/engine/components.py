@@ -7,9 +7,9 @@ from typing import Any
 
 import torch
 
+from asdcli.conditioning import TextEmbeddings
 from asdcli.config import RunConfig
 from asdcli.errors import UserError
-from asdcli.priors.base import TextEmbeddings
 from asdcli.registry import build
 
 

@@ -4,7 +4,7 @@ glibc serves every request above its mmap threshold (32 MiB at most) with a fres
 kernel on free. A CPU training step allocates and frees activations of that size many times (the render's sample
 features: prompts × views × rays × samples × channels), so every step page-faults them in again and the kernel
 zeroes each page first. With `render.views_per_prompt: 2` on the ShapesWorld recipe that kernel time was 40 % of
-the step (BENCHMARKS §6b, §9j). Serving them from the heap instead, and keeping the heap's free top, lets the next
+the step (docs/notebook.md §6b, §9j). Serving them from the heap instead, and keeping the heap's free top, lets the next
 step reuse the same pages. Results are unchanged: this only decides where the bytes live.
 """
 

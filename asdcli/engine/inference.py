@@ -4,18 +4,17 @@ one text encoding, one generator forward, chunked field queries and orbit render
 from __future__ import annotations
 
 from dataclasses import dataclass
-from functools import cached_property
 from pathlib import Path
 from typing import Any
 
 import torch
 from torch import Tensor
 
+from asdcli.conditioning import TextEmbeddings
 from asdcli.config import RunConfig, is_device_name
 from asdcli.engine import checkpoint as ckpt_io
 from asdcli.engine.components import build_background, build_generator, resolve_device
 from asdcli.errors import UserError
-from asdcli.priors.base import TextEmbeddings
 from asdcli.recipe import load_recipe, read_yaml_mapping
 from asdcli.render.cameras import CameraBatch, orbit_cameras
 
@@ -29,33 +28,10 @@ class LoadedModel:
     checkpoint: Path
     device: torch.device
 
-    @cached_property
-    def shapesworld(self) -> bool:
-        """Trained against a ShapesWorld prior, whose tokenizer knows only the ShapesWorld vocabulary."""
-        from asdcli.shapes.bundled import is_shapesworld_prior
-
-        return is_shapesworld_prior(getattr(self.cfg.prior, "model", None))
-
-    def unknown_words(self, prompt: str) -> list[str]:
-        """Words of `prompt` outside the vocabulary of a ShapesWorld prior (its tokenizer spells them in bytes
-        the generator never saw); [] for any other prior."""
-        if not self.shapesworld:
-            return []
-        from asdcli.shapes.grammar import unknown_words
-
-        return unknown_words(prompt)
-
 
 def load_text_encoder(cfg: RunConfig, device: torch.device):
-    """The prior's text side only (no UNet/VAE): what the generator was trained on. A ShapesWorld prior's CLIP
-    text model runs in plain torch (same embeddings; importing transformers would cost more than the rest)."""
-    from asdcli.shapes.bundled_text import load_bundled_text, use_bundled_text
-
-    folder = use_bundled_text(cfg.prior)
-    if folder is not None:
-        from asdcli.priors.stable_diffusion import StableDiffusionPrior
-
-        return load_bundled_text(folder, StableDiffusionPrior._encoder_id(cfg.prior), device)
+    """The prior's text side only (no UNet/VAE): what the generator was trained on, as the prior kind builds it
+    (a kind may run it without transformers, e.g. ShapesWorld's)."""
     from asdcli.registry import resolve
 
     prior_cls = resolve("prior", cfg.prior.kind, "prior.kind")
@@ -93,7 +69,7 @@ def load_model(checkpoint: str | Path | None, device: str | None = None) -> Load
 
 def _bundled_or_path(checkpoint: str | Path | None) -> Path:
     """None → the bundled generator; `bundled:NAME` → that asset, which must be a generator run; else the path."""
-    from asdcli.shapes.bundled import BUNDLED, PREFIX, bundled_checkpoint, resolve_bundled
+    from asdcli.bundled import BUNDLED, PREFIX, bundled_checkpoint, resolve_bundled
 
     if checkpoint is None:
         return bundled_checkpoint()
@@ -120,7 +96,7 @@ def field_state(model: LoadedModel, prompts: list[str], seed: int = 0) -> tuple[
 
 def query_fn(model: LoadedModel, state: Any, index: int):
     """points [N, 3] → (value [N], rgb [N, 3]) for prompt `index` of a batched state."""
-    one = _select(state, index)
+    one = select_prompt(state, index)
 
     @torch.no_grad()
     def fn(points: Tensor) -> tuple[Tensor, Tensor]:
@@ -135,14 +111,15 @@ def query_fn(model: LoadedModel, state: Any, index: int):
     return fn
 
 
-def _select(state: Any, index: int) -> Any:
-    """The state of one prompt, keeping the leading prompt dimension (size 1)."""
+def select_prompt(state: Any, index: int) -> Any:
+    """The state of prompt `index` of a batched generator state (tensors [P, ...], or dicts/lists/tuples of
+    them) → the same structure with tensors [1, ...]: the leading prompt dimension is kept."""
     if torch.is_tensor(state):
         return state[index:index + 1]
     if isinstance(state, dict):
-        return {k: _select(v, index) for k, v in state.items()}
+        return {k: select_prompt(v, index) for k, v in state.items()}
     if isinstance(state, (list, tuple)):
-        return type(state)(_select(v, index) for v in state)
+        return type(state)(select_prompt(v, index) for v in state)
     return state
 
 

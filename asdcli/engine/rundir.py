@@ -15,19 +15,10 @@ from pathlib import Path
 from typing import Any
 
 from asdcli import __version__
+from asdcli.atomic import write_text_atomic
 from asdcli.config import RunConfig
 from asdcli.errors import UserError, shown
 from asdcli.recipe import dump_recipe, load_recipe, read_yaml_mapping
-
-
-def atomic_write_text(path: Path, text: str) -> None:
-    tmp = path.with_name(f".{path.name}.tmp{os.getpid()}")
-    try:
-        tmp.write_text(text, encoding="utf-8")
-        os.replace(tmp, path)
-    except BaseException:  # a full disk leaves the previous file, not a temp file beside it
-        tmp.unlink(missing_ok=True)
-        raise
 
 
 def prompts_hash(prompts: list[str]) -> str:
@@ -109,7 +100,7 @@ def prepare_run_dir(cfg: RunConfig, resume: bool, create: bool = True) -> Path:
     lock_run_dir(run)
     try:
         _check_new(run)
-        atomic_write_text(recipe_file, dump_recipe(cfg))
+        write_text_atomic(recipe_file, dump_recipe(cfg))
         _record_prompts(cfg, run)
     except BaseException:
         unlock_run_dir(run)
@@ -148,7 +139,7 @@ def _record_prompts(cfg: RunConfig, run: Path) -> None:
     lib = cfg.prompts.library
     if lib is None or lib == BUNDLED or lib.startswith(BUNDLED + ":"):
         return
-    atomic_write_text(run / PROMPTS_NAME, json.dumps(read_library(lib), ensure_ascii=False, indent=1))
+    write_text_atomic(run / PROMPTS_NAME, json.dumps(read_library(lib), ensure_ascii=False, indent=1))
 
 
 PROMPTS_NAME = "prompts.json"
@@ -184,7 +175,7 @@ def write_meta(run: Path, cfg: RunConfig, step: int, prompts: list[str], extra: 
         "name": cfg.name, "seed": cfg.seed, "step": step, "prompt_library_hash": prompts_hash(prompts),
         "num_prompts": len(prompts), "updated": time.strftime("%Y-%m-%dT%H:%M:%S%z"), **(extra or {}),
     }
-    atomic_write_text(run / "meta.json", json.dumps(meta, indent=2))
+    write_text_atomic(run / "meta.json", json.dumps(meta, indent=2))
 
 
 class MetricsLog:

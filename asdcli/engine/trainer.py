@@ -262,8 +262,8 @@ def attach_text_cache(prior, root: str, prompts: list[str], info: dist_.DistInfo
     from asdcli.priors.text_cache import TextEmbeddingCache
 
     encoder = prior.text
-    texts = list(prompts) + [getattr(prior.cfg, "negative_prompt", "")]
-    suffixes = ("",) + (VIEW_SUFFIXES if getattr(prior.cfg, "view_dependent", False) else ())
+    texts = list(prompts) + [prior.negative_prompt]
+    suffixes = ("",) + (VIEW_SUFFIXES if prior.view_dependent else ())
     cache = TextEmbeddingCache(root, encoder.encoder_id)
     cache.build(texts, encoder.encode_uncached, rank=info.rank, world_size=info.world_size, suffixes=suffixes,
                 progress=not quiet and info.is_main)

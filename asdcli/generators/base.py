@@ -8,7 +8,7 @@ from typing import Any, Literal
 
 from torch import Tensor, nn
 
-from asdcli.priors.base import TextEmbeddings
+from asdcli.conditioning import TextEmbeddings
 
 
 @dataclass

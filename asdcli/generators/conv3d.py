@@ -15,32 +15,34 @@ each prompt's samples are read from its own volume.
 from __future__ import annotations
 
 import math
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Literal
 
 import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
+from asdcli.conditioning import TextEmbeddings
+from asdcli.config import ZERO_OK
 from asdcli.generators.base import FieldOutput, Generator
 from asdcli.generators.mlp import VanillaMLP, sphere_sdf
 from asdcli.generators.sampling import grid_sample
-from asdcli.priors.base import TextEmbeddings
 
 
 @dataclass(frozen=True)
 class Conv3DConfig:
     kind: Literal["3dconv-net"] = "3dconv-net"
     text_dim: int = 1024  # width of the pooled text embedding
-    z_dim: int = 64  # Gaussian noise input
+    z_dim: int = field(default=64, metadata=ZERO_OK)  # Gaussian noise input
     w_dim: int = 256  # style vector width
-    mapping_layers: int = 2  # FC layers on z before the text is concatenated
+    mapping_layers: int = field(default=2, metadata=ZERO_OK)  # FC layers on z before the text is concatenated
     img_resolution: int = 128  # side of the output volume (a power of two ≥ 8)
     img_channels: int = 32  # channels of the output volume
     channel_multiplier: int = 1  # cm: 1 (≈88.7M) or 2 (the wide CP100k net, ≈144.8M)
     channel_base: int = 8192  # channels at resolution r: min(channel_base·cm / r, channel_max)
     channel_max: int = 512
-    bias_volume_max_res: int = 64  # blocks up to this resolution add a learned bias volume after conv0
+    # blocks up to this resolution add a learned bias volume after conv0
+    bias_volume_max_res: int = field(default=64, metadata=ZERO_OK)
     # Per-voxel noise: "random" (the reference; also at evaluation), "const" (fixed per layer), "none".
     noise_mode: Literal["random", "const", "none"] = "random"
     conv_clamp: float = 256.0  # activation clamp of every layer

@@ -15,10 +15,10 @@ from typing import Literal
 
 from torch import Tensor
 
+from asdcli.conditioning import TextEmbeddings
 from asdcli.generators.base import FieldOutput, Generator
 from asdcli.generators.hashgrid import HashGrid, HashGridConfig
 from asdcli.generators.mlp import HyperNetwork, batched_mlp, sphere_sdf, split_weights
-from asdcli.priors.base import TextEmbeddings
 
 
 @dataclass(frozen=True)

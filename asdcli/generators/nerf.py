@@ -14,10 +14,11 @@ from typing import Literal
 
 from torch import Tensor
 
+from asdcli.conditioning import TextEmbeddings
+from asdcli.config import ZERO_OK
 from asdcli.generators.base import FieldOutput, Generator
 from asdcli.generators.hashgrid import HashGrid, HashGridConfig
 from asdcli.generators.mlp import VanillaMLP
-from asdcli.priors.base import TextEmbeddings
 
 
 @dataclass(frozen=True)
@@ -25,7 +26,7 @@ class NeRFConfig:
     kind: Literal["nerf"] = "nerf"
     grid: HashGridConfig = field(default_factory=HashGridConfig)  # hash grid (tcnn defaults)
     mlp_hidden: int = 64  # width of the density and feature MLPs
-    mlp_layers: int = 1  # hidden layers of each MLP
+    mlp_layers: int = field(default=1, metadata=ZERO_OK)  # hidden layers of each MLP
     blob_scale: float = 10.0  # density bias at the centre
     blob_std: float = 0.5  # radius where the density bias crosses zero
     radius: float = 1.0  # field box [-radius, radius]^3 (the single-prompt configs use 1)

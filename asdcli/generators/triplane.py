@@ -7,12 +7,14 @@ MLP decodes the sampled plane features into an SDF (plus a sphere bias) and colo
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Literal
 
 import torch
 from torch import Tensor, nn
 
+from asdcli.conditioning import TextEmbeddings
+from asdcli.config import ZERO_OK
 from asdcli.generators import fused
 from asdcli.generators.base import FieldOutput, Generator
 from asdcli.generators.mlp import (
@@ -25,7 +27,6 @@ from asdcli.generators.mlp import (
     sphere_sdf_grad,
     triplane_gradient,
 )
-from asdcli.priors.base import TextEmbeddings
 
 
 @dataclass(frozen=True)
@@ -35,7 +36,7 @@ class TriplaneConfig:
     plane_res: int = 16  # side R of each feature plane (one learned token per plane texel)
     plane_channels: int = 8  # channels C of each plane; the decoder sees 3·C
     hidden: int = 32  # decoder MLP width
-    num_layers: int = 1  # transformer blocks (cross-attn to text, self-attn, MLP)
+    num_layers: int = field(default=1, metadata=ZERO_OK)  # transformer blocks (cross-attn to text, self-attn, MLP)
     num_heads: int = 2  # attention heads
     width: int = 64  # token width inside the transformer
     sdf_bias: Literal["sphere"] = "sphere"  # analytic SDF added to the decoder's output

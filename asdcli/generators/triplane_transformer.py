@@ -9,15 +9,16 @@ Query: bilinear samples of the xy, xz, zy planes, concatenated (96) → bias-fre
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Literal
 
 import torch
 from torch import Tensor, nn
 
+from asdcli.conditioning import TextEmbeddings
+from asdcli.config import ZERO_OK
 from asdcli.generators.base import FieldOutput, Generator
 from asdcli.generators.mlp import ConditionBlock, VanillaMLP, sample_triplanes, sphere_sdf
-from asdcli.priors.base import TextEmbeddings
 
 
 @dataclass(frozen=True)
@@ -25,14 +26,14 @@ class TriplaneTransformerConfig:
     kind: Literal["triplane-transformer"] = "triplane-transformer"
     text_dim: int = 1024  # width of the text token states (condition_dim)
     inner_dim: int = 768  # token width
-    num_layers: int = 12  # transformer blocks
+    num_layers: int = field(default=12, metadata=ZERO_OK)  # transformer blocks
     num_heads: int = 16  # attention heads (head width 48)
     mlp_ratio: float = 4.0  # block MLP hidden width / inner_dim
     low_res: int = 32  # token grid side per plane
     high_res: int = 64  # triplane side after the transposed convolution (a multiple of low_res)
     triplane_dim: int = 32  # channels per plane
     mlp_hidden: int = 64  # decoder MLP width
-    mlp_layers: int = 2  # decoder hidden layers
+    mlp_layers: int = field(default=2, metadata=ZERO_OK)  # decoder hidden layers
     sdf_bias_radius: float = 0.8  # sdf = MLP + |x| − this
     radius: float = 2.0  # field box [-radius, radius]^3
 

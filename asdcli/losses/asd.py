@@ -17,6 +17,7 @@ from dataclasses import dataclass
 import torch
 from torch import Tensor
 
+from asdcli.conditioning import Conditioning
 from asdcli.errors import ConfigError
 from asdcli.losses.base import (
     ScoreDistillation,
@@ -26,7 +27,6 @@ from asdcli.losses.base import (
     predict_branches,
 )
 from asdcli.losses.timesteps import TimestepWindow, shifted_timesteps
-from asdcli.priors.base import Conditioning
 
 
 @dataclass(frozen=True)

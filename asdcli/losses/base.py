@@ -17,9 +17,10 @@ from typing import Any
 import torch
 from torch import Tensor, nn
 
+from asdcli.conditioning import Conditioning
 from asdcli.errors import ConfigError
 from asdcli.losses.timesteps import TimestepWindow, Weighting, loss_weight, sample_timesteps, timestep_window
-from asdcli.priors.base import Conditioning, Prior
+from asdcli.priors.base import Prior
 from asdcli.schedule import NamedSchedule, Schedule
 
 
@@ -50,7 +51,7 @@ class ScoreDistillationConfig:
     """Options shared by every score-distillation loss (recipe section `loss:`)."""
 
     kind: str  # registry name: asd | sds | csd | vsd
-    guidance_scale: Schedule = _const(7.5)  # classifier-free guidance scale s (a schedule: BENCHMARKS §9e)
+    guidance_scale: Schedule = _const(7.5)  # classifier-free guidance scale s (a schedule: docs/notebook.md §9e)
     # w(t): sds 1−ᾱ_t | uniform 1 | fantasia3d √ᾱ_t(1−ᾱ_t); a name or {piecewise: {0: sds, 8000: uniform}}
     weighting: NamedSchedule[Weighting] = field(default_factory=lambda: NamedSchedule.constant("sds"))
     t_min: Schedule = _fraction_ramp(0.5, 0.02)  # bottom of the timestep window, fraction of T

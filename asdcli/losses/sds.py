@@ -11,6 +11,7 @@ from dataclasses import dataclass
 import torch
 from torch import Tensor
 
+from asdcli.conditioning import Conditioning
 from asdcli.losses.base import (
     ScoreDistillation,
     ScoreDistillationConfig,
@@ -19,7 +20,6 @@ from asdcli.losses.base import (
     predict_branches,
 )
 from asdcli.losses.timesteps import TimestepWindow
-from asdcli.priors.base import Conditioning
 
 
 @dataclass(frozen=True)

@@ -12,8 +12,8 @@ How the LoRA model is built (the prior object itself is never modified, and stay
   `unet.time_embedding` (ProlificDreamer adds its camera embedding there as a class embedding; the hook does
   the same without needing the copy to be built with a class-embedding slot). Its last layer starts at zero,
   so the LoRA model starts as an exact copy of the prior;
-- the copy is run through `prior.unet_forward(unet, z_t, t, text, cameras)` when the prior has it (so it gets
-  the prior's dtype and input handling), else called as a plain diffusers UNet2DConditionModel.
+- the copy is run through `prior.unet_forward(unet, z_t, t, text, cameras)` (so it gets the prior's dtype and
+  input handling; Prior's default calls it as a plain diffusers UNet2DConditionModel).
 Only the LoRA and camera-MLP parameters are registered on the loss, so they alone are in its state_dict; their
 Adam state is `optimizer_state_dict()`.
 """
@@ -30,6 +30,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
+from asdcli.conditioning import Conditioning
 from asdcli.errors import ConfigError
 from asdcli.losses.base import (
     ScoreDistillation,
@@ -39,7 +40,7 @@ from asdcli.losses.base import (
     predict_branches,
 )
 from asdcli.losses.timesteps import TimestepWindow, sample_timesteps
-from asdcli.priors.base import Conditioning, Prior
+from asdcli.priors.base import Prior
 
 
 @dataclass(frozen=True)
@@ -65,13 +66,9 @@ class VSDConfig(ScoreDistillationConfig):
 def run_unet(prior: Prior, unet: nn.Module, z_t: Tensor, t: Tensor, text: Tensor,
              cameras: Tensor | None) -> Tensor:
     """ε prediction [N, C, h, w] float32 of `unet` (a copy of prior.unet) on z_t [N, C, h, w], t [N], text
-    [N, L, D]. Uses `prior.unet_forward` when the prior provides it; otherwise calls the diffusers UNet
-    directly in its own dtype. Gradients flow (the caller chooses no_grad or not)."""
-    forward = getattr(prior, "unet_forward", None)
-    if forward is not None:
-        return forward(unet, z_t, t, text, cameras).float()
-    dtype = next(unet.parameters()).dtype
-    return unet(z_t.to(dtype), t, encoder_hidden_states=text.to(dtype)).sample.float()
+    [N, L, D], through `prior.unet_forward` (the prior's own input handling; Prior's default calls the diffusers
+    UNet in its own dtype). Gradients flow (the caller chooses no_grad or not)."""
+    return prior.unet_forward(unet, z_t, t, text, cameras).float()
 
 
 class CameraEmbedding(nn.Module):

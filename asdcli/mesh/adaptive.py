@@ -16,7 +16,7 @@ import numpy as np
 import torch
 from scipy import ndimage
 
-from asdcli.mesh.isosurface import QUERY_CHUNK, QueryFn, grid_coordinates, values_of
+from asdcli.mesh.grid import QUERY_CHUNK, QueryFn, grid_coordinates, values_of
 
 
 def _interp_matrix(fine: int, coarse_idx: np.ndarray) -> np.ndarray:

@@ -28,8 +28,8 @@ from pathlib import Path
 
 import numpy as np
 
+from asdcli.atomic import write_bytes_atomic
 from asdcli.errors import UserError
-from asdcli.media import write_bytes_atomic
 from asdcli.mesh.isosurface import Mesh
 
 MESH_FORMATS = (".glb", ".obj", ".ply")
@@ -49,7 +49,7 @@ _MATERIAL = {
 _ARRAY_BUFFER, _ELEMENT_ARRAY_BUFFER = 34962, 34963
 
 
-def _finish_gltf_tree(tree: dict) -> None:
+def finish_gltf_tree(tree: dict) -> None:
     """trimesh's glTF tree post-processor: give every primitive the vertex-colour material, and tag each
     buffer view as vertex or index data (the Khronos validator hints BUFFER_VIEW_TARGET_MISSING otherwise)."""
     tree["materials"] = [_MATERIAL]
@@ -77,7 +77,9 @@ def _srgb_unit(colors) -> np.ndarray:
     return np.clip(np.nan_to_num(colors[:, :3].astype(np.float64)), 0.0, 1.0)
 
 
-def _to_trimesh(mesh: Mesh, y_up: bool, with_colors: bool = True):
+def to_trimesh(mesh: Mesh, y_up: bool, with_colors: bool = True):
+    """`mesh` as a trimesh.Trimesh: vertices [V, 3] in glTF/OBJ axes (y_up) or world axes, colours as sRGB
+    uint8 RGBA [V, 4] (display values, as OBJ and PLY store them), or none."""
     import trimesh
 
     vertices = mesh.vertices @ WORLD_TO_Y_UP.T if y_up else mesh.vertices
@@ -122,19 +124,19 @@ def mesh_bytes(mesh: Mesh, fmt: str) -> bytes:
     if fmt == ".glb":
         from trimesh.exchange.gltf import export_glb
 
-        glb = export_glb(_to_trimesh(mesh, y_up=True, with_colors=False).scene(), include_normals=True,
-                         tree_postprocessor=_finish_gltf_tree)
+        glb = export_glb(to_trimesh(mesh, y_up=True, with_colors=False).scene(), include_normals=True,
+                         tree_postprocessor=finish_gltf_tree)
         return _glb_with_linear_colors(glb, mesh.colors)
     if fmt == ".obj":
         from trimesh.exchange.obj import export_obj
 
-        text = export_obj(_to_trimesh(mesh, y_up=True), include_normals=True, include_color=True,
+        text = export_obj(to_trimesh(mesh, y_up=True), include_normals=True, include_color=True,
                           include_texture=False, header="asd")
         return text.encode("utf-8")
     if fmt == ".ply":
         from trimesh.exchange.ply import export_ply
 
-        return export_ply(_to_trimesh(mesh, y_up=False), encoding="binary", vertex_normal=True)
+        return export_ply(to_trimesh(mesh, y_up=False), encoding="binary", vertex_normal=True)
     raise UserError(f"unsupported mesh format {fmt!r}: use one of {', '.join(MESH_FORMATS)}")
 
 

@@ -7,72 +7,103 @@ holds every branch they need (e.g. ASD's [cond@t, uncond@t, cond@t+]) and call `
 from __future__ import annotations
 
 import abc
-from dataclasses import dataclass
+import json
+from pathlib import Path
+from typing import Any, Protocol
 
 import torch
 from torch import Tensor, nn
 
-
-@dataclass
-class TextEmbeddings:
-    """Text encoder output for N prompts.
-
-    tokens: [N, L, D] token-level states (what the UNet cross-attends to).
-    pooled: [N, D] pooled (end-of-text) state.
-    """
-
-    tokens: Tensor
-    pooled: Tensor
-
-    def index(self, idx: Tensor | list[int]) -> TextEmbeddings:
-        return TextEmbeddings(self.tokens[idx], self.pooled[idx])
-
-    def to(self, device: torch.device | str, dtype: torch.dtype | None = None) -> TextEmbeddings:
-        return TextEmbeddings(self.tokens.to(device, dtype), self.pooled.to(device, dtype))
+from asdcli.conditioning import Conditioning, TextEmbeddings
+from asdcli.errors import UserError
 
 
-@dataclass
-class Conditioning:
-    """What the prior is conditioned on for a batch of B rendered images.
+class PriorConfig(Protocol):
+    """What callers read on every prior config (each kind's frozen dataclass has these fields)."""
 
-    cond:   [B, L, D] token states of each image's (view-dependent) prompt.
-    uncond: [B, L, D] token states of the negative (or empty) prompt.
-    cameras: [B, 16] camera embedding for camera-conditioned priors (MVDream), else None.
-    perp_neg: [B, K, L, D] Perp-Neg negative states and perp_neg_weights [B, K], or None.
-    """
-
-    cond: Tensor
-    uncond: Tensor
-    cameras: Tensor | None = None
-    perp_neg: Tensor | None = None
-    perp_neg_weights: Tensor | None = None
+    kind: str  # the registry name
+    negative_prompt: str  # the unconditional branch's prompt
 
 
-def camera_embedding(c2w: Tensor) -> Tensor:
-    """The 16-value camera input of MVDream (and of VSD's camera-conditioned LoRA): threestudio c2w [B, 4, 4]
-    (z-up, columns right/up/backward/position) with the translation scaled to unit length, flattened row-major
-    → [B, 16] float32."""
-    m = c2w.float().clone()
-    t = m[:, :3, 3]
-    m[:, :3, 3] = t / (t.norm(dim=-1, keepdim=True) + 1e-8)
-    return m.reshape(-1, 16)
+class TextSide(Protocol):
+    """A prior's text encoder (`Prior.text`, `Prior.build_text_encoder`): asdcli.priors.text.TextEncoder."""
+
+    encoder_id: str  # names the weights in on-disk cache keys (model id + revision)
+
+    def encode(self, prompts: list[str]) -> TextEmbeddings:
+        """tokens [N, L, D], pooled [N, D], float32; memoised in memory (and read from an attached disk cache)."""
+
+    def encode_uncached(self, prompts: list[str], batch_size: int = 64) -> TextEmbeddings:
+        """The same embeddings, computed fresh (bulk encoding for the on-disk cache)."""
+
+    def attach_disk_cache(self, cache: Any, suffixes: tuple[str, ...]) -> None:
+        """Read `cache` (a TextEmbeddingCache built for prompts × suffixes) before encoding."""
+
+
+# A model folder may name the prior kind that must load it (written by exports whose folders carry rules a plain
+# kind would ignore); loaders compare it with the recipe's prior.kind (`check_folder_kind`).
+KIND_FILE = "asd_prior.json"
+
+
+def write_folder_kind(folder: Path, kind: str) -> None:
+    """Record in `folder` that it must be loaded as prior kind `kind`."""
+    (Path(folder) / KIND_FILE).write_text(json.dumps({"kind": kind}) + "\n", encoding="utf-8")
+
+
+def check_folder_kind(folder: Path, kind: str, model: str) -> None:
+    """UserError when `folder` (prior.model = `model`) records a prior kind other than `kind`."""
+    record = Path(folder) / KIND_FILE
+    if not record.is_file():
+        return
+    try:
+        needed = json.loads(record.read_text(encoding="utf-8"))["kind"]
+    except (OSError, ValueError, KeyError, TypeError):
+        raise UserError(f"prior.model: {record} is damaged; expected {{\"kind\": NAME}}") from None
+    if needed != kind:
+        raise UserError(f"prior.kind: {model!r} must be loaded as prior.kind: {needed}, not {kind}; set "
+                        f"prior.kind: {needed} in the recipe (for a run made before, in its recipe.yaml)")
 
 
 class Prior(nn.Module, abc.ABC):
-    """Frozen diffusion model + scheduler.
+    """Frozen diffusion model + scheduler: everything losses, the trainer and `asd generate` use on a prior.
 
     Subclasses set: `alphas_cumprod` [T] buffer, `image_size` (renders are resized to it before `encode`),
     `shared_timestep` (True for MVDream: one t per batch, shared by the views), `num_views` (views that attend
-    to each other, 1 for plain priors).
+    to each other, 1 for plain priors), `cfg` (the kind's config, a PriorConfig), `text` (a TextSide) and `unet`
+    (the denoiser module VSD copies).
     """
 
     shared_timestep: bool = False
     num_views: int = 1
     image_size: int = 64
+    cfg: PriorConfig
+    text: TextSide
+    unet: nn.Module
 
     @property
     def num_train_timesteps(self) -> int:
         return int(self.alphas_cumprod.shape[0])
+
+    @property
+    def negative_prompt(self) -> str:
+        """The unconditional branch's prompt."""
+        return self.cfg.negative_prompt
+
+    @property
+    def view_dependent(self) -> bool:
+        """True when conditioning appends the view suffixes (perp_neg.VIEW_SUFFIXES) to prompts, so a text
+        cache must hold every prompt with each of them."""
+        return False
+
+    @classmethod
+    def build_text_encoder(cls, cfg: Any, device: torch.device) -> TextSide:
+        """The text side alone (no UNet/VAE; what `asd generate` needs), giving the embeddings `text` gives."""
+        raise NotImplementedError(f"{cls.__name__} does not build its text encoder alone")
+
+    def caption(self, prompt: str, azimuth: float) -> str:
+        """The prompt as this prior's training captions worded it for a camera at `azimuth` degrees (before
+        any view suffix). Plain priors: the prompt itself."""
+        return prompt
 
     @abc.abstractmethod
     def encode(self, images: Tensor) -> Tensor:
@@ -86,6 +117,14 @@ class Prior(nn.Module, abc.ABC):
     def predict_noise(self, z_t: Tensor, t: Tensor, text: Tensor, cameras: Tensor | None = None) -> Tensor:
         """ε̂(z_t, t, text) for a batch that may hold several branches: z_t [N, C, h, w], t [N] long,
         text [N, L, D], cameras [N, 16] or None → [N, C, h, w] in float32. No gradient, weights frozen."""
+
+    def unet_forward(self, unet: nn.Module, z_t: Tensor, t: Tensor, text: Tensor,
+                     cameras: Tensor | None = None) -> Tensor:
+        """ε̂ [N, C, h, w] float32 from `unet` (this prior's UNet or a trainable copy, e.g. VSD's LoRA) on
+        z_t [N, C, h, w], t [N], text [N, L, D]; gradients flow (the caller picks no_grad). This default calls
+        a diffusers UNet in its own dtype and ignores cameras; priors with other input handling override it."""
+        dtype = next(unet.parameters()).dtype
+        return unet(z_t.to(dtype), t, encoder_hidden_states=text.to(dtype)).sample.float()
 
     @abc.abstractmethod
     def conditioning(self, prompts: list[str], elevation: Tensor, azimuth: Tensor, c2w: Tensor) -> Conditioning:

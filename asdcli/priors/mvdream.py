@@ -21,8 +21,8 @@ from typing import Any, Literal
 import torch
 from torch import Tensor, nn
 
+from asdcli.conditioning import Conditioning, camera_embedding
 from asdcli.errors import ConfigError, UserError
-from asdcli.priors.base import Conditioning, camera_embedding
 from asdcli.priors.mvdream_unet import (
     build_mvdream_unet,
     infer_ldm_unet_config,
@@ -202,7 +202,7 @@ class MVDreamPrior(StableDiffusionPrior):
     @classmethod
     def _source(cls, cfg: Any) -> Path:
         """The checkpoint file or folder `cfg.model` names (bundled, local, or fetched from the hub)."""
-        from asdcli.shapes.bundled import resolve_bundled
+        from asdcli.bundled import resolve_bundled
 
         bundled = resolve_bundled(cfg.model)  # bundled:shapes-mv-prior → the package's folder
         path = bundled if bundled is not None else Path(cfg.model).expanduser()
@@ -273,6 +273,10 @@ class MVDreamPrior(StableDiffusionPrior):
             raise ValueError(f"MVDream batch of {z_t.shape[0]} is not a multiple of "
                              f"num_views={self.num_views}")
         return super().unet_forward(unet, z_t, t, text, cameras)
+
+    @property
+    def view_dependent(self) -> bool:
+        return False  # the cameras tell the UNet the view; prompts carry no suffix
 
     def conditioning(self, prompts: list[str], elevation: Tensor, azimuth: Tensor,
                      c2w: Tensor) -> Conditioning:

@@ -1,20 +1,23 @@
 """Stable Diffusion 1.x/2.x priors through diffusers, from a hub id or a local diffusers folder.
 
-A folder without vae/ is a pixel-space prior: the UNet denoises images in [−1, 1] directly (what the bundled
-ShapesWorld priors are). With a VAE the renders are encoded to latents, keeping the gradient.
+A folder without vae/ is a pixel-space prior: the UNet denoises images in [−1, 1] directly. With a VAE the
+renders are encoded to latents, keeping the gradient. Subclasses reword captions (`caption`) and read their
+folder's records (`_load_components`); a folder that records another kind (base.KIND_FILE) is refused.
 """
 
 from __future__ import annotations
 
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Any, Literal
 
 import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
+from asdcli.conditioning import Conditioning, TextEmbeddings, camera_embedding
 from asdcli.errors import UserError
-from asdcli.priors.base import Conditioning, Prior, TextEmbeddings, camera_embedding
+from asdcli.priors.base import Prior, check_folder_kind
 from asdcli.priors.perp_neg import VIEWS, perp_neg_plan, resolve_view_thresholds, view_directions, view_prompt
 from asdcli.priors.text import TextEncoder, load_clip_text, resolve_model_folder
 
@@ -31,8 +34,8 @@ class StableDiffusionPriorConfig:
     dtype: Literal["auto", "float32", "float16", "bfloat16"] = "auto"
     negative_prompt: str = ""  # the unconditional branch's prompt
     view_dependent: bool = True  # append ", front/side/back/overhead view" to each image's prompt
-    # The view rules (degrees); None = the model's own: those a ShapesWorld prior was trained with (recorded in
-    # its shapesworld_prior.json), else 45 / 45 / 60 (the reference's).
+    # The view rules (degrees); None = the model's own: those a prior's folder records it was trained with
+    # (e.g. a ShapesWorld prior's), else 45 / 45 / 60 (the reference's).
     front_threshold: float | None = None  # |azimuth| below this is a front view
     back_threshold: float | None = None  # |azimuth| above 180 minus this is a back view
     overhead_threshold: float | None = None  # elevation above this is an overhead view
@@ -64,8 +67,8 @@ class Components:
     alphas_cumprod: Tensor  # [T]
     vae: nn.Module | None = None
     trained_view_thresholds: tuple[float, float, float] | None = None  # front/back/overhead the model learned
-    pair_order: str = "prompt"  # "left_first": captions name a "next to" pair's left object first (ShapesWorld)
     prediction_type: str = "epsilon"  # the UNet's output: "epsilon" (ε) or "v_prediction" (v = √ᾱ ε − √(1−ᾱ) x₀)
+    folder: Path | None = None  # the model folder it was loaded from (subclasses read their records there)
 
 
 def prediction_type(scheduler: Any, where: str) -> str:
@@ -98,7 +101,6 @@ class StableDiffusionPrior(Prior):
         factor = 2 ** (len(self.vae.config.block_out_channels) - 1) if self.vae is not None else 1
         self.image_size = int(cfg.image_size or self.unet.config.sample_size * factor)
         self.view_thresholds = resolve_view_thresholds(cfg, parts.trained_view_thresholds)
-        self.pair_order = parts.pair_order
         if getattr(cfg, "channels_last", False):
             self.unet.to(memory_format=torch.channels_last)
         if getattr(cfg, "attention_slicing", False):
@@ -112,16 +114,23 @@ class StableDiffusionPrior(Prior):
         return f"{cfg.model}@{cfg.revision}" if cfg.revision else str(cfg.model)
 
     @classmethod
+    def model_folder(cls, cfg: Any, needs: tuple[str, ...]) -> Path:
+        """The local diffusers folder of `cfg.model` holding `needs`; UserError when it records that another
+        prior kind must load it."""
+        folder = resolve_model_folder(cfg.model, cfg.revision, needs=needs)
+        check_folder_kind(folder, cfg.kind, cfg.model)
+        return folder
+
+    @classmethod
     def build_text_encoder(cls, cfg: Any, device: torch.device) -> TextEncoder:
         """Tokenizer + text encoder only (what `asd generate` needs)."""
-        folder = resolve_model_folder(cfg.model, cfg.revision, needs=("text_encoder", "tokenizer"))
+        folder = cls.model_folder(cfg, needs=("text_encoder", "tokenizer"))
         return load_clip_text(folder, cls._encoder_id(cfg), device)
 
     def _load_components(self, cfg: Any, device: torch.device, dtype: torch.dtype) -> Components:
         from diffusers import AutoencoderKL, DDPMScheduler, UNet2DConditionModel
 
-        folder = resolve_model_folder(cfg.model, cfg.revision,
-                                      needs=("unet", "text_encoder", "tokenizer", "scheduler"))
+        folder = self.model_folder(cfg, needs=("unet", "text_encoder", "tokenizer", "scheduler"))
         text = load_clip_text(folder, self._encoder_id(cfg), device)
         try:
             unet = UNet2DConditionModel.from_pretrained(str(folder / "unet"), torch_dtype=dtype)
@@ -132,11 +141,8 @@ class StableDiffusionPrior(Prior):
         except (OSError, ValueError) as exc:
             raise UserError(f"prior.model: cannot load {cfg.model!r} from {str(folder)!r} "
                             f"({str(exc).strip().splitlines()[0][:160]})") from None
-        from asdcli.shapes.bundled import recorded_captions
-
         kind = prediction_type(scheduler, str(folder / "scheduler" / "scheduler_config.json"))
-        return Components(text, unet, scheduler.alphas_cumprod, vae, *recorded_captions(folder),
-                          prediction_type=kind)
+        return Components(text, unet, scheduler.alphas_cumprod, vae, prediction_type=kind, folder=folder)
 
     # ------------------------------------------------------------------------------------------ images
     def encode(self, images: Tensor) -> Tensor:
@@ -188,6 +194,10 @@ class StableDiffusionPrior(Prior):
         return self.unet_forward(self.unet, z_t, t, text, cameras)
 
     # ------------------------------------------------------------------------------------------ text
+    @property
+    def view_dependent(self) -> bool:
+        return bool(self.cfg.view_dependent)
+
     def encode_text(self, prompts: list[str]) -> TextEmbeddings:
         """tokens [N, L, D] and pooled [N, D], float32, no gradient (cached in memory)."""
         return self.text.encode(list(prompts))
@@ -204,11 +214,8 @@ class StableDiffusionPrior(Prior):
         b = len(prompts)
         uncond = self._uncond_tokens()[None].expand(b, -1, -1)
         dirs = view_directions(elevation, azimuth, *self.view_thresholds)
-        if self.pair_order != "prompt":  # a ShapesWorld prior: word "next to" pairs as its captions did
-            from asdcli.shapes.grammar import caption_as_seen
-
-            prompts = [caption_as_seen(p, a, self.pair_order) for p, a in zip(prompts, azimuth.tolist(), strict=True)]
-        if getattr(cfg, "perp_neg", False):
+        prompts = [self.caption(p, a) for p, a in zip(prompts, azimuth.tolist(), strict=True)]
+        if cfg.perp_neg:
             out = self._perp_neg_conditioning(prompts, azimuth, dirs, uncond)
             out.cameras = camera_embedding(c2w).to(uncond.device)
             return out

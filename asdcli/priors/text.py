@@ -15,8 +15,8 @@ from typing import Any
 import torch
 from torch import Tensor
 
+from asdcli.conditioning import TextEmbeddings
 from asdcli.errors import UserError
-from asdcli.priors.base import TextEmbeddings
 
 # Files fetched from the hub: configs, tokenizer files and the full-precision safetensors weights only (the
 # fp16/EMA variants would double the download).
@@ -168,7 +168,7 @@ def resolve_model_folder(model: str, revision: str | None, needs: tuple[str, ...
     """A local diffusers folder holding the subfolders `needs`: `model` itself when it is a folder (no
     network), a bundled model (`bundled:shapes-prior`), else a hub snapshot (cache only when HF_HUB_OFFLINE=1).
     Failures are one-line UserErrors."""
-    from asdcli.shapes.bundled import resolve_bundled
+    from asdcli.bundled import resolve_bundled
 
     bundled = resolve_bundled(model)
     if bundled is not None:

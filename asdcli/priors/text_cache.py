@@ -17,7 +17,6 @@ from __future__ import annotations
 
 import hashlib
 import json
-import os
 import re
 from collections import OrderedDict
 from collections.abc import Callable, Iterator, Sequence
@@ -27,8 +26,9 @@ from pathlib import Path
 import numpy as np
 import torch
 
+from asdcli.atomic import atomic_output, write_text_atomic
+from asdcli.conditioning import TextEmbeddings
 from asdcli.errors import UserError
-from asdcli.priors.base import TextEmbeddings
 
 VERSION = 1
 _MASK32 = (1 << 32) - 1
@@ -47,12 +47,6 @@ def item_key(encoder_id: str, prompt: str, suffix: str = "") -> int:
 def _slug(encoder_id: str) -> str:
     short = hashlib.blake2b(encoder_id.encode("utf-8"), digest_size=4).hexdigest()
     return f"{re.sub(r'[^A-Za-z0-9._-]+', '_', encoder_id)[-60:]}-{short}"
-
-
-def _atomic_write(path: Path, write: Callable[[Path], None]) -> None:
-    tmp = path.with_name(f"{path.name}.tmp-{os.getpid()}")
-    write(tmp)
-    os.replace(tmp, path)
 
 
 class TextEmbeddingCache:
@@ -99,7 +93,7 @@ class TextEmbeddingCache:
             return have
         self.dir.mkdir(parents=True, exist_ok=True)
         text = json.dumps(want, indent=1)
-        _atomic_write(self.dir / "meta.json", lambda p: p.write_text(text, encoding="utf-8"))
+        write_text_atomic(self.dir / "meta.json", text)
         return want
 
     def build(self, prompts: Sequence[str], encode_fn: Callable[[list[str]], TextEmbeddings],
@@ -143,7 +137,8 @@ class TextEmbeddingCache:
         tensors = {"tokens": torch.cat(tokens).contiguous(), "pooled": torch.cat(pooled).contiguous(),
                    "keys": torch.from_numpy(keys.astype(np.int64))}
         meta = {"encoder_id": self.encoder_id, "shard": str(shard)}
-        _atomic_write(self.shard_path(shard), lambda p: save_file(tensors, str(p), metadata=meta))
+        with atomic_output(self.shard_path(shard)) as tmp:
+            save_file(tensors, str(tmp), metadata=meta)
 
     def finalize(self, n_shards: int | None = None) -> bool:
         """Write index.npy if every shard exists (idempotent; concurrent writers produce the same file)."""
@@ -166,7 +161,8 @@ class TextEmbeddingCache:
         keys_all, locs_all = np.concatenate(keys), np.concatenate(locs)
         order = np.argsort(keys_all, kind="stable")
         index = np.stack([keys_all[order], locs_all[order]])
-        _atomic_write(self.dir / "index.npy", lambda p: np.save(p.open("wb"), index))
+        with atomic_output(self.dir / "index.npy") as tmp, open(tmp, "wb") as fh:
+            np.save(fh, index)
         return True
 
     # ------------------------------------------------------------------------------------------ reading

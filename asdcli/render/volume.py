@@ -19,8 +19,8 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor
 
+from asdcli.conditioning import TextEmbeddings
 from asdcli.generators.base import Generator
-from asdcli.priors.base import TextEmbeddings
 from asdcli.render.background import Background, uniform
 from asdcli.render.cameras import CameraBatch, get_rays
 

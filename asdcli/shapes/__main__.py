@@ -10,88 +10,92 @@
   export-clip --from DIR --to FOLDER                            CLIPModel + tokenizer + preprocessor config
   eval-clip --model FOLDER [--views V]                          R@1 of GT renders of test prompts (asd protocol)
 
-Bad input exits with code 2 and one line on stderr (`UserError`), as the `asd` commands do.
+A Typer app like `asd`: bad input (usage, --config, --device, a missing run) exits with code 2 and one line on
+stderr. Heavy modules are imported inside the commands, so `--help` imports no torch.
 """
 
 from __future__ import annotations
 
-import argparse
 import json
 import sys
+from enum import Enum
+from typing import Optional
+
+import typer
+import typer.core
+
+from asdcli.cli import FlagsAsFlags, OneLineUsageErrors
+
+PROG = "python -m asdcli.shapes"
 
 
-def _parser() -> argparse.ArgumentParser:
-    p = argparse.ArgumentParser(prog="python -m asdcli.shapes", description=__doc__.splitlines()[0])
-    sub = p.add_subparsers(dest="command", required=True)
-    for name in ("train-prior", "train-clip", "train-prior-mv"):
-        t = sub.add_parser(name)
-        t.add_argument("--out", required=True, help="run directory (checkpoint, metrics.jsonl)")
-        t.add_argument("--steps", type=int, default=None, help="total optimiser steps")
-        t.add_argument("--resume", action="store_true", help="continue from the run directory's checkpoint")
-        t.add_argument("--threads", type=int, default=None, help="torch CPU threads (default: the free usable cores)")
-        t.add_argument("--batch", type=int, default=None)
-        t.add_argument("--seed", type=int, default=None)
-        t.add_argument("--config", default=None, help="JSON object of config overrides (with --resume: "
-                       "changes from the checkpoint on; not the architecture)")
-        if name == "train-prior":
-            t.add_argument("--init-from", default=None, help="run directory or exported prior folder "
-                           "(bundled:shapes-prior too) whose EMA weights start this run (fine-tuning: fresh "
-                           "optimiser, schedule and pool)")
-        t.add_argument("--device", default="cpu", help="cpu, cuda or cuda:N for the models (renders stay on "
-                                                     "the CPU; --resume is bit-exact on the CPU only)")
-    for name in ("export-prior", "export-clip", "export-prior-mv"):
-        e = sub.add_parser(name)
-        e.add_argument("--from", dest="src", required=True, help="run directory")
-        e.add_argument("--to", dest="dest", required=True, help="folder to write (replaced atomically)")
-        if name in ("export-prior", "export-prior-mv"):
-            e.add_argument("--fp32", action="store_true", help="store float32 weights (default float16)")
-    for name, model_help, prompts, grid_help in (
-            ("eval-prior", "exported diffusers folder", 24, "write a PNG contact sheet of the samples here"),
-            ("eval-prior-mv", "exported 4-view prior folder", 16,
-             "write a PNG contact sheet (per prompt: GT, then each CFG)")):
-        ep = sub.add_parser(name)
-        ep.add_argument("--model", required=True, help=model_help)
-        ep.add_argument("--prompts", type=int, default=prompts, help="prompts (half singles, half pairs)")
-        ep.add_argument("--cfg", type=float, nargs="+", default=[1.0, 3.0, 7.5])
-        ep.add_argument("--split", default="test", choices=["train", "val", "test"])
-        ep.add_argument("--steps", type=int, default=50, help="DDIM steps")
-        ep.add_argument("--grid", default=None, help=grid_help)
-        ep.add_argument("--threads", type=int, default=None)
-        ep.add_argument("--clip", default="bundled:shapes-clip", help="CLIP for R@1 of the samples ('none' to skip)")
-    ec = sub.add_parser("eval-clip")
-    ec.add_argument("--model", required=True, help="exported CLIP folder")
-    ec.add_argument("--views", type=int, default=8, help="orbit views per prompt")
-    ec.add_argument("--split", default="test", choices=["train", "val", "test"])
-    ec.add_argument("--threads", type=int, default=None)
-    return p
+class _Command(FlagsAsFlags, typer.core.TyperCommand):
+    """Flags show as `--resume`, not `--resume <bool>`, as in `asd`'s help."""
 
 
-def _overrides(cls, args) -> dict:
+class Split(str, Enum):
+    train = "train"
+    val = "val"
+    test = "test"
+
+
+app = typer.Typer(add_completion=False, no_args_is_help=True, pretty_exceptions_enable=False,
+                  cls=OneLineUsageErrors, help=__doc__.splitlines()[0],
+                  context_settings={"help_option_names": ["-h", "--help"]})
+
+OUT = typer.Option(..., "--out", help="run directory (checkpoint, metrics.jsonl)")
+STEPS = typer.Option(None, "--steps", help="total optimiser steps")
+RESUME = typer.Option(False, "--resume", help="continue from the run directory's checkpoint")
+THREADS = typer.Option(None, "--threads", help="torch CPU threads (default: the free usable cores)")
+BATCH = typer.Option(None, "--batch")
+SEED = typer.Option(None, "--seed")
+CONFIG = typer.Option(None, "--config", help="JSON object of config overrides (with --resume: changes from the "
+                      "checkpoint on; not the architecture)")
+DEVICE = typer.Option("cpu", "--device", help="cpu, cuda or cuda:N for the models (renders stay on the CPU; "
+                      "--resume is bit-exact on the CPU only)")
+SRC = typer.Option(..., "--from", help="run directory")
+DEST = typer.Option(..., "--to", help="folder to write (replaced atomically)")
+FP32 = typer.Option(False, "--fp32", help="store float32 weights (default float16)")
+CFG = typer.Option([1.0, 3.0, 7.5], "--cfg", help="guidance scales, one or more: --cfg 1 3 7.5")
+SPLIT = typer.Option(Split.test, "--split")
+DDIM_STEPS = typer.Option(50, "--steps", help="DDIM steps")
+CLIP = typer.Option("bundled:shapes-clip", "--clip", help="CLIP for R@1 of the samples ('none' to skip)")
+
+
+def _guarded(fn, *args, threads: int | None | bool = False, **kwargs) -> None:
+    """Run a command body: a UserError (or a prompt outside the grammar) → `error: ...` on one line, exit 2.
+    threads False: the command takes no --threads (the exports do no heavy work); else applied first."""
+    from asdcli.errors import UserError, safe_line
+    from asdcli.shapes.world.grammar import PromptError
+
+    try:
+        if threads is not False:
+            from asdcli.threads import apply_threads
+
+            apply_threads(threads)
+        fn(*args, **kwargs)
+    except (UserError, PromptError) as err:
+        typer.echo(f"error: {safe_line(str(err))}", err=True)
+        raise typer.Exit(2) from None
+
+
+def _overrides(cls, config: str | None, named: dict) -> dict:
     """--config's JSON object plus the named flags; unknown keys are one line naming the known ones."""
     from asdcli.errors import UserError
 
     try:
-        overrides = json.loads(args.config) if args.config else {}
+        overrides = json.loads(config) if config else {}
     except json.JSONDecodeError as err:
         raise UserError(f"--config: not valid JSON ({err.msg} at character {err.pos}); give an object such as "
                         "'{\"lr\": 4e-4}'") from None
     if not isinstance(overrides, dict):
-        raise UserError(f"--config: expected a JSON object of config keys, got {args.config!r}")
-    for key in ("batch", "seed", "init_from"):
-        if getattr(args, key, None) is not None:
-            overrides[key] = getattr(args, key)
+        raise UserError(f"--config: expected a JSON object of config keys, got {config!r}")
+    overrides.update({k: v for k, v in named.items() if v is not None})
     known = cls().__dict__
     unknown = sorted(set(overrides) - set(known))
     if unknown:
         raise UserError(f"--config: unknown keys {', '.join(unknown)}; known: {', '.join(known)}")
     return overrides
-
-
-def _train(fn, cls, args) -> None:
-    """A trainer command: a new run from defaults + overrides, or a resumed one with overrides from there on."""
-    overrides = _overrides(cls, args)
-    fn(args.out, cls.from_dict({**cls().__dict__, **overrides}), resume=args.resume, steps=args.steps,
-       device=_device(args.device), overrides=overrides)
 
 
 def _device(name: str) -> str:
@@ -106,68 +110,159 @@ def _device(name: str) -> str:
     return name
 
 
-def _dispatch(args) -> None:
-    if args.command == "train-prior":
-        from asdcli.shapes.train_prior import PriorTrainConfig, train_prior
+def _train(module: str, trainer: str, config_cls: str, out: str, steps, resume: bool, config, device: str,
+           named: dict) -> None:
+    """A trainer command: a new run from defaults + overrides, or a resumed one with overrides from there on."""
+    from importlib import import_module
 
-        _train(train_prior, PriorTrainConfig, args)
-    elif args.command == "export-prior":
-        from asdcli.shapes.train_prior import export_prior
-
-        print(export_prior(args.src, args.dest, fp16=not args.fp32))
-    elif args.command == "eval-prior":
-        from asdcli.shapes.eval_prior import evaluate_prior
-
-        report = evaluate_prior(args.model, args.prompts, args.cfg, args.split, args.steps, args.grid,
-                                clip=None if args.clip == "none" else args.clip)
-        print(json.dumps(report, indent=1))
-    elif args.command in ("train-prior-mv", "export-prior-mv", "eval-prior-mv"):
-        _dispatch_mv(args)
-    elif args.command == "train-clip":
-        from asdcli.shapes.train_clip import ClipTrainConfig, train_clip
-
-        _train(train_clip, ClipTrainConfig, args)
-    elif args.command == "export-clip":
-        from asdcli.shapes.train_clip import export_clip
-
-        print(export_clip(args.src, args.dest))
-    elif args.command == "eval-clip":
-        from asdcli.shapes.train_clip import evaluate_clip
-
-        print(json.dumps(evaluate_clip(args.model, args.views, args.split), indent=1))
+    mod = import_module(f"asdcli.shapes.{module}")
+    cls = getattr(mod, config_cls)
+    overrides = _overrides(cls, config, named)
+    getattr(mod, trainer)(out, cls.from_dict({**cls().__dict__, **overrides}), resume=resume, steps=steps,
+                          device=_device(device), overrides=overrides)
 
 
-def _dispatch_mv(args) -> None:
-    """The 4-view prior's commands (asdcli.shapes.train_prior_mv, eval_prior_mv)."""
-    if args.command == "train-prior-mv":
-        from asdcli.shapes.train_prior_mv import MVPriorTrainConfig, train_prior_mv
+@app.command("train-prior", cls=_Command)
+def train_prior(out: str = OUT, steps: Optional[int] = STEPS, resume: bool = RESUME,
+                threads: Optional[int] = THREADS, batch: Optional[int] = BATCH, seed: Optional[int] = SEED,
+                config: Optional[str] = CONFIG,
+                init_from: Optional[str] = typer.Option(None, "--init-from", help="run directory or exported "
+                                                        "prior folder (bundled:shapes-prior too) whose EMA "
+                                                        "weights start this run (fine-tuning: fresh optimiser, "
+                                                        "schedule and pool)"),
+                device: str = DEVICE) -> None:
+    """Train the text-to-image prior (diffusers layout)."""
+    _guarded(_train, "train_prior", "train_prior", "PriorTrainConfig", out, steps, resume, config, device,
+             {"batch": batch, "seed": seed, "init_from": init_from}, threads=threads)
 
-        _train(train_prior_mv, MVPriorTrainConfig, args)
-    elif args.command == "export-prior-mv":
-        from asdcli.shapes.train_prior_mv import export_prior_mv
 
-        print(export_prior_mv(args.src, args.dest, fp16=not args.fp32))
-    else:
-        from asdcli.shapes.eval_prior_mv import evaluate_prior_mv
+@app.command("train-clip", cls=_Command)
+def train_clip(out: str = OUT, steps: Optional[int] = STEPS, resume: bool = RESUME,
+               threads: Optional[int] = THREADS, batch: Optional[int] = BATCH, seed: Optional[int] = SEED,
+               config: Optional[str] = CONFIG, device: str = DEVICE) -> None:
+    """Train the tiny CLIP (transformers layout)."""
+    _guarded(_train, "train_clip", "train_clip", "ClipTrainConfig", out, steps, resume, config, device,
+             {"batch": batch, "seed": seed}, threads=threads)
 
-        clip = None if args.clip == "none" else args.clip
-        report = evaluate_prior_mv(args.model, args.prompts, args.cfg, args.split, args.steps, clip, args.grid)
-        print(json.dumps(report, indent=1))
+
+@app.command("train-prior-mv", cls=_Command)
+def train_prior_mv(out: str = OUT, steps: Optional[int] = STEPS, resume: bool = RESUME,
+                   threads: Optional[int] = THREADS, batch: Optional[int] = BATCH, seed: Optional[int] = SEED,
+                   config: Optional[str] = CONFIG, device: str = DEVICE) -> None:
+    """Train the 4-view camera-conditioned prior (MVDream path)."""
+    _guarded(_train, "train_prior_mv", "train_prior_mv", "MVPriorTrainConfig", out, steps, resume, config,
+             device, {"batch": batch, "seed": seed}, threads=threads)
+
+
+def _export(module: str, fn: str, *args, **kwargs) -> None:
+    from importlib import import_module
+
+    print(getattr(import_module(f"asdcli.shapes.{module}"), fn)(*args, **kwargs))
+
+
+@app.command("export-prior", cls=_Command)
+def export_prior(src: str = SRC, dest: str = DEST, fp32: bool = FP32) -> None:
+    """EMA weights of a train-prior run → a diffusers folder."""
+    _guarded(_export, "train_prior", "export_prior", src, dest, fp16=not fp32)
+
+
+@app.command("export-clip", cls=_Command)
+def export_clip(src: str = SRC, dest: str = DEST) -> None:
+    """A train-clip run → CLIPModel + tokenizer + preprocessor config."""
+    _guarded(_export, "train_clip", "export_clip", src, dest)
+
+
+@app.command("export-prior-mv", cls=_Command)
+def export_prior_mv(src: str = SRC, dest: str = DEST, fp32: bool = FP32) -> None:
+    """EMA weights of a train-prior-mv run → an MVDreamPrior folder."""
+    _guarded(_export, "train_prior_mv", "export_prior_mv", src, dest, fp16=not fp32)
+
+
+def _eval_prior(model, prompts, cfg, split, steps, grid, clip) -> None:
+    from asdcli.shapes.eval_prior import evaluate_prior
+
+    print(json.dumps(evaluate_prior(model, prompts, cfg, split, steps, grid, clip=clip), indent=1))
+
+
+def _eval_prior_mv(model, prompts, cfg, split, steps, grid, clip) -> None:
+    from asdcli.shapes.eval_prior_mv import evaluate_prior_mv
+
+    print(json.dumps(evaluate_prior_mv(model, prompts, cfg, split, steps, clip, grid), indent=1))
+
+
+@app.command("eval-prior", cls=_Command)
+def eval_prior(model: str = typer.Option(..., "--model", help="exported diffusers folder"),
+               prompts: int = typer.Option(24, "--prompts", help="prompts (half singles, half pairs)"),
+               cfg: list[float] = CFG, split: Split = SPLIT, steps: int = DDIM_STEPS,
+               grid: Optional[str] = typer.Option(None, "--grid", help="write a PNG contact sheet of the "
+                                                  "samples here"),
+               threads: Optional[int] = THREADS, clip: str = CLIP) -> None:
+    """Sample with CFG and score against the ground truth (+ CLIP R@1)."""
+    _guarded(_eval_prior, model, prompts, cfg, split.value, steps, grid, None if clip == "none" else clip,
+             threads=threads)
+
+
+@app.command("eval-prior-mv", cls=_Command)
+def eval_prior_mv(model: str = typer.Option(..., "--model", help="exported 4-view prior folder"),
+                  prompts: int = typer.Option(16, "--prompts", help="prompts (half singles, half pairs)"),
+                  cfg: list[float] = CFG, split: Split = SPLIT, steps: int = DDIM_STEPS,
+                  grid: Optional[str] = typer.Option(None, "--grid", help="write a PNG contact sheet (per "
+                                                     "prompt: GT, then each CFG)"),
+                  threads: Optional[int] = THREADS, clip: str = CLIP) -> None:
+    """4-view samples against the ground truth (mask IoU, CLIP R@1 per view)."""
+    _guarded(_eval_prior_mv, model, prompts, cfg, split.value, steps, grid, None if clip == "none" else clip,
+             threads=threads)
+
+
+def _eval_clip(model: str, views: int, split: str) -> None:
+    from asdcli.shapes.train_clip import evaluate_clip
+
+    print(json.dumps(evaluate_clip(model, views, split), indent=1))
+
+
+@app.command("eval-clip", cls=_Command)
+def eval_clip(model: str = typer.Option(..., "--model", help="exported CLIP folder"),
+              views: int = typer.Option(8, "--views", help="orbit views per prompt"),
+              split: Split = SPLIT, threads: Optional[int] = THREADS) -> None:
+    """R@1 of GT renders of the split's prompts (the asd protocol)."""
+    _guarded(_eval_clip, model, views, split.value, threads=threads)
+
+
+def spread_cfg(argv: list[str]) -> list[str]:
+    """`--cfg 1 3 7.5` (argparse's nargs="+", which the docs use) as click's `--cfg 1 --cfg 3 --cfg 7.5`: the
+    values after --cfg run up to the next option (a negative number is a value); `--cfg` with none stays bare,
+    so click reports that it needs a value."""
+    out, i = [], 0
+    while i < len(argv):
+        arg, i = argv[i], i + 1
+        if arg == "--":
+            return out + argv[i - 1:]
+        if arg != "--cfg":
+            out.append(arg)
+            continue
+        values = []
+        while i < len(argv) and argv[i] != "--" and (not argv[i].startswith("-") or _is_number(argv[i])):
+            values.append(argv[i])
+            i += 1
+        out += [x for v in values for x in ("--cfg", v)] or ["--cfg"]
+    return out
+
+
+def _is_number(text: str) -> bool:
+    try:
+        float(text)
+    except ValueError:
+        return False
+    return True
 
 
 def main(argv: list[str] | None = None) -> int:
-    from asdcli.errors import UserError
-
-    args = _parser().parse_args(argv)
+    """Run one command; returns its exit code (0, 2 for bad input) instead of exiting, for tests."""
+    args = sys.argv[1:] if argv is None else list(argv)
     try:
-        if hasattr(args, "threads"):  # the exports take no --threads: they do no heavy work
-            from asdcli.threads import apply_threads
-
-            apply_threads(args.threads)
-        _dispatch(args)
-    except UserError as err:
-        print(f"error: {err}", file=sys.stderr)
-        return 2
+        app(args=spread_cfg(args), prog_name=PROG)
+    except SystemExit as exc:  # the group always exits (usage errors: one line, code 2)
+        return exc.code if isinstance(exc.code, int) else int(exc.code is not None)
     return 0
 
 

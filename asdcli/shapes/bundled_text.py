@@ -6,7 +6,8 @@ than the rest of `asd generate` together. Both parts reproduce transformers' CLI
 backend: NFC, whitespace runs → one space, lowercase; CLIP's split pattern; byte-level BPE with "</w>" word
 ends; <|startoftext|> … <|endoftext|>) and CLIPTextModel (pre-LayerNorm causal transformer, quick-GELU MLP,
 pooled = the state at the first end-of-text token) to float rounding; tests compare them on many prompts.
-Used only for ShapesWorld priors (`use_bundled_text`); every other prior keeps transformers.
+Used only by the ShapesWorld prior kind (asdcli.shapes.prior, `runs_bundled_text`); every other prior keeps
+transformers.
 """
 
 from __future__ import annotations
@@ -22,6 +23,7 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from asdcli.errors import UserError
+from asdcli.shapes.bundled import SHAPESWORLD_PRIOR_INFO
 
 SPECIALS = ("<|startoftext|>", "<|endoftext|>")
 CONTRACTIONS = ("'s", "'t", "'re", "'ve", "'m", "'ll", "'d")
@@ -234,26 +236,18 @@ def load_text_transformer(folder: Path) -> ClipTextTransformer:
     return model
 
 
-def use_bundled_text(prior_cfg) -> Path | None:
-    """The ShapesWorld prior folder whose text side this module can run (a stable-diffusion prior that is
-    bundled or was written by export-prior, holding a CLIP text model), else None (transformers is used)."""
-    from asdcli.shapes.bundled import is_shapesworld_prior, resolve_bundled
-
-    model = getattr(prior_cfg, "model", None)
-    if getattr(prior_cfg, "kind", None) != "stable-diffusion" or getattr(prior_cfg, "revision", None):
-        return None
-    if not is_shapesworld_prior(model):
-        return None
-    folder = resolve_bundled(model) or Path(model).expanduser()
+def runs_bundled_text(folder: Path) -> bool:
+    """True when this module can run `folder`'s text side: a ShapesWorld prior folder (it holds the training
+    record export-prior writes) with a CLIP text model and a byte-level BPE tokenizer; else transformers is used."""
+    if not any((folder / name).is_file() for name in SHAPESWORLD_PRIOR_INFO):
+        return False
     try:
         config = json.loads((folder / "text_encoder" / "config.json").read_text(encoding="utf-8"))
     except (OSError, ValueError):
-        return None
+        return False
     needed = ("vocab.json", "merges.txt")
-    if config.get("model_type") != "clip_text_model" or not all((folder / "tokenizer" / n).is_file()
-                                                                 for n in needed):
-        return None
-    return folder
+    return config.get("model_type") == "clip_text_model" and all((folder / "tokenizer" / n).is_file()
+                                                                  for n in needed)
 
 
 def load_bundled_text(folder: Path, encoder_id: str, device: torch.device):

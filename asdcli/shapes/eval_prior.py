@@ -1,9 +1,9 @@
 """Sample quality of an exported ShapesWorld prior, measured against the ground truth.
 
-The prior is loaded exactly as recipes load it (`StableDiffusionPrior`, kind stable-diffusion, model = the
+The prior is loaded exactly as recipes load it (`ShapesWorldPrior`, kind shapesworld, model = the
 folder) and conditioned through its own `conditioning` (view suffix from the camera, negative prompt as the
-unconditional branch). Samples: DDIM (η = 0, x̂0 clipped to [−1, 1]) with classifier-free guidance
-ε̂ = ε_u + s·(ε_c − ε_u), the guidance the distillation losses use.
+unconditional branch). Samples: DDIM (`asdcli.priors.ddim`: η = 0, x̂0 clipped to [−1, 1]) with
+classifier-free guidance ε̂ = ε_u + s·(ε_c − ε_u), the guidance the distillation losses use.
 
 Per sample, with a camera drawn from the training distribution and the GT render of the same prompt from it:
 - `mask_iou`: foreground of the sample (pixels farther than FG_DIST from the background colour, estimated from
@@ -41,25 +41,9 @@ from typing import Any, NamedTuple
 import torch
 from torch import Tensor
 
+from asdcli.priors.ddim import ddim_sample
+
 FG_DIST = 0.12
-
-
-@torch.no_grad()
-def ddim_sample(prior: Any, cond: Tensor, uncond: Tensor, scale: float, steps: int, gen: torch.Generator) -> Tensor:
-    """Images [B, 3, S, S] in [0, 1] from a pixel-space prior; cond/uncond [B, L, D]."""
-    a = prior.alphas_cumprod.float()
-    b, s = cond.shape[0], prior.image_size
-    ts = torch.linspace(len(a) - 1, 0, steps).round().long()
-    x = torch.randn(b, 3, s, s, generator=gen)
-    for i, t in enumerate(ts.tolist()):
-        tt = torch.full((2 * b,), t, dtype=torch.long)
-        eu, ec = prior.predict_noise(torch.cat([x, x]), tt, torch.cat([uncond, cond])).chunk(2)
-        eps = eu + scale * (ec - eu)
-        x0 = ((x - (1 - a[t]).sqrt() * eps) / a[t].sqrt()).clamp(-1, 1)
-        eps = (x - a[t].sqrt() * x0) / (1 - a[t]).sqrt()  # consistent with the clipped x̂0
-        a_prev = a[ts[i + 1]] if i + 1 < len(ts) else torch.tensor(1.0)
-        x = a_prev.sqrt() * x0 + (1 - a_prev).sqrt() * eps
-    return ((x + 1) / 2).clamp(0, 1)
 
 
 def foreground(img: Tensor) -> Tensor:
@@ -76,7 +60,7 @@ def mask_iou(a: Tensor, b: Tensor) -> Tensor:
 
 def _nearest_color(got: Tensor, shade: Tensor) -> str:
     """The grammar colour whose albedo, times the GT shading factor `shade`, is nearest RGB `got` [3]."""
-    from asdcli.shapes.grammar import COLORS
+    from asdcli.shapes.world.grammar import COLORS
 
     names = list(COLORS)
     dists = torch.stack([(got - shade * torch.tensor(COLORS[n])).norm() for n in names])
@@ -86,7 +70,7 @@ def _nearest_color(got: Tensor, shade: Tensor) -> str:
 def _shade(gt_rgb: Tensor, where: Tensor, color: str) -> Tensor:
     """Median Lambertian shading factor of the GT render gt_rgb [3, H, W] over mask `where` [H, W] painted in
     `color` (1 where the mask is empty)."""
-    from asdcli.shapes.grammar import COLORS
+    from asdcli.shapes.world.grammar import COLORS
 
     if not where.any():
         return torch.tensor(1.0)
@@ -108,7 +92,7 @@ def pair_color_ok(sample: Tensor, fg: Tensor, gt_rgb: Tensor, gt_albedo: Tensor,
     True when, inside each object's GT region, the sample's foreground is that object's colour (its median,
     by `_nearest_color` with the region's shading): a prior that paints both objects one colour, or swaps
     them, fails."""
-    from asdcli.shapes.grammar import COLORS
+    from asdcli.shapes.world.grammar import COLORS
 
     inside = gt_alpha > 0.99
     for color in colors:
@@ -127,7 +111,7 @@ def _binding_cases(prompts: list[str], cams, thresholds: tuple[float, float, flo
     for "next to" only front and back views (a side or overhead caption does not say which object is nearer or
     left)."""
     from asdcli.priors.perp_neg import BACK, FRONT, view_directions
-    from asdcli.shapes.grammar import parse_prompt
+    from asdcli.shapes.world.grammar import parse_prompt
 
     views = view_directions(cams.elevation, cams.azimuth, *thresholds).tolist()
     keep = {}
@@ -222,8 +206,8 @@ def _view_probe(prior: Any, prompts: list[str], size: int) -> ViewProbe | None:
     import math
 
     from asdcli.render.cameras import cameras_from_angles
-    from asdcli.shapes.grammar import parse_prompt
     from asdcli.shapes.gt_render import render_scenes
+    from asdcli.shapes.world.grammar import parse_prompt
 
     pairs = [p for p in prompts if parse_prompt(p).relation == "next to"]
     if not pairs:
@@ -258,7 +242,7 @@ def _view_probe(prior: Any, prompts: list[str], size: int) -> ViewProbe | None:
 
 def swapped_pair(prompt: str) -> str:
     """"A next to B" → "B next to A" (the same scene turned 180°)."""
-    from asdcli.shapes.grammar import SceneSpec, parse_prompt
+    from asdcli.shapes.world.grammar import SceneSpec, parse_prompt
 
     spec = parse_prompt(prompt)
     return SceneSpec(spec.objects[::-1], spec.relation).text
@@ -268,7 +252,7 @@ def recolored(prompt: str, shift: int = 3) -> str:
     """The prompt with every colour replaced by the one `shift` places later in the grammar's list."""
     from dataclasses import replace
 
-    from asdcli.shapes.grammar import COLORS, SceneSpec, parse_prompt
+    from asdcli.shapes.world.grammar import COLORS, SceneSpec, parse_prompt
 
     names = list(COLORS)
     spec = parse_prompt(prompt)
@@ -335,7 +319,7 @@ def _clip_retrieval(clip: str | Path, prompts: list[str]):
 def _sample_metrics(imgs: Tensor, prompts: list[str], gt, binding) -> dict[str, float]:
     """mask_iou, color_ok (singles), pair_color_ok, saturated and fg_fraction of samples imgs [N, 3, H, W] in
     [0, 1] against the ground-truth renders `gt` (rgb [N, H, W, 3], alpha [N, H, W]) from the same cameras."""
-    from asdcli.shapes.grammar import parse_prompt
+    from asdcli.shapes.world.grammar import parse_prompt
 
     fg = foreground(imgs)
     sat = ((imgs < 0.02) | (imgs > 0.98)).any(dim=1) & fg
@@ -355,11 +339,11 @@ def evaluate_prior(model: str | Path, n_prompts: int = 24, scales=(1.0, 3.0, 7.5
     "next to" twin) and that of the GT renders from the same cameras beside them. One sample per prompt, cameras
     from the training distribution."""
     from asdcli.config import CameraConfig
-    from asdcli.priors.stable_diffusion import StableDiffusionPrior, StableDiffusionPriorConfig
     from asdcli.render.cameras import sample_training_cameras
     from asdcli.shapes.gt_render import render_scenes
+    from asdcli.shapes.prior import ShapesWorldPrior, ShapesWorldPriorConfig
 
-    prior = StableDiffusionPrior(StableDiffusionPriorConfig(model=str(model)))
+    prior = ShapesWorldPrior(ShapesWorldPriorConfig(model=str(model)))
     prompts = _prompts(split, n_prompts)
     gen = torch.Generator().manual_seed(seed)
     cams = sample_training_cameras(CameraConfig(), len(prompts), 1, gen)

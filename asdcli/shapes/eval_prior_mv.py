@@ -3,7 +3,7 @@
 The prior is loaded exactly as recipes load it (`MVDreamPrior`, kind mvdream, model = text_model = the folder)
 and conditioned through its own `conditioning` (plain prompt, negative prompt as the unconditional branch,
 cameras = camera_embedding(c2w)). For each prompt, 4 cameras 90° apart (the training layout) are drawn; the 4
-views are sampled jointly with DDIM (η = 0, x̂0 clipped, CFG ε_u + s(ε_c − ε_u), `eval_prior.ddim_sample`) and
+views are sampled jointly with DDIM (η = 0, x̂0 clipped, CFG ε_u + s(ε_c − ε_u), `asdcli.priors.ddim`) and
 compared with GT renders of the same prompt from the same 4 cameras:
 
 - `mask_iou`: sample foreground (`eval_prior.foreground`) vs GT coverage > 0.5, per view and on average;
@@ -24,6 +24,16 @@ from typing import Any
 
 import torch
 from torch import Tensor
+
+from asdcli.evaluate import ClipScorer
+from asdcli.media import contact_sheet, save_png
+from asdcli.priors.ddim import ddim_sample
+from asdcli.priors.mvdream import MVDreamPrior
+from asdcli.render.cameras import sample_training_cameras
+from asdcli.shapes.eval_prior import foreground, mask_iou
+from asdcli.shapes.gt_render import render_scenes
+from asdcli.shapes.prior_data import split_singles_pairs
+from asdcli.shapes.train_prior_mv import INFO_FILE, MVPriorTrainConfig, prior_config
 
 
 class _WithCameras:
@@ -61,8 +71,6 @@ def color_spread(samples: Tensor, fg: Tensor) -> float:
 
 def _mask_ious(fg: Tensor, gt_mask: Tensor, other_mask: Tensor, views: int) -> dict[str, Any]:
     """fg, gt_mask, other_mask [P·V, H, W] bool (object-major) → the IoU figures of the module docstring."""
-    from asdcli.shapes.eval_prior import mask_iou
-
     p = fg.shape[0] // views
     own = mask_iou(fg, gt_mask).view(p, views)
     rotated_gt = gt_mask.view(p, views, *gt_mask.shape[1:]).roll(-1, dims=1).flatten(0, 1)
@@ -75,13 +83,6 @@ def evaluate_prior_mv(model: str | Path, n_prompts: int = 16, scales=(1.0, 3.0, 
                       steps: int = 50, clip: str | None = "bundled:shapes-clip", grid: str | None = None,
                       seed: int = 0) -> dict[str, Any]:
     """Summary per guidance scale (see the module docstring); one 4-view sample per prompt."""
-    from asdcli.priors.mvdream import MVDreamPrior
-    from asdcli.render.cameras import sample_training_cameras
-    from asdcli.shapes.eval_prior import ddim_sample, foreground
-    from asdcli.shapes.gt_render import render_scenes
-    from asdcli.shapes.prior_data import split_singles_pairs
-    from asdcli.shapes.train_prior_mv import INFO_FILE, MVPriorTrainConfig, prior_config
-
     prior = MVDreamPrior(prior_config(model))
     train_cfg = MVPriorTrainConfig.from_dict(json.loads((Path(model) / INFO_FILE).read_text())["config"])
     singles, pairs = split_singles_pairs(0, split)
@@ -94,8 +95,6 @@ def evaluate_prior_mv(model: str | Path, n_prompts: int = 16, scales=(1.0, 3.0, 
     cond = prior.conditioning([p for p in prompts for _ in range(v)], cams.elevation, cams.azimuth, cams.c2w)
     scorer = None
     if clip:
-        from asdcli.evaluate import ClipScorer
-
         scorer = ClipScorer(clip)
     report: dict[str, Any] = {"model": str(model), "split": split, "prompts": len(prompts), "views": v,
                               "ddim_steps": steps}
@@ -114,8 +113,6 @@ def evaluate_prior_mv(model: str | Path, n_prompts: int = 16, scales=(1.0, 3.0, 
         report[f"cfg_{scale:g}"] = row
         sheets.append(hwc)
     if grid:
-        from asdcli.media import contact_sheet, save_png
-
         tiles = [im for i in range(len(prompts)) for rows in [gt.rgb] + sheets for im in rows[i * v:(i + 1) * v]]
         save_png(contact_sheet(tiles, cols=v * (1 + len(scales))), grid)  # one row per prompt: GT, then each CFG
     return report

@@ -11,8 +11,10 @@ from __future__ import annotations
 import torch
 
 from asdcli.engine.inference import LoadedModel, field_state, query_fn
-from asdcli.shapes.grammar import PromptError, parse_prompt, unknown_words
-from asdcli.shapes.metrics import (
+from asdcli.mesh.isosurface import density_threshold
+from asdcli.render.volume import density
+from asdcli.shapes.world.grammar import PromptError, parse_prompt, unknown_words
+from asdcli.shapes.world.metrics import (
     blob_occupancy,
     color_error,
     gt_occupancy,
@@ -20,7 +22,7 @@ from asdcli.shapes.metrics import (
     iou_matrix,
     shape_hits_from_matrix,
 )
-from asdcli.shapes.scenes import grid_points
+from asdcli.shapes.world.scenes import grid_points
 
 
 def _specs(prompts: list[str]):
@@ -45,9 +47,6 @@ def predicted_occupancy(model: LoadedModel, state, index: int, res: int, radius:
     value = predicted_value(model, state, index, res, radius)
     if model.generator.field_type == "sdf":
         return value < 0
-    from asdcli.mesh.isosurface import density_threshold
-    from asdcli.render.volume import density
-
     sigma = density(value, "density", model.cfg.render.inv_std)
     level = density_threshold(sigma.numpy(), 2.0 * radius / (res - 1))
     return sigma > level

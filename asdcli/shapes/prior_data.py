@@ -8,8 +8,12 @@ from typing import TYPE_CHECKING
 import torch
 from torch import Tensor
 
+from asdcli.config import CameraConfig
 from asdcli.errors import UserError
-from asdcli.shapes.grammar import caption_as_seen
+from asdcli.priors.perp_neg import view_directions, view_prompt
+from asdcli.render.cameras import CameraBatch, sample_training_cameras
+from asdcli.shapes.gt_render import render_scenes
+from asdcli.shapes.world.grammar import caption_as_seen, splits
 
 if TYPE_CHECKING:
     from asdcli.shapes.train_prior import PriorTrainConfig
@@ -17,8 +21,6 @@ if TYPE_CHECKING:
 
 def split_singles_pairs(split_seed: int, split: str = "train") -> tuple[list[str], list[str]]:
     """(single-object prompts, pair prompts) of a grammar split, in the split's seeded order."""
-    from asdcli.shapes.grammar import splits
-
     prompts = splits(split_seed)[split]
     singles = [p for p in prompts if " on top of " not in p and " next to " not in p]
     return singles, [p for p in prompts if " on top of " in p or " next to " in p]
@@ -26,8 +28,6 @@ def split_singles_pairs(split_seed: int, split: str = "train") -> tuple[list[str
 
 def _where_camera(pick: Tensor, a, b):
     """CameraBatch with camera i from `a` where pick[i] ([B] bool), else from `b`."""
-    from asdcli.render.cameras import CameraBatch
-
     keys = ("c2w", "fovy", "elevation", "azimuth", "distance")
     return CameraBatch(*(torch.where(pick.view(-1, *[1] * (getattr(a, k).dim() - 1)), getattr(a, k), getattr(b, k))
                          for k in keys))
@@ -58,9 +58,6 @@ class PriorData:
     def _cameras(self, count: int, gen: torch.Generator, next_to: Tensor):
         """Training cameras, a cfg.overhead_prob share of them high; with cfg.front_back_prob, that share of the
         "next to" slots (`next_to` [count] bool) inside the front or back bucket instead."""
-        from asdcli.config import CameraConfig
-        from asdcli.render.cameras import sample_training_cameras
-
         cfg = self.cfg
         cams = sample_training_cameras(CameraConfig(), count, 1, gen)
         high = sample_training_cameras(CameraConfig(elevation=(45.0, 85.0)), count, 1, gen)
@@ -75,9 +72,6 @@ class PriorData:
         return cams
 
     def _fill(self, slots: Tensor, gen: torch.Generator) -> None:
-        from asdcli.priors.perp_neg import view_directions
-        from asdcli.shapes.gt_render import render_scenes
-
         cfg, count = self.cfg, len(slots)
         single = torch.rand(count, generator=gen) < cfg.single_prob
         i_single = torch.randint(len(self.singles), (count,), generator=gen)
@@ -108,8 +102,6 @@ class PriorData:
 
     def batch(self, gen: torch.Generator) -> tuple[Tensor, list[str]]:
         """Images [B, 3, H, W] in [−1, 1] over fresh backgrounds and their captions (some dropped to "")."""
-        from asdcli.priors.perp_neg import view_prompt
-
         cfg = self.cfg
         idx = torch.randint(cfg.pool, (cfg.batch,), generator=gen)
         white = torch.rand(cfg.batch, 1, 1, 1, generator=gen) < cfg.white_prob

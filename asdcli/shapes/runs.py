@@ -1,13 +1,9 @@
 """Run directories of the ShapesWorld trainers (2D prior, 4-view prior, CLIP): one safetensors checkpoint with
-JSON metadata, written atomically; start-or-resume with config changes recorded in history.jsonl; folder exports
-built in a temp folder and swapped in."""
+JSON metadata, written atomically; start-or-resume with config changes recorded in history.jsonl."""
 
 from __future__ import annotations
 
 import json
-import os
-import shutil
-import tempfile
 from dataclasses import asdict
 from pathlib import Path
 from typing import Any
@@ -15,6 +11,7 @@ from typing import Any
 import torch
 from torch import Tensor
 
+from asdcli.atomic import atomic_output
 from asdcli.errors import UserError
 
 CHECKPOINT = "checkpoint.safetensors"
@@ -45,8 +42,6 @@ def save_checkpoint(run_dir: Path, tensors: dict[str, Tensor], meta: dict[str, A
     """One safetensors file (metadata "meta" = JSON), written to a temp name, fsynced and renamed over the old."""
     from safetensors.torch import save_file
 
-    from asdcli.media import atomic_output
-
     with atomic_output(checkpoint_path(run_dir)) as tmp:
         save_file({k: v.detach().contiguous().cpu() for k, v in tensors.items()}, str(tmp),
                   metadata={"meta": json.dumps(meta)})
@@ -69,26 +64,6 @@ def load_checkpoint(run_dir: str | Path, command: str = "train-prior/train-clip"
     if not path.is_file():
         raise UserError(f"no checkpoint at {path}: train first (python -m asdcli.shapes {command} --out {run_dir})")
     return load_file(str(path)), read_meta(run_dir)
-
-
-def write_folder_atomic(dest: Path, write) -> Path:
-    """Build a folder with write(tmp) next to `dest`, then swap it in (the old one is removed only after)."""
-    dest = Path(dest)
-    dest.parent.mkdir(parents=True, exist_ok=True)
-    tmp = Path(tempfile.mkdtemp(prefix=f".{dest.name}.", dir=dest.parent))
-    try:
-        write(tmp)
-        old = dest.with_name(f".{dest.name}.old")
-        shutil.rmtree(old, ignore_errors=True)
-        if dest.exists():
-            os.replace(dest, old)
-        os.replace(tmp, dest)
-        shutil.rmtree(old, ignore_errors=True)
-    except BaseException:
-        shutil.rmtree(tmp, ignore_errors=True)
-        raise
-    os.chmod(dest, 0o755)  # mkdtemp makes 0700 folders
-    return dest
 
 
 def list_like(value: Any) -> Any:

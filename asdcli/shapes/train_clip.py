@@ -26,8 +26,8 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
+from asdcli.atomic import write_folder_atomic
 from asdcli.clip_model import CLIP_MEAN, CLIP_STD
-from asdcli.shapes.grammar import COLORS, SHAPES, SIZES, ObjectSpec, SceneSpec, held_out_combinations, parse_prompt
 from asdcli.shapes.prior_data import split_singles_pairs
 from asdcli.shapes.runs import (
     load_checkpoint,
@@ -36,9 +36,17 @@ from asdcli.shapes.runs import (
     read_history,
     run_training,
     save_checkpoint,
-    write_folder_atomic,
 )
 from asdcli.shapes.vocab import MAX_LENGTH, build_tokenizer, write_vocab
+from asdcli.shapes.world.grammar import (
+    COLORS,
+    SHAPES,
+    SIZES,
+    ObjectSpec,
+    SceneSpec,
+    held_out_combinations,
+    parse_prompt,
+)
 
 
 @dataclass
@@ -57,7 +65,7 @@ class ClipTrainConfig:
     projection: int = 128
     hard_negatives: int = 4
     # Chance that a hard negative swaps one object's shape for its look-alike (LOOKALIKES): the bundled CLIP's
-    # misses on GT renders are mostly those shapes seen face-on (BENCHMARKS §10).
+    # misses on GT renders are mostly those shapes seen face-on (docs/notebook.md §10).
     lookalike_prob: float = 0.0
     pool: int = 2048
     fresh: int = 32
@@ -368,8 +376,8 @@ def evaluate_clip(model: str | Path, views: int = 8, split: str = "test", size: 
     "next to" twin), the best any image model can do."""
     from asdcli.evaluate import ClipScorer, clip_metrics
     from asdcli.render.cameras import orbit_cameras
-    from asdcli.shapes.grammar import splits
     from asdcli.shapes.gt_render import render_scenes
+    from asdcli.shapes.world.grammar import splits
 
     prompts = splits(0)[split][:limit]
     scorer = ClipScorer(str(model))

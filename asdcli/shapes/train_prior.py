@@ -27,9 +27,11 @@ from typing import Any
 import torch
 from torch import Tensor, nn
 
+from asdcli.atomic import write_folder_atomic
 from asdcli.errors import UserError
+from asdcli.priors.base import write_folder_kind
 from asdcli.shapes.bundled import SHAPESWORLD_PRIOR_INFO
-from asdcli.shapes.grammar import PAIR_ORDERS
+from asdcli.shapes.prior import KIND as SHAPESWORLD_KIND
 from asdcli.shapes.prior_data import PriorData
 from asdcli.shapes.runs import (
     HISTORY_FILE,
@@ -40,9 +42,9 @@ from asdcli.shapes.runs import (
     read_history,
     run_training,
     save_checkpoint,
-    write_folder_atomic,
 )
 from asdcli.shapes.vocab import MAX_LENGTH, build_tokenizer, token_ids, write_vocab
+from asdcli.shapes.world.grammar import PAIR_ORDERS
 
 
 @dataclass
@@ -69,11 +71,11 @@ class PriorTrainConfig:
     overhead_prob: float = 0.12  # share of cameras drawn at elevation 45…85° (overhead captions)
     single_prob: float = 0.3  # share of single-object prompts (the train split is 97 % pairs)
     # Share of pair draws that are "next to" pairs; None draws pairs as the split has them (half "next to").
-    # Their layout is the only one that changes with the view caption (BENCHMARKS §9).
+    # Their layout is the only one that changes with the view caption (docs/notebook.md §9).
     next_to_prob: float | None = None
     # Share of "next to" draws seen from inside the front or back view bucket (else from the usual cameras). Only
     # those two views fix a pair's left-right order, which flips between them; a prior that has not learned the
-    # flip draws one order for both captions, and ASD then gets contradicting gradients (BENCHMARKS §9).
+    # flip draws one order for both captions, and ASD then gets contradicting gradients (docs/notebook.md §9).
     front_back_prob: float = 0.0
     # How captions name a "next to" pair: "prompt" (as written, whatever the view) or "left_first" (the object
     # on the image's left first, `grammar.name_left_first`). Recorded in the export; the SD path then writes its
@@ -84,7 +86,7 @@ class PriorTrainConfig:
     init_from: str | None = None
     # View-caption rules, recorded in the export (the SD path uses them when a recipe leaves its own unset).
     # 67.5 / 67.5 (side views only where a "next to" pair's objects hide each other) was tried as a 2,000-step
-    # fine-tune: no change, the prior stays view-blind for pair layout (BENCHMARKS §9).
+    # fine-tune: no change, the prior stays view-blind for pair layout (docs/notebook.md §9).
     front_threshold: float = 45.0
     back_threshold: float = 45.0
     overhead_threshold: float = 60.0
@@ -152,7 +154,7 @@ def source_weights(source: str) -> tuple[dict[str, Tensor], dict[str, Any], dict
     """(EMA state dict of {"unet", "text"} in float32, the source's config, its history record) of a run
     directory (its checkpoint's EMA) or of an exported folder (`bundled:NAME`, or a folder with a training record
     beside unet/ and text_encoder/: its weights are the EMA, stored in float16 by default)."""
-    from asdcli.shapes.bundled import resolve_bundled
+    from asdcli.bundled import resolve_bundled
 
     folder = resolve_bundled(source) or Path(source).expanduser()
     info = next((folder / n for n in SHAPESWORLD_PRIOR_INFO if (folder / n).is_file()), None)
@@ -317,14 +319,14 @@ def export_prior(run_dir: str | Path, dest: str | Path, fp16: bool = True) -> Pa
     """Write the EMA weights of `run_dir`'s checkpoint as a diffusers folder (unet/, text_encoder/, tokenizer/,
     scheduler/; no vae/ = pixel space) at `dest`, built in a temp folder and renamed into place."""
     return export_ema_folder(run_dir, dest, PriorTrainConfig, build_models, fp16, SHAPESWORLD_PRIOR_INFO[0],
-                             "train-prior")
+                             "train-prior", prior_kind=SHAPESWORLD_KIND)
 
 
 def export_ema_folder(run_dir: str | Path, dest: str | Path, config_cls: type, build, fp16: bool, info_file: str,
-                      command: str, extra_info=None) -> Path:
+                      command: str, extra_info=None, prior_kind: str | None = None) -> Path:
     """The shared export of the prior trainers: the checkpoint's EMA weights loaded into `build(cfg)`'s models,
     written as unet/, text_encoder/, tokenizer/ (+ vocab.json, merges.txt), scheduler/ and `info_file`
-    (`extra_info(cfg)` adds keys to it)."""
+    (`extra_info(cfg)` adds keys to it); with `prior_kind`, the record that only that prior kind may load it."""
     tensors, meta = load_checkpoint(run_dir, command)
     cfg = config_cls.from_dict(meta["config"])
     tokenizer, text, unet = build(cfg)
@@ -342,5 +344,7 @@ def export_ema_folder(run_dir: str | Path, dest: str | Path, config_cls: type, b
                 "dtype": "float16" if fp16 else "float32", "history": read_history(run_dir),
                 **(extra_info(cfg) if extra_info else {})}
         (tmp / info_file).write_text(json.dumps(info, indent=1) + "\n")
+        if prior_kind:
+            write_folder_kind(tmp, prior_kind)
 
     return write_folder_atomic(Path(dest), write)

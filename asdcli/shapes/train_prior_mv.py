@@ -178,7 +178,7 @@ class MVPriorData:
         """(images [B·V, 3, H, W] in [−1, 1] over fresh per-view backgrounds, cameras [B·V, 16] =
         camera_embedding(c2w), captions [B] (some dropped to the negative prompt), pool indices [B]).
         Rows are object-major: the V views of object i are rows i·V … i·V + V − 1."""
-        from asdcli.priors.base import camera_embedding
+        from asdcli.conditioning import camera_embedding
 
         cfg, v = self.cfg, self.cfg.views
         idx = torch.randint(cfg.pool, (cfg.batch,), generator=gen)

@@ -18,7 +18,10 @@ import tempfile
 from pathlib import Path
 from typing import Any
 
-from asdcli.shapes.grammar import VOCABULARY
+import torch
+
+from asdcli.clip_model import byte_unicode_alphabet
+from asdcli.shapes.world.grammar import VOCABULARY
 
 MAX_LENGTH = 20
 BOS, EOS = "<|startoftext|>", "<|endoftext|>"
@@ -52,8 +55,6 @@ def vocab_and_merges(words: tuple[str, ...] = WORDS) -> tuple[dict[str, int], li
 
     Merges are appended until each word's BPE is a single piece: a new merge always has the highest rank, so it
     applies after the ones before it and cannot split a word that already came out whole."""
-    from asdcli.clip_model import byte_unicode_alphabet
-
     alphabet = byte_unicode_alphabet()
     vocab = {c: i for i, c in enumerate(alphabet)}
     vocab.update({c + "</w>": len(alphabet) + i for i, c in enumerate(alphabet)})
@@ -92,8 +93,6 @@ def build_tokenizer(max_length: int = MAX_LENGTH) -> Any:
 def token_ids(tokenizer: Any, texts: list[str], max_length: int) -> Any:
     """Token ids [N, L] long as `asdcli.priors.text.TextEncoder.tokenize` makes them for prompts that fit (BOS,
     content, EOS, EOS padding); longer ones are cut keeping EOS, as there."""
-    import torch
-
     eos = tokenizer.eos_token_id
     pad = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else eos
     rows = []

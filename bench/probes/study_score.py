@@ -22,15 +22,15 @@ SAMPLE_SEED = 0
 
 def train_sample(n: int) -> list[str]:
     """The first n prompts of the 64-prompt corpus: train prompts of every arm (the corpora are nested)."""
-    from asdcli.shapes.library import build_library
+    from asdcli.shapes.world.library import build_library
 
     return build_library(0, 64)["train"][:n]
 
 
 def sample_prompts(corpus: int | None, split: str, n: int, seed: int) -> list[str]:
     """Up to n prompts of a split (train = the nested corpus of that size), seeded, in the split's order (the
-    seeded sets of BENCHMARKS §9b–§9k are `sample_prompts(None, split, 32, seed)`)."""
-    from asdcli.shapes.library import build_library
+    seeded sets of docs/notebook.md §9b–§9k are `sample_prompts(None, split, 32, seed)`)."""
+    from asdcli.shapes.world.library import build_library
 
     items = build_library(0, corpus)[split]
     if len(items) <= n:
@@ -50,8 +50,8 @@ def shape_stats(model, prompts: list[str], res: int = 32) -> dict[str, float]:
 
     from asdcli.engine.inference import field_state
     from asdcli.shapes.evaluation import predicted_occupancy
-    from asdcli.shapes.grammar import parse_prompt
-    from asdcli.shapes.metrics import gt_occupancy, iou_matrix
+    from asdcli.shapes.world.grammar import parse_prompt
+    from asdcli.shapes.world.metrics import gt_occupancy, iou_matrix
 
     occs = []
     for start in range(0, len(prompts), 8):

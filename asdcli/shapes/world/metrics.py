@@ -17,8 +17,8 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor
 
-from asdcli.shapes.grammar import SceneSpec, all_specs
-from asdcli.shapes.scenes import SceneBatch, SceneField, grid_points, scene_bounds, scene_volume
+from asdcli.shapes.world.grammar import SceneSpec, all_specs
+from asdcli.shapes.world.scenes import SceneBatch, SceneField, grid_points, scene_bounds, scene_volume
 
 Angles = int | Sequence[float]
 

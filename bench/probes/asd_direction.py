@@ -7,17 +7,17 @@ ASD's direction splits into a guidance term and an asynchronous term:
 Both come from the loss's own `direction` (the same noise and Δt): at s = 1 it is the asynchronous term alone,
 and the difference of two scales is the guidance term. When the guidance term dominates, the directions at two
 large scales point the same way (`cos` near 1) and Adam, which normalises the step's size, learns the same thing
-from both: the scale then cannot change what the generator learns, however it is set (BENCHMARKS §9e).
+from both: the scale then cannot change what the generator learns, however it is set (docs/notebook.md §9e).
 
-    python bench/asd_direction.py RUN|bundled --prompts FILE [--t 50 100 200 500] [--scales 3 7.5]
+    python bench/probes/asd_direction.py RUN|bundled --prompts FILE [--t 50 100 200 500] [--scales 3 7.5]
         [--shift-ratio 0.1 0.5]
 
 The renders are the run's last-step training views (its camera ranges and resolution) over a grey background;
 the prior is the run's recipe's.
 
-Over training, for any loss (the method study, bench/study.py, calls `mechanism_rows` at every scored step):
+Over training, for any loss (the method study, bench/probes/study.py, calls `mechanism_rows` at every scored step):
 
-    python bench/asd_direction.py RUN|bench/study/ARM --prompts FILE --over-training
+    python bench/probes/asd_direction.py RUN|bench/study/ARM --prompts FILE --over-training
 
 reads every checkpoint of a run (RUN/checkpoints/step_*) or every weight snapshot a study arm committed
 (bench/study/ARM/weights/step_*.safetensors with its state/recipe.yaml), and prints per step and timestep the
@@ -35,7 +35,7 @@ from pathlib import Path
 
 import torch
 
-ROOT = Path(__file__).resolve().parents[1]
+ROOT = Path(__file__).resolve().parents[2]
 if str(ROOT) not in sys.path:
     sys.path.insert(0, str(ROOT))
 

@@ -5,7 +5,7 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
-from asdcli.shapes.grammar import corpus, splits
+from asdcli.shapes.world.grammar import corpus, splits
 
 
 def build_library(seed: int = 0, corpus_size: int | None = None) -> dict[str, list[str]]:

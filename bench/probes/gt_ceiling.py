@@ -6,10 +6,10 @@ score tells the generator and what the generator can represent. Fitting the grou
 generator, cameras, renderer, steps and optimiser; no prior in the loop) measures the second alone, so a
 target that the fit misses cannot be reached by any distillation loss either.
 
-    python bench/gt_ceiling.py fit recipes/shapes_generator.yaml --out RUN [key=value ...] [--steps N]
+    python bench/probes/gt_ceiling.py fit recipes/shapes_generator.yaml --out RUN [key=value ...] [--steps N]
     asd eval --checkpoint RUN --prompts FILE --json out.json
-    python bench/gt_ceiling.py levels RUN|bundled|gt --prompts FILE
-    python bench/gt_ceiling.py colours RUN|bundled --prompts FILE
+    python bench/probes/gt_ceiling.py levels RUN|bundled|gt --prompts FILE
+    python bench/probes/gt_ceiling.py colours RUN|bundled --prompts FILE
 
 `levels` scores the occupancy {SDF < level} of a run (or the bundled generator) for several levels: IoU,
 shape_r@1 and its volume over the scenes'. With `gt` it offsets the ground-truth SDFs themselves, which shows
@@ -30,7 +30,7 @@ from pathlib import Path
 
 import torch
 
-ROOT = Path(__file__).resolve().parents[1]
+ROOT = Path(__file__).resolve().parents[2]
 if str(ROOT) not in sys.path:
     sys.path.insert(0, str(ROOT))
 
@@ -69,8 +69,8 @@ def sdf_grids(source: str, prompts: list[str], res: int) -> list[torch.Tensor]:
     """[R, R, R] SDF grids of each prompt: the ground truth ("gt") or a generator (a run, or "bundled")."""
     from asdcli.engine.inference import field_state, load_model
     from asdcli.shapes.evaluation import grid_points, predicted_value
-    from asdcli.shapes.grammar import parse_prompt
-    from asdcli.shapes.scenes import SceneField
+    from asdcli.shapes.world.grammar import parse_prompt
+    from asdcli.shapes.world.scenes import SceneField
 
     if source == "gt":
         pts = grid_points(res, 1.0).reshape(-1, 3)
@@ -87,8 +87,8 @@ def sdf_grids(source: str, prompts: list[str], res: int) -> list[torch.Tensor]:
 
 def level_sweep(source: str, prompts: list[str], levels=LEVELS, res: int = 64) -> list[dict]:
     """Per level: mean IoU, shape_r@1 and occupied volume / the scenes' volume of {SDF < level}."""
-    from asdcli.shapes.grammar import parse_prompt
-    from asdcli.shapes.metrics import gt_occupancy, iou_matrix, shape_hits_from_matrix
+    from asdcli.shapes.world.grammar import parse_prompt
+    from asdcli.shapes.world.metrics import gt_occupancy, iou_matrix, shape_hits_from_matrix
 
     specs = [parse_prompt(p) for p in prompts]
     grids, gt = sdf_grids(source, prompts, res), gt_occupancy(specs, res)
@@ -148,10 +148,10 @@ def colour_split(source: str, prompts: list[str], n: int = 2048) -> dict:
     colour set right: colour on the wrong object or part), `chroma_excess` / `brightness_excess` (the renders'
     saturation / lightness over the GT renders') and `albedo_brightness_excess` (the colour field's lightness
     on the true surface over the true colours'; above the renders' figure, the generator's shading is darker)."""
-    from asdcli.engine.inference import _select, field_state, load_model, query_fn
-    from asdcli.shapes.grammar import parse_prompt
-    from asdcli.shapes.metrics import surface_colours
-    from asdcli.shapes.scenes import SceneField
+    from asdcli.engine.inference import field_state, load_model, query_fn, select_prompt
+    from asdcli.shapes.world.grammar import parse_prompt
+    from asdcli.shapes.world.metrics import surface_colours
+    from asdcli.shapes.world.scenes import SceneField
 
     model = load_model(None if source == "bundled" else source)
     errors, placement, excess, albedo = [], [], [], []
@@ -159,7 +159,7 @@ def colour_split(source: str, prompts: list[str], n: int = 2048) -> dict:
         part = prompts[start:start + 8]
         state, _ = field_state(model, part, seed=model.cfg.seed)
         for i, prompt in enumerate(part):
-            excess.append(render_excess(model, _select(state, i), prompt))
+            excess.append(render_excess(model, select_prompt(state, i), prompt))
             field = SceneField(parse_prompt(prompt))
             pts, pred, gt = surface_colours(lambda p, f=query_fn(model, state, i): f(p)[1], field.spec, n)
             owner = field.batch.object_sdf(pts, 0).argmin(1)
@@ -204,14 +204,14 @@ def main() -> None:
             print(f"level {row['level']:+.2f}  iou {row['iou']:.3f}  shape_r@1 {row['shape_r@1']:.3f}  "
                   f"volume {row['volume_ratio']:.2f}")
         return
-    from asdcli.commands import _flags, _prompts_of
     from asdcli.engine.trainer import Trainer
-    from asdcli.recipe import load_recipe
+    from asdcli.prompts import recipe_prompts
+    from asdcli.recipe import flag_overrides, load_recipe
 
-    cfg = load_recipe(args.recipe, args.overrides, _flags(args.steps, args.out, None))
+    cfg = load_recipe(args.recipe, args.overrides, flag_overrides(args.steps, args.out, None))
     if cfg.render.shading == "lambertian" and cfg.render.light != "camera":
         ap.error("render.light: the ground-truth renders are lit from the camera; set render.light=camera")
-    prompts, val = _prompts_of(cfg)
+    prompts, val = recipe_prompts(cfg)
     trainer = Trainer(cfg, prompts, val, resume=args.resume, quiet=False)
     trainer.steps = GroundTruthStep(cfg, trainer.parts, trainer.text, trainer.device)
     result = trainer.fit()
@@ -220,9 +220,10 @@ def main() -> None:
 
 if __name__ == "__main__":
     from asdcli.errors import UserError
+    from asdcli.shapes.world.grammar import PromptError
 
     try:
         main()
-    except UserError as exc:  # a bad recipe key or run directory: one line, exit 2, as `asd` does
+    except (UserError, PromptError) as exc:  # a bad recipe key, run directory or prompt: one line, exit 2
         print(f"error: {exc}", file=sys.stderr)
         raise SystemExit(2) from None

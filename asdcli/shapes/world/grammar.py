@@ -24,8 +24,6 @@ import random
 from dataclasses import dataclass
 from functools import lru_cache
 
-from asdcli.errors import UserError
-
 # Shape name → id used by the scene module; order is part of the world's definition.
 SHAPES: tuple[str, ...] = ("sphere", "cube", "cylinder", "cone", "torus", "capsule", "pyramid")
 # Albedos with distinct hues, so that Lambertian shading (brightness ×0.3…1) cannot turn one into another.
@@ -53,8 +51,9 @@ VAL_FRACTION = 0.05
 SINGLE_EVERY = 4  # corpus ordering: every 4th prompt is a single object (while singles last)
 
 
-class PromptError(UserError):
-    """A prompt outside the ShapesWorld grammar; the message names the offending words and the grammar."""
+class PromptError(ValueError):
+    """A prompt outside the ShapesWorld grammar; the message names the offending words and the grammar. The world
+    imports nothing of asdcli, so the app and command edges turn it into a `UserError` (exit 2, this message)."""
 
 
 @dataclass(frozen=True)
@@ -99,7 +98,7 @@ def name_left_first(prompt: str, azimuth: float) -> str:
     named first. "A next to B" puts A at −y, which is on the left for |azimuth| ≤ 90° and on the right beyond, so
     behind the pair the caption becomes "B next to A". Read in left-to-right order, the first-named object is
     always the left one: a first-order cue like "on top of"'s, where a prompt-order caption leaves the prior to
-    learn the order × view-word interaction (it did not: BENCHMARKS §9b). Other prompts are returned unchanged."""
+    learn the order × view-word interaction (it did not: docs/notebook.md §9b). Other prompts are returned unchanged."""
     halves = prompt.split(" next to ")
     wrapped = (azimuth + 180.0) % 360.0 - 180.0
     if len(halves) != 2 or abs(wrapped) <= 90.0:

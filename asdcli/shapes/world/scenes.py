@@ -23,7 +23,7 @@ from functools import cache
 import torch
 from torch import Tensor
 
-from asdcli.shapes.grammar import COLORS, SHAPES, SIZES, SceneSpec
+from asdcli.shapes.world.grammar import COLORS, SHAPES, SIZES, SceneSpec, parse_prompt
 
 FIT_RADIUS = 0.85  # bounding radius of a pair after fitting (scene units): inside [-1, 1]^3 from any angle
 NEXT_TO_GAP = 0.1  # gap between the bounding boxes of a "next to" pair, before fitting
@@ -313,7 +313,5 @@ class SceneField:
 def scene_field(spec: SceneSpec | str, device: torch.device | str = "cpu") -> SceneField:
     """The analytic field of a SceneSpec (or of a prompt, parsed first)."""
     if isinstance(spec, str):
-        from asdcli.shapes.grammar import parse_prompt
-
         spec = parse_prompt(spec)
     return SceneField(spec, device)

@@ -8,7 +8,7 @@ the mesh's red vertices.
 
 Needs chromium (Debian: `apt-get install chromium`) and three.js from npm in a folder outside the repo:
     mkdir /tmp/viewer && (cd /tmp/viewer && npm install three@0.170.0)
-    python bench/glb_viewer/check.py --npm-dir /tmp/viewer --out docs/glb_colours.png
+    python bench/probes/glb_viewer/check.py --npm-dir /tmp/viewer --out docs/glb_colours.png
 """
 
 from __future__ import annotations
@@ -33,7 +33,7 @@ def _meshes(prompt: str, folder: Path) -> None:
     import trimesh
     from trimesh.exchange.gltf import export_glb
 
-    from asdcli.mesh.export import _finish_gltf_tree, _to_trimesh
+    from asdcli.mesh.export import finish_gltf_tree, to_trimesh
     from asdcli.mesh.isosurface import Mesh
 
     for name in ("after.glb", "mesh.ply"):
@@ -41,7 +41,7 @@ def _meshes(prompt: str, folder: Path) -> None:
                        check=True)
     ply = trimesh.load(folder / "mesh.ply", process=False)
     mesh = Mesh(np.asarray(ply.vertices, np.float32), np.asarray(ply.faces), ply.visual.vertex_colors[:, :3])
-    old = export_glb(_to_trimesh(mesh, y_up=True).scene(), include_normals=True, tree_postprocessor=_finish_gltf_tree)
+    old = export_glb(to_trimesh(mesh, y_up=True).scene(), include_normals=True, tree_postprocessor=finish_gltf_tree)
     (folder / "before.glb").write_bytes(old)
 
 

@@ -7,10 +7,10 @@ shape it prints `top1` (the share of views whose lowest loss is the true caption
 relative loss gap (L_rival − L_true) / L_true: the larger the gap, the louder the prior's score says which shape
 it is. `--absolute` prints L_rival − L_true instead (the mean ε-MSE difference per timestep and draw, × 1000)
 and the true caption's loss L_true beside it: a better-trained prior lowers L_true, which alone widens the
-relative gap (BENCHMARKS §9i). `--partner "blue cube"` asks the same of "a red SHAPE next to a blue cube" (the
-relation of ShapesWorld's weakest prompts, BENCHMARKS §9g).
+relative gap (docs/notebook.md §9i). `--partner "blue cube"` asks the same of "a red SHAPE next to a blue cube" (the
+relation of ShapesWorld's weakest prompts, docs/notebook.md §9g).
 
-    python bench/caption_gaps.py [--prior bundled|FOLDER] [--partner "blue cube"] [--colour red]
+    python bench/probes/caption_gaps.py [--prior bundled|FOLDER] [--partner "blue cube"] [--colour red]
         [--shapes cone pyramid ...] [--views 16] [--t 50 100 200 350 500] [--reps 2] [--absolute]
         [--elevation 60 85]
 """
@@ -23,14 +23,14 @@ from pathlib import Path
 
 import torch
 
-ROOT = Path(__file__).resolve().parents[1]
+ROOT = Path(__file__).resolve().parents[2]
 if str(ROOT) not in sys.path:
     sys.path.insert(0, str(ROOT))
 
 
 def caption(colour: str, shape: str, partner: str | None) -> str:
     """The grammar's prompt for a `colour` `shape`, alone or next to `partner` (e.g. "blue cube")."""
-    from asdcli.shapes.grammar import ObjectSpec, SceneSpec, parse_prompt
+    from asdcli.shapes.world.grammar import ObjectSpec, SceneSpec, parse_prompt
 
     head = ObjectSpec(shape, colour)
     if not partner:
@@ -73,9 +73,9 @@ def shape_gaps(prior, true: str, shapes: list[str], colour: str, partner: str | 
 
 
 def main() -> None:
-    from asdcli.priors.stable_diffusion import StableDiffusionPrior, StableDiffusionPriorConfig
-    from asdcli.shapes.bundled import bundled_prior
-    from asdcli.shapes.scenes import PRIMITIVES
+    from asdcli.bundled import bundled_prior
+    from asdcli.shapes.prior import ShapesWorldPrior, ShapesWorldPriorConfig
+    from asdcli.shapes.world.scenes import PRIMITIVES
 
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     ap.add_argument("--prior", default="bundled", help="'bundled' or an exported diffusers folder")
@@ -92,7 +92,7 @@ def main() -> None:
                          "captions views above 60 as overhead)")
     args = ap.parse_args()
     folder = bundled_prior() if args.prior == "bundled" else Path(args.prior)
-    prior = StableDiffusionPrior(StableDiffusionPriorConfig(model=str(folder)))
+    prior = ShapesWorldPrior(ShapesWorldPriorConfig(model=str(folder)))
     gen = torch.Generator().manual_seed(args.seed)
     for true in args.shapes:
         top1, l_true, gaps = shape_gaps(prior, true, args.shapes, args.colour, args.partner, args.views, args.t,

@@ -1,11 +1,11 @@
 """The ShapesWorld method study: ASD vs SDS, CSD and VSD as the corpus grows, with seeds, on the bundled recipe
-(docs/study/DESIGN.md holds the design; BENCHMARKS §8 the results).
+(docs/study/DESIGN.md holds the design; docs/notebook.md §8 the results).
 
-    python bench/study.py plan     [--steps N]                   the grid, each arm's state, the cost left
-    python bench/study.py run      [--only ARM ...] [--budget-min M] [--jobs J] [--device cpu|cuda] ...
-    python bench/study.py report   [--out docs/study]            table, curves, verdict template
-    python bench/study.py steptime [--methods asd ...]           s/step of the bundled recipe per loss
-    python bench/study.py drift    [--before 30 --after 20]      compact-state resume vs uninterrupted
+    python bench/probes/study.py plan     [--steps N]                   the grid, each arm's state, the cost left
+    python bench/probes/study.py run      [--only ARM ...] [--budget-min M] [--jobs J] [--device cpu|cuda] ...
+    python bench/probes/study.py report   [--out docs/study]            table, curves, verdict template
+    python bench/probes/study.py steptime [--methods asd ...]           s/step of the bundled recipe per loss
+    python bench/probes/study.py drift    [--before 30 --after 20]      compact-state resume vs uninterrupted
 
 Arms: {asd, sds, csd, vsd} × shapesworld:{64, 1024, 6118} × seeds {0, 1}, plus on 6118 SDS at a constant CFG
 100 and ASD at η 0 and 0.2 (both seeds): 30 arms. Each is recipes/shapes_generator.yaml with `loss.kind` and the
@@ -13,9 +13,9 @@ method's own keys (those of recipes/shapes_{method}.yaml's loss section that the
 config lacks: VSD's LoRA options) overridden, plus the corpus and the seed; every schedule is the recipe's.
 
 An arm trains in segments of --score-every steps (the recipe's schedules count steps, so a segmented run
-replays the uninterrupted one). After each segment its checkpoint is scored (bench/study_score.py) and probed
-(bench/asd_direction.py `mechanism_rows`), and the arm's compact state (bench/study_state.py) is written to
-bench/study/ARM/ with the scores, so the next sitting continues it from a fresh checkout.
+replays the uninterrupted one). After each segment its checkpoint is scored (study_score.py) and probed
+(asd_direction.py `mechanism_rows`), and the arm's compact state (study_state.py; all three beside this file in
+bench/probes/) is written to bench/study/ARM/ with the scores, so the next sitting continues it from a fresh checkout.
 """
 
 from __future__ import annotations
@@ -29,7 +29,8 @@ import time
 from dataclasses import dataclass, fields
 from pathlib import Path
 
-sys.path.insert(0, str(Path(__file__).resolve().parent))  # the bench helpers are plain modules beside this one
+HERE = Path(__file__).resolve().parent  # bench/probes: the study's own modules; bench/: the suite's common.py
+sys.path[:0] = [str(HERE), str(HERE.parent)]  # plain modules, not a package
 import common  # noqa: E402
 import study_state  # noqa: E402
 from study_score import sample_prompts, train_sample  # noqa: E402, F401 - §9b–§9k cite study.py's sample_prompts
@@ -42,7 +43,7 @@ METHODS, CORPORA, SEEDS = ("asd", "sds", "csd", "vsd"), (64, 1024, 6118), (0, 1)
 FULL_CORPUS = 6118  # the whole ShapesWorld train split (build_library(0)["train"])
 VARIANTS = {("sds", "cfg100"): ("loss.guidance_scale=100",),  # DreamFusion's constant scale, the whole run
             ("asd", "eta0"): ("loss.shift_ratio=0",), ("asd", "eta0.2"): ("loss.shift_ratio=0.2",)}
-STEPS, SCORE_EVERY = 4000, 500  # the bundled recipe left chance by ~4,000 steps at 8 prompts (BENCHMARKS §9k)
+STEPS, SCORE_EVERY = 4000, 500  # the bundled recipe left chance by ~4,000 steps at 8 prompts (docs/notebook.md §9k)
 MEASURED_S_PER_STEP = {"asd": 1.23, "sds": 1.12, "csd": 1.12, "vsd": 1.61}  # CPU s, 1 thread (`steptime`)
 
 
@@ -230,14 +231,14 @@ def set_run_device(run: Path, device: str) -> None:
     arm may move between a GPU session and a CPU sitting (every training draw is on the CPU either way)."""
     import yaml
 
-    from asdcli.engine.rundir import atomic_write_text
+    from asdcli.atomic import write_text_atomic
 
     file = run / "recipe.yaml"
     if file.is_file():
         data = yaml.safe_load(file.read_text())
         if data["train"]["device"] != device:
             data["train"]["device"] = device
-            atomic_write_text(file, yaml.safe_dump(data, sort_keys=False, allow_unicode=True))
+            write_text_atomic(file, yaml.safe_dump(data, sort_keys=False, allow_unicode=True))
 
 
 def seconds_per_step(arm: Arm, store: Path) -> float:
