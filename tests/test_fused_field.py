@@ -73,6 +73,16 @@ def test_fused_field_is_taken_only_where_it_applies(monkeypatch):
     assert not fused.usable(planes, points.detach(), heads, 32)
 
 
+def test_renders_without_gradients_stay_on_the_eager_path(monkeypatch):
+    """Evaluation renders (no_grad) give exactly what they gave before the kernel existed."""
+    gen, planes, points, _ = _problem(n=500)
+    with torch.no_grad():
+        now = gen.query_with_grad(planes, points)
+        monkeypatch.setenv("ASD_FUSED", "0")
+        eager = gen.query_with_grad(planes, points)
+    assert torch.equal(now[0].value, eager[0].value) and torch.equal(now[1], eager[1])
+
+
 def test_training_steps_give_the_same_losses_and_weights_with_and_without_the_kernel(monkeypatch, tmp_path):
     """Three steps of a small ShapesWorld run (triplane, Lambertian shading, eikonal term), each path from the
     same seed: losses within 1e-4 relative, every generator weight within 1e-4 of its scale."""
