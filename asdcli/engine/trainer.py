@@ -78,6 +78,7 @@ class Trainer:
         if self.dist.is_main:  # check --out / --resume first, but create nothing until every part is built
             prepare_run_dir(cfg, resume, create=False)
         self.parts = build_train_parts(cfg, self.device)
+        self.parts.generator.prepare_for_training(self.device)
         dist_.broadcast_parameters([self.parts.generator, self.parts.background], self.dist)
         # Groups built at rate 1.0 carry each part's scale of its rate; every train step sets "lr" from the
         # schedule (kept out of the groups, which checkpoints save as JSON and a resume replaces).

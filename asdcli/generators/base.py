@@ -6,6 +6,7 @@ import abc
 from dataclasses import dataclass
 from typing import Any, Literal
 
+import torch
 from torch import Tensor, nn
 
 from asdcli.conditioning import TextEmbeddings
@@ -51,6 +52,10 @@ class Generator(nn.Module, abc.ABC):
     def rgb(self, features: Tensor) -> Tensor:
         """Colour features [..., F] → RGB [..., 3] in [0, 1]."""
         return features[..., :3].sigmoid()
+
+    def prepare_for_training(self, device: torch.device) -> None:
+        """Called once before the first training step (before any progress bar): build what training needs
+        once per machine, e.g. a compiled kernel. Nothing by default."""
 
     def param_groups(self, lr: float) -> list[dict]:
         """Optimiser parameter groups; override to give parts their own learning rates."""

@@ -15,6 +15,7 @@ from torch import Tensor, nn
 
 from asdcli.conditioning import TextEmbeddings
 from asdcli.config import ZERO_OK
+from asdcli.generators import fused
 from asdcli.generators.base import FieldOutput, Generator
 from asdcli.generators.mlp import (
     ConditionBlock,
@@ -85,7 +86,14 @@ class TriplaneGenerator(Generator):
     def query_with_grad(self, state: Tensor, points: Tensor) -> tuple[FieldOutput, Tensor]:
         """`query` plus d sdf / d points [P, N, 3], written out (renderers call it instead of autograd.grad with
         create_graph): the eikonal term then trains the field with one backward instead of a double backward.
-        points must not need a gradient (renderer samples do not)."""
+        points must not need a gradient (renderer samples do not). While training on CPU in float32 one fused
+        C++ pass (generators/fused.py) computes the same; evaluation renders (no gradient) stay on the eager path,
+        so they need no compiler and give the same images as before the kernel."""
+        if state.requires_grad and torch.is_grad_enabled() and fused.usable(
+                state, points, (self.sdf_head, self.feature_head), self.cfg.hidden):
+            sdf, colour, grad = fused.field_with_grad(state, points, self.sdf_head, self.feature_head,
+                                                      self.cfg.radius, self.cfg.sdf_bias_radius)
+            return FieldOutput(sdf, colour), grad
         feats, slope_u, slope_v = sample_triplanes_with_slopes(state, points, self.cfg.radius)  # [P, 3C, N]
         value, d_feats = mlp_channel_major(self.sdf_head, feats, input_grad=True)
         colour, _ = mlp_channel_major(self.feature_head, feats)
@@ -93,6 +101,11 @@ class TriplaneGenerator(Generator):
         grad = triplane_gradient(d_feats, slope_u, slope_v, scale) + sphere_sdf_grad(points)
         sdf = value[:, 0] + sphere_sdf(points, self.cfg.sdf_bias_radius)
         return FieldOutput(sdf, colour.transpose(1, 2).contiguous()), grad
+
+    def prepare_for_training(self, device: torch.device) -> None:
+        """Build the fused field kernel now (once per machine, ~40 s), not inside the first step's progress bar."""
+        if device.type == "cpu" and fused.enabled() and (self.cfg.plane_channels, self.cfg.hidden) in fused.SIZES:
+            fused.kernel()
 
     def query_value(self, state: Tensor, points: Tensor) -> Tensor:
         return self._sdf(sample_triplanes(state, points, self.cfg.radius), points)

@@ -162,8 +162,8 @@ def _march(generator: Generator, state: object, origins: Tensor, dirs: Tensor, p
     color = generator.rgb(feats.view(b, r, s, -1))
     out = {"weights": weights, "opacity": weights.sum(-1, keepdim=True)}
     if grad is not None:
-        sign = 1.0 if generator.field_type == "sdf" else -1.0  # density grows inwards: its normal is −∇σ
-        n = F.normalize(sign * grad.view(b, r, s, 3), dim=-1)
+        g = grad.view(b, r, s, 3)  # density grows inwards: its normal is −∇σ (no multiply by +1 for an SDF)
+        n = F.normalize(g if generator.field_type == "sdf" else -g, dim=-1)
         out.update(sample_normals=n, sdf_grad=grad, normal=(weights[..., None] * n).sum(-2))
         if lights is not None:
             shade = (n * lights[:, None, None, :]).sum(-1, keepdim=True).clamp_min(0.0)
