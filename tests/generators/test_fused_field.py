@@ -8,6 +8,7 @@ allow 2e-5 (other CPUs round the vectorised sums differently).
 from __future__ import annotations
 
 import shutil
+from pathlib import Path
 
 import pytest
 import torch
@@ -20,6 +21,7 @@ from asdcli.recipe import load_recipe
 pytestmark = pytest.mark.skipif(shutil.which("c++") is None and shutil.which("g++") is None,
                                 reason="no C++ compiler: the fused kernel cannot be built here")
 TOL = 2e-5
+RECIPE = Path(__file__).resolve().parents[2] / "recipes" / "shapes_asd.yaml"
 
 
 def _problem(p: int = 2, n: int = 3000):
@@ -91,7 +93,7 @@ def test_training_steps_give_the_same_losses_and_weights_with_and_without_the_ke
     results = []
     for on in (True, False):
         monkeypatch.setenv("ASD_FUSED", "1" if on else "0")
-        cfg = load_recipe("recipes/shapes_asd.yaml", ["render.resolution=16", "render.prompts_per_step=2",
+        cfg = load_recipe(RECIPE, ["render.resolution=16", "render.prompts_per_step=2",
                                                       "render.samples_per_ray=16", "train.val_every=0",
                                                       "train.checkpoint_every=1000"],
                           {"train.steps": 3, "output.dir": str(tmp_path / f"run-{on}")})
