@@ -24,6 +24,8 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from asdcli.atomic import write_bytes_atomic
+from asdcli.bundled import resolve_bundled
 from asdcli.errors import UserError
 
 UNREACHABLE_TTL_S = 60.0  # how long an unreachable hub is not asked again
@@ -139,8 +141,6 @@ def _missing_in(folder: Path, needs: tuple[tuple[str, ...], ...]) -> str | None:
 def _local(w: Weight) -> Path | None:
     """The local path `w.source` names (bundled:NAME, a file or folder), None for a hub id; UserError when a
     local path is missing or incomplete."""
-    from asdcli.bundled import resolve_bundled
-
     path = resolve_bundled(w.source)
     if path is None and not (looks_like_path(w.source) or Path(w.source).expanduser().exists()):
         return None
@@ -220,8 +220,6 @@ def _unreachable_since(endpoint: str) -> float | None:
 
 
 def _remember_unreachable(endpoint: str) -> None:
-    from asdcli.atomic import write_bytes_atomic
-
     path = _memo_file()
     try:
         path.parent.mkdir(parents=True, exist_ok=True)

@@ -21,8 +21,10 @@ from typing import Any, Literal
 import torch
 from torch import Tensor, nn
 
+from asdcli.bundled import resolve_bundled
 from asdcli.conditioning import Conditioning, camera_embedding
 from asdcli.errors import ConfigError, UserError
+from asdcli.priors.ldm_text import text_encoder_from_checkpoint
 from asdcli.priors.mvdream_unet import (
     build_mvdream_unet,
     infer_ldm_unet_config,
@@ -202,8 +204,6 @@ class MVDreamPrior(StableDiffusionPrior):
     @classmethod
     def _source(cls, cfg: Any) -> Path:
         """The checkpoint file or folder `cfg.model` names (bundled, local, or fetched from the hub)."""
-        from asdcli.bundled import resolve_bundled
-
         bundled = resolve_bundled(cfg.model)  # bundled:shapes-mv-prior → the package's folder
         path = bundled if bundled is not None else Path(cfg.model).expanduser()
         if path.exists():
@@ -215,8 +215,6 @@ class MVDreamPrior(StableDiffusionPrior):
 
     @classmethod
     def _own_text(cls, cfg: Any, sd: dict[str, Tensor], device: torch.device) -> TextEncoder:
-        from asdcli.priors.ldm_text import text_encoder_from_checkpoint
-
         local = Path(cfg.model).expanduser().exists()
         where = str(cfg.model) if local else f"{cfg.model}/{cfg.checkpoint_file}@{cfg.revision or 'main'}"
         return text_encoder_from_checkpoint(sd, f"{where}:cond_stage_model", device)

@@ -15,8 +15,10 @@ from typing import Any
 import torch
 from torch import Tensor
 
+from asdcli.bundled import resolve_bundled
 from asdcli.conditioning import TextEmbeddings
 from asdcli.errors import UserError
+from asdcli.registry import resolve
 
 # Files fetched from the hub: configs, tokenizer files and the full-precision safetensors weights only (the
 # fp16/EMA variants would double the download).
@@ -140,8 +142,6 @@ class TextEncoder:
 
 def load_text_encoder(cfg: Any, device: torch.device | str = "cpu") -> TextEncoder:
     """The text encoder of the prior that `cfg` (a prior config with `kind`) describes, without UNet/VAE."""
-    from asdcli.registry import resolve
-
     prior_cls = resolve("prior", cfg.kind, "prior.kind")
     return prior_cls.build_text_encoder(cfg, torch.device(device))
 
@@ -168,8 +168,6 @@ def resolve_model_folder(model: str, revision: str | None, needs: tuple[str, ...
     """A local diffusers folder holding the subfolders `needs`: `model` itself when it is a folder (no
     network), a bundled model (`bundled:shapes-prior`), else a hub snapshot (cache only when HF_HUB_OFFLINE=1).
     Failures are one-line UserErrors."""
-    from asdcli.bundled import resolve_bundled
-
     bundled = resolve_bundled(model)
     if bundled is not None:
         return _check_subfolders(bundled, model, needs)

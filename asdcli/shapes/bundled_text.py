@@ -23,6 +23,7 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from asdcli.errors import UserError
+from asdcli.priors.text import TextEncoder
 from asdcli.shapes.bundled import SHAPESWORLD_PRIOR_INFO
 
 SPECIALS = ("<|startoftext|>", "<|endoftext|>")
@@ -252,8 +253,6 @@ def runs_bundled_text(folder: Path) -> bool:
 
 def load_bundled_text(folder: Path, encoder_id: str, device: torch.device):
     """A TextEncoder (the class every prior uses) over this module's tokenizer and transformer."""
-    from asdcli.priors.text import TextEncoder
-
     model = load_text_transformer(folder / "text_encoder")
     tokenizer = ClipBpeTokenizer(folder / "tokenizer", int(model.config.max_position_embeddings))
     return TextEncoder(tokenizer, model, encoder_id, device)

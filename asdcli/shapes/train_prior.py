@@ -28,6 +28,7 @@ import torch
 from torch import Tensor, nn
 
 from asdcli.atomic import write_folder_atomic
+from asdcli.bundled import resolve_bundled
 from asdcli.errors import UserError
 from asdcli.priors.base import write_folder_kind
 from asdcli.shapes.bundled import SHAPESWORLD_PRIOR_INFO
@@ -154,8 +155,6 @@ def source_weights(source: str) -> tuple[dict[str, Tensor], dict[str, Any], dict
     """(EMA state dict of {"unet", "text"} in float32, the source's config, its history record) of a run
     directory (its checkpoint's EMA) or of an exported folder (`bundled:NAME`, or a folder with a training record
     beside unet/ and text_encoder/: its weights are the EMA, stored in float16 by default)."""
-    from asdcli.bundled import resolve_bundled
-
     folder = resolve_bundled(source) or Path(source).expanduser()
     info = next((folder / n for n in SHAPESWORLD_PRIOR_INFO if (folder / n).is_file()), None)
     if info is None:
