@@ -11,12 +11,12 @@ from pathlib import Path
 import numpy as np
 import torch
 
+from asdcli import generate
 from asdcli.atomic import write_json_atomic
 from asdcli.engine.checkpoint import run_dir_of
 from asdcli.engine.inference import LoadedModel, field_state, render_orbit
 from asdcli.engine.rundir import PROMPTS_NAME
 from asdcli.errors import UserError, shown
-from asdcli.generate import generate_mesh
 from asdcli.media import contact_sheet, save_png
 from asdcli.mesh.export import write_mesh
 from asdcli.mesh.names import assign_filenames
@@ -97,7 +97,7 @@ def export_all(model: LoadedModel, prompts: list[str], fmt: str, out: Path, reso
                 if path.exists() and not overwrite:
                     skipped += 1
                 else:
-                    mesh, _ = generate_mesh(model, prompt, resolution)
+                    mesh, _ = generate.generate_mesh(model, prompt, resolution)
                     write_mesh(mesh, path)
                     written += 1
                 done[path.name] = prompt

@@ -122,6 +122,7 @@ def default_distill_recipe() -> Path:
 def dry_run_report(cfg, prompts: list[str] | None, json_out: bool, prompts_note: str | None = None) -> None:
     """Resolved recipe + parameter counts, built on the meta device: no weights, no memory, no prior.
     `prompts` is None (with `prompts_note` saying why) when the library cannot be read here."""
+    # lazy: torch only for the meta-device build: the recipe checks above it stay torch-free
     import torch
 
     from asdcli.render.background import build_background
@@ -262,6 +263,7 @@ def _emit_report(report, json_path, csv_path, quiet) -> None:
     if csv_path is not None:
         report.write_csv(csv_path)
     if not quiet and report.metric_names:
+        # lazy: rich's console only when a table is printed
         from rich.console import Console
 
         # In a log rich assumes 80 columns and cuts every number to "0…": give the table room instead.

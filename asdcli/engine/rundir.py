@@ -16,6 +16,8 @@ import warnings
 from pathlib import Path
 from typing import Any
 
+import torch
+
 from asdcli import __version__
 from asdcli.atomic import write_text_atomic
 from asdcli.config import RunConfig, to_plain
@@ -167,8 +169,6 @@ def _first_difference(a: Any, b: Any, path: str = "") -> str:
 
 
 def write_meta(run: Path, cfg: RunConfig, step: int, prompts: list[str], extra: dict | None = None) -> None:
-    import torch
-
     meta = {
         "asd_version": __version__, "torch_version": torch.__version__, "python": platform.python_version(),
         "name": cfg.name, "seed": cfg.seed, "step": step, "prompt_library_hash": prompts_hash(prompts),

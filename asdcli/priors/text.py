@@ -180,6 +180,7 @@ def resolve_model_folder(model: str, revision: str | None, needs: tuple[str, ...
     if looks_like_path(model):
         raise UserError(f"prior.model: folder {model!r} not found; set prior.model to a local diffusers "
                         f"folder or a hub id such as stabilityai/stable-diffusion-2-1-base")
+    # lazy: huggingface_hub only for a hub id (not a folder, not bundled)
     from huggingface_hub import snapshot_download
 
     offline = hub_offline()
@@ -204,6 +205,7 @@ def load_clip_text(folder: Path, encoder_id: str, device: torch.device) -> TextE
 
     The text model stays float32 on every device so embeddings (and the on-disk cache built from them) are the
     same whether they were computed for training on a GPU or for `asd generate` on a CPU."""
+    # lazy: transformers is heavy: ShapesWorld's bundled text encoder runs without it
     from transformers import CLIPTextModel, CLIPTokenizer
 
     try:

@@ -20,6 +20,7 @@ from types import SimpleNamespace
 
 import torch
 import torch.nn.functional as F
+from safetensors.torch import load_file
 from torch import Tensor, nn
 
 from asdcli.errors import UserError
@@ -221,8 +222,6 @@ _RENAME = (("embeddings.token_embedding.", "token."), ("embeddings.position_embe
 
 def load_text_transformer(folder: Path) -> ClipTextTransformer:
     """text_encoder/config.json + model.safetensors (transformers' key names, any float dtype) → float32."""
-    from safetensors.torch import load_file
-
     config = json.loads((folder / "config.json").read_text(encoding="utf-8"))
     model = ClipTextTransformer(config)
     state = {}

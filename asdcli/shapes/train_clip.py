@@ -94,6 +94,7 @@ class ClipTrainConfig:
 
 def build_clip(cfg: ClipTrainConfig) -> tuple[Any, nn.Module]:
     """(tokenizer, CLIPModel) with fresh weights from cfg.seed; text context MAX_LENGTH, EOS pooling."""
+    # lazy: transformers is heavy: only CLIP training builds the model
     from transformers import CLIPConfig, CLIPModel
 
     tok = build_tokenizer(MAX_LENGTH)

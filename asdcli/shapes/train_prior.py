@@ -25,6 +25,7 @@ from pathlib import Path
 from typing import Any
 
 import torch
+from safetensors.torch import load_file
 from torch import Tensor, nn
 
 from asdcli.atomic import write_folder_atomic
@@ -122,6 +123,7 @@ def build_models(cfg: PriorTrainConfig) -> tuple[Any, nn.Module, nn.Module]:
     (attention at 16² halves the speed on CPU); the text also enters every resnet through the time embedding
     (`addition_embed_type="text"`: attention pooling of the token states), which the SD path feeds unchanged
     because it is computed from encoder_hidden_states alone."""
+    # lazy: diffusers/transformers are heavy: only training builds the models
     from diffusers import UNet2DConditionModel
     from transformers import CLIPTextConfig, CLIPTextModel
 
@@ -145,6 +147,7 @@ def build_models(cfg: PriorTrainConfig) -> tuple[Any, nn.Module, nn.Module]:
 
 def build_scheduler() -> Any:
     """Linear β 1e-4…0.02 over 1000 steps (pixel space: ᾱ_T ≈ 4e-5, so t = T really is pure noise)."""
+    # lazy: diffusers is heavy: only training builds the scheduler
     from diffusers import DDPMScheduler
 
     return DDPMScheduler(num_train_timesteps=1000, beta_schedule="linear", beta_start=1e-4, beta_end=0.02,
@@ -161,7 +164,6 @@ def source_weights(source: str) -> tuple[dict[str, Tensor], dict[str, Any], dict
         tensors, meta = load_checkpoint(folder, "train-prior")
         ema = {k[4:]: v for k, v in tensors.items() if k.startswith("ema.")}
         return ema, meta["config"], {"init_from": str(source), "source_steps": int(meta["step"])}
-    from safetensors.torch import load_file
 
     record = json.loads(info.read_text())
     ema = {}

@@ -119,6 +119,7 @@ def unet_config(cfg: MVPriorTrainConfig) -> dict[str, Any]:
 
 def build_mv_models(cfg: MVPriorTrainConfig) -> tuple[Any, nn.Module, nn.Module]:
     """(tokenizer, CLIPTextModel, multi-view UNet spanning cfg.views views) with fresh weights from cfg.seed."""
+    # lazy: transformers is heavy: only training builds the models
     from transformers import CLIPTextConfig, CLIPTextModel
 
     tokenizer = build_tokenizer(MAX_LENGTH)
