@@ -5,23 +5,30 @@ from __future__ import annotations
 import hashlib
 import json
 import os
+import random
 from pathlib import Path
 
 import numpy as np
 import torch
 
+from asdcli import generate
+from asdcli.atomic import write_json_atomic
+from asdcli.engine.checkpoint import run_dir_of
 from asdcli.engine.inference import LoadedModel, field_state, render_orbit
+from asdcli.engine.rundir import PROMPTS_NAME
 from asdcli.errors import UserError, shown
+from asdcli.media import contact_sheet, save_png
+from asdcli.mesh.export import write_mesh
+from asdcli.mesh.names import assign_filenames
+from asdcli.progress import ProgressReport
+from asdcli.prompts import BUNDLED, SPLITS, _check_prompts, read_split
+from asdcli.safeio import JSON_MAX_BYTES, read_bounded
 
 
 def prompts_for(model: LoadedModel, prompts_file: Path | None, split: str) -> list[str]:
     """Prompts from --prompts (a split of a JSON library) or, without it, the run's own prompts: the copy of its
     library it recorded (RUN/prompts.json), its inline prompts.items, or the bundled library it names. A path the
     run's recipe names is never read: a run from elsewhere could name any file on this machine."""
-    from asdcli.engine.checkpoint import run_dir_of
-    from asdcli.engine.rundir import PROMPTS_NAME
-    from asdcli.prompts import BUNDLED, SPLITS, read_split
-
     if split not in SPLITS:
         raise UserError(f"--split: expected one of {', '.join(SPLITS)}, got {shown(split)}")
     if prompts_file is not None:
@@ -34,8 +41,6 @@ def prompts_for(model: LoadedModel, prompts_file: Path | None, split: str) -> li
     if lib is not None and recorded.is_file():
         return read_split(recorded, split)
     if cfg.prompts.items:
-        from asdcli.prompts import _check_prompts
-
         return _check_prompts(list(cfg.prompts.items), "prompts.items")  # a run from elsewhere: checked as input
     if lib is not None:
         raise UserError(f"--prompts: the run trained on {shown(lib)}, a file outside the run folder that is read "
@@ -51,8 +56,6 @@ def eval_prompts(model: LoadedModel, prompts_file: Path | None, split: str, seed
     """The prompts `asd eval` scores and a line saying which: --prompts FILE → all of it; `--prompts all` → the
     run's whole split; no --prompts → DEFAULT_EVAL_PROMPTS of the run's split drawn with `seed` (in the split's
     order, so the same checkpoint always gets the same set), or all of them when there are fewer."""
-    import random
-
     if prompts_file is not None and str(prompts_file) != "all":
         items = prompts_for(model, prompts_file, split)
         return items, f"scoring the {len(items):,} prompts of {prompts_file}"
@@ -69,8 +72,6 @@ def eval_prompts(model: LoadedModel, prompts_file: Path | None, split: str, seed
 
 def _progress(quiet: bool, total: int, label: str):
     """A rich bar on a terminal, plain lines in a log, nothing with --quiet (asdcli.progress)."""
-    from asdcli.progress import ProgressReport
-
     return ProgressReport(label, total, quiet=quiet, unit="prompt")
 
 
@@ -84,10 +85,6 @@ def export_all(model: LoadedModel, prompts: list[str], fmt: str, out: Path, reso
     An existing file is reused (skipped) only when index.json records it for the same prompt and
     index.checkpoints.json for the same checkpoint; any other file keeps its name and the new mesh gets another.
     index.json is merged with what the folder held, never replaced by this batch's prompts alone."""
-    from asdcli.generate import generate_mesh
-    from asdcli.mesh.export import write_mesh
-    from asdcli.mesh.names import assign_filenames
-
     _check_out_folder(out)
     index, sources = _read_map(out / INDEX), _read_map(out / SOURCES)
     fingerprint = checkpoint_fingerprint(model.checkpoint)
@@ -100,7 +97,7 @@ def export_all(model: LoadedModel, prompts: list[str], fmt: str, out: Path, reso
                 if path.exists() and not overwrite:
                     skipped += 1
                 else:
-                    mesh, _ = generate_mesh(model, prompt, resolution)
+                    mesh, _ = generate.generate_mesh(model, prompt, resolution)
                     write_mesh(mesh, path)
                     written += 1
                 done[path.name] = prompt
@@ -139,8 +136,6 @@ def _check_out_folder(out: Path) -> None:
 
 def _read_map(path: Path) -> dict[str, str]:
     """index.json / index.checkpoints.json of an earlier export: {file name: text}; {} when absent."""
-    from asdcli.safeio import JSON_MAX_BYTES, read_bounded
-
     if not path.exists():
         return {}
     try:
@@ -153,8 +148,6 @@ def _read_map(path: Path) -> dict[str, str]:
 
 
 def _write_maps(out: Path, index: dict[str, str], sources: dict[str, str]) -> None:
-    from asdcli.atomic import write_json_atomic
-
     present = {name for name in index if (out / name).exists()}  # files deleted since are dropped
     for path, data in ((out / SOURCES, sources), (out / INDEX, index)):
         kept = {k: v for k, v in sorted(data.items()) if k in present}
@@ -186,8 +179,6 @@ def render_all(model: LoadedModel, prompts: list[str], views: int, resolution: i
 def contact_sheet_of(images: torch.Tensor, prompts: list[str], path: Path, max_prompts: int = 16) -> Path:
     """One row per prompt (up to max_prompts) under its prompt, one column per view; views smaller than
     128 px are shown enlarged (pixels repeated) to at least 128 px. images: [P, V, H, W, 3] in [0, 1]."""
-    from asdcli.media import contact_sheet, save_png
-
     shown = images[:max_prompts]
     tiles = [np.asarray(v.numpy()) for row in shown for v in row]
     return save_png(contact_sheet(tiles, cols=shown.shape[1], pad=2, min_cell=128,

@@ -12,6 +12,8 @@ import json
 import os
 from pathlib import Path
 
+import torch
+
 CLIP_MEAN = (0.48145466, 0.4578275, 0.40821073)
 CLIP_STD = (0.26862954, 0.26130258, 0.27577711)
 BOS, EOS = "<|startoftext|>", "<|endoftext|>"
@@ -46,6 +48,7 @@ def write_byte_vocab(folder: str | os.PathLike) -> int:
 
 def tiny_clip_config(vocab_size: int, image_size: int = 32):
     """CLIPConfig with 2-layer, 32-wide text and vision towers (patch 8) and 16-d projections."""
+    # lazy: transformers is heavy: only the CLIP paths (--clip-score, ShapesWorld CLIP training) load it
     from transformers import CLIPConfig
 
     text = dict(vocab_size=vocab_size, hidden_size=32, intermediate_size=64, num_hidden_layers=2,
@@ -62,7 +65,7 @@ def save_tiny_clip(path: str | os.PathLike, seed: int = 0) -> Path:
     The folder loads with CLIPModel / AutoTokenizer `from_pretrained` and with `asdcli.evaluate.ClipScorer`.
     The weights depend only on `seed`; the global torch RNG is left as it was.
     """
-    import torch
+    # lazy: transformers is heavy: only the CLIP paths load it
     from transformers import CLIPModel, CLIPTokenizer
 
     path = Path(path)

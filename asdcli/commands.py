@@ -1,20 +1,34 @@
-"""Command bodies: parse → load recipe → call one engine function. Imported only when a command runs."""
+"""Command bodies: parse → load recipe → call one engine function. Imported only when a command runs.
+
+The torch-free core is imported at the top; modules that load torch are imported inside the commands, so
+`asd train` checks its prompt library and weights before torch loads (tests/test_import_graph.py)."""
 
 from __future__ import annotations
 
 import json
 import math
 import sys
+import time
+import warnings
+from importlib.resources import files
 from pathlib import Path
 
-from asdcli.errors import UserError
+from asdcli.bundled import bundled_clip
+from asdcli.config import to_plain
+from asdcli.errors import UserError, safe_line, shown
+from asdcli.media import check_video_writable
+from asdcli.mesh.names import safe_filename
+from asdcli.preflight import local_clip, offline_first, resolve, training_weights
+from asdcli.progress import interactive
+from asdcli.prompts import UnpublishedLibrary, check_library_source, check_prompt, recipe_prompts
+from asdcli.recipe import dump_recipe, flag_overrides, load_recipe, merged_recipe
+from asdcli.registry import build
+from asdcli.shapes.bundled import is_shapesworld_prior
+from asdcli.shapes.world.grammar import unknown_words
 
 
 def train_command(recipe: Path, overrides: list[str], *, steps, out, device, resume, dry_run, json_out,
                   quiet) -> None:
-    from asdcli.prompts import recipe_prompts
-    from asdcli.recipe import flag_overrides, load_recipe, merged_recipe
-
     data = merged_recipe(recipe, overrides, flag_overrides(steps, out, device))
     if not dry_run:
         _early_checks(data)
@@ -29,9 +43,6 @@ def train_command(recipe: Path, overrides: list[str], *, steps, out, device, res
 def _early_checks(data: dict) -> None:
     """The prompt library and the weights the recipe names explicitly, checked before validation imports torch
     (seconds): a missing one fails within a second or two. Defaults are checked after validation too."""
-    from asdcli.preflight import resolve, training_weights
-    from asdcli.prompts import check_library_source
-
     prompts = data.get("prompts")
     library = prompts.get("library") if isinstance(prompts, dict) else None
     if isinstance(library, str):
@@ -43,8 +54,6 @@ def _early_checks(data: dict) -> None:
 
 def _dry_run_prompts(cfg) -> tuple[list[str] | None, str | None]:
     """The train prompts, or (None, why) for a library the paper never published: the dry run still reports."""
-    from asdcli.prompts import UnpublishedLibrary, recipe_prompts
-
     try:
         return recipe_prompts(cfg)[0], None
     except UnpublishedLibrary as exc:
@@ -53,8 +62,6 @@ def _dry_run_prompts(cfg) -> tuple[list[str] | None, str | None]:
 
 def _fit_with_weights(cfg, prompts, val, resume, quiet):
     """Every weight the prior needs is found (or one line says how to get it) before anything heavy loads."""
-    from asdcli.preflight import offline_first, training_weights
-
     with offline_first(training_weights(cfg.prior)):
         return _fit_and_report(cfg, prompts, val, resume, quiet)
 
@@ -65,8 +72,6 @@ def _fit_and_report(cfg, prompts, val, resume, quiet):
     try:
         result = fit(cfg, prompts, val, resume=resume, quiet=quiet)
     except TrainingAborted as exc:
-        from asdcli.errors import safe_line
-
         print(f"error: {safe_line(exc)}", file=sys.stderr)
         raise SystemExit(exc.exit_code) from None
     if not quiet:
@@ -80,9 +85,6 @@ def distill_command(prompt: str, overrides: list[str], *, recipe, steps, out, ru
     """Distil PROMPT into one field, then write its mesh: --out, or RUN/NAME.glb. RUN is --run-dir, or the
     recipe's output.root / NAME with NAME the prompt's safe file name ("a blue torus" → runs/a_blue_torus)."""
     from asdcli.generate import MESH_SUFFIXES, check_output_file, check_resolution
-    from asdcli.mesh.names import safe_filename
-    from asdcli.prompts import check_prompt
-    from asdcli.recipe import flag_overrides, load_recipe, merged_recipe
 
     prompt = check_prompt(prompt)
     check_resolution(resolution)
@@ -117,19 +119,15 @@ def _distilled_mesh(run_dir: Path, prompt: str, out: Path, resolution: int, devi
 
 
 def default_distill_recipe() -> Path:
-    from importlib.resources import files
-
     return Path(str(files("asdcli") / "assets" / "recipes" / "distill.yaml"))
 
 
 def dry_run_report(cfg, prompts: list[str] | None, json_out: bool, prompts_note: str | None = None) -> None:
     """Resolved recipe + parameter counts, built on the meta device: no weights, no memory, no prior.
     `prompts` is None (with `prompts_note` saying why) when the library cannot be read here."""
+    # lazy: torch only for the meta-device build: the recipe checks above it stay torch-free
     import torch
 
-    from asdcli.config import to_plain
-    from asdcli.recipe import dump_recipe
-    from asdcli.registry import build
     from asdcli.render.background import build_background
 
     text_dim = getattr(cfg.generator, "text_dim", None) or 0
@@ -152,19 +150,15 @@ def dry_run_report(cfg, prompts: list[str] | None, json_out: bool, prompts_note:
 def generate_command(prompt: str, out: Path, *, checkpoint, resolution, threshold, seed, turntable, views_png,
                      views, max_faces, device, verbose, quiet=False, frames: int = 48) -> None:
     del quiet  # read by run_guarded: it silences the Hugging Face weight-loading bars before they are imported
-    import time
 
     from asdcli.engine.inference import load_model
     from asdcli.generate import MESH_SUFFIXES, check_output_file, check_resolution, generate_mesh, orbit_media
     from asdcli.mesh.export import write_mesh
-    from asdcli.prompts import check_prompt
 
     prompt = check_prompt(prompt)
     check_resolution(resolution)
     check_output_file(out, MESH_SUFFIXES, "--out")
     if turntable is not None:
-        from asdcli.media import check_video_writable
-
         check_output_file(turntable, (".mp4", ".gif"), "--turntable")
         check_video_writable(turntable)  # before the model loads: no silent switch to .gif
     if views_png is not None:
@@ -195,18 +189,11 @@ def generate_command(prompt: str, out: Path, *, checkpoint, resolution, threshol
 def _warn_vocabulary(model, prompts: list[str]) -> None:
     """A model trained against a ShapesWorld prior (2D or 4-view) knows a small vocabulary, which its tokenizer
     spells in bytes the generator never saw: name the words outside it (no crash)."""
-    import warnings
-
-    from asdcli.shapes.bundled import is_shapesworld_prior
-    from asdcli.shapes.world.grammar import unknown_words
-
     if not is_shapesworld_prior(getattr(model.cfg.prior, "model", None)):  # tiny-random has no model
         return
     for prompt in prompts:
         unknown = unknown_words(prompt)
         if unknown:
-            from asdcli.errors import safe_line, shown
-
             warnings.warn(f"words outside the model's vocabulary: {safe_line(', '.join(unknown))} "
                           f"(in {shown(prompt)})", stacklevel=2)
 
@@ -226,7 +213,6 @@ def export_command(run: Path, *, prompts, split, fmt, out, resolution, overwrite
     written, skipped, failures = export_all(model, items, fmt, out, resolution, overwrite, quiet)
     print(f"exported {written} asset(s) to {out} ({skipped} existing skipped, {len(failures)} failed); "
           f"index: {out / 'index.json'}")
-    from asdcli.errors import safe_line, shown
 
     for prompt, reason in failures:
         print(f"failed: {shown(prompt)}: {safe_line(reason)}", file=sys.stderr)
@@ -249,8 +235,6 @@ def eval_command(*, checkpoint, prompts, split, clip_score, clip_model, views, r
             check_output_file(path, (suffix,), flag)
     clip_source = None
     if clip_score:  # found (or one line saying how to get it) before the generator and renders load
-        from asdcli.preflight import local_clip
-
         clip_source = local_clip(clip_model) if clip_model else _default_clip()
     model = load_model(checkpoint, device)
     items, which = eval_prompts(model, prompts, split)
@@ -282,9 +266,8 @@ def _emit_report(report, json_path, csv_path, quiet) -> None:
     if csv_path is not None:
         report.write_csv(csv_path)
     if not quiet and report.metric_names:
+        # lazy: rich's console only when a table is printed
         from rich.console import Console
-
-        from asdcli.progress import interactive
 
         # In a log rich assumes 80 columns and cuts every number to "0…": give the table room instead.
         Console(width=None if interactive() else 200).print(report.table(title="asd eval"))
@@ -292,8 +275,6 @@ def _emit_report(report, json_path, csv_path, quiet) -> None:
 
 
 def _default_clip() -> str:
-    from asdcli.bundled import bundled_clip
-
     return str(bundled_clip())
 
 

@@ -30,6 +30,7 @@ import torch.nn.functional as F
 from torch import Tensor
 
 from asdcli.atomic import write_bytes_atomic, write_json_atomic
+from asdcli.bundled import resolve_bundled
 from asdcli.clip_model import CLIP_MEAN, CLIP_STD
 from asdcli.errors import UserError
 
@@ -44,9 +45,8 @@ def load_clip(model: str | os.PathLike):
 
     HF_HUB_OFFLINE=1 is honoured by huggingface_hub; anything that cannot be loaded is a one-line UserError
     saying what to fetch and where to put it."""
+    # lazy: transformers is heavy: only --clip-score loads it
     from transformers import AutoTokenizer, CLIPModel
-
-    from asdcli.bundled import resolve_bundled
 
     name = str(model)
     bundled = resolve_bundled(name)
@@ -210,6 +210,7 @@ class EvalReport:
 
     def table(self, max_rows: int = 20, title: str = "CLIP evaluation"):
         """A rich Table: the first `max_rows` prompts, then the mean over all prompts."""
+        # lazy: rich's table only when a report is printed
         from rich.table import Table
 
         table = Table(title=title)

@@ -12,6 +12,9 @@ import torch
 
 from asdcli.engine.inference import LoadedModel, field_state, query_fn, render_orbit
 from asdcli.errors import UserError
+from asdcli.media import contact_sheet, save_png, save_turntable
+from asdcli.mesh.isosurface import decimate, extract_mesh, remove_floaters
+from asdcli.render.volume import density
 
 MESH_SUFFIXES = (".glb", ".obj", ".ply")
 
@@ -58,7 +61,6 @@ def mesh_query_fn(model: LoadedModel, state, index: int):
     fn = query_fn(model, state, index)
     if model.generator.field_type == "sdf":
         return fn
-    from asdcli.render.volume import density
 
     def activated(points):
         value, rgb = fn(points)
@@ -71,8 +73,6 @@ def mesh_query_fn(model: LoadedModel, state, index: int):
 def generate_mesh(model: LoadedModel, prompt: str, resolution: int, threshold: float | None = None,
                   seed: int = 0, max_faces: int | None = None, state_text=None, index: int = 0):
     """One prompt's mesh and the time split (text, generator, query, isosurface, colours, cleanup)."""
-    from asdcli.mesh.isosurface import decimate, extract_mesh, remove_floaters
-
     timings = Timings()
     if state_text is None:
         t0 = time.perf_counter()
@@ -114,8 +114,6 @@ def orbit_media(model: LoadedModel, prompt: str, views: int, seed: int, turntabl
                 views_png: Path | None, frames: int = TURNTABLE_FRAMES, size: int = TURNTABLE_SIZE) -> list[Path]:
     """A turntable of `frames` orbit renders at `size` px and/or a contact sheet of `views` orbit views at
     SHEET_SIZE px, labelled with the prompt and each view's azimuth."""
-    from asdcli.media import contact_sheet, save_png, save_turntable
-
     state, text = field_state(model, [prompt], seed=seed)
     written = []
     if turntable is not None:

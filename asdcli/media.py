@@ -40,6 +40,7 @@ def _check_image(arr: np.ndarray) -> np.ndarray:
 
 def save_png(img: Any, path: str | os.PathLike) -> Path:
     """Write an image [H, W, 3] (float in [0, 1] or uint8) as PNG, atomically; returns the path."""
+    # lazy: imageio loads on the first write: commands import this module before torch
     import imageio.v3 as iio
 
     arr = _check_image(to_uint8(img))
@@ -88,6 +89,7 @@ def contact_sheet(images: Sequence[Any], cols: int, labels: Sequence[str] | None
 def _with_row_labels(tiles: list[np.ndarray], cols: int, labels, row_labels: Sequence[str], pad: int,
                      background: int) -> np.ndarray:
     """Each row of the grid under a strip with its row label, stacked: uint8 [H', W', 3]."""
+    # lazy: PIL only for labelled contact sheets
     from PIL import Image, ImageDraw, ImageFont
 
     cols = max(1, min(cols, len(tiles)))
@@ -122,6 +124,7 @@ def _fit(draw, text: str, font, width: int) -> str:
 
 def _draw_labels(sheet: np.ndarray, labels: Sequence[str], cols: int, step: tuple[int, int],
                  cell: tuple[int, int], pad: int) -> np.ndarray:
+    # lazy: PIL only for labelled contact sheets
     from PIL import Image, ImageDraw, ImageFont
 
     canvas = Image.fromarray(sheet)
@@ -166,6 +169,7 @@ def save_turntable(frames: Sequence[Any] | np.ndarray, path: str | os.PathLike, 
     check_video_writable(path)
     arrs = [_check_image(to_uint8(f))[..., :3] for f in frames]
     if path.suffix.lower() == ".mp4":
+        # lazy: imageio's ffmpeg writer only for .mp4
         import imageio.v2 as iio2
 
         with atomic_output(path) as tmp:
@@ -189,6 +193,7 @@ def check_video_writable(path: str | os.PathLike) -> None:
 
 
 def _save_gif(frames: list[np.ndarray], path: Path, fps: int) -> Path:
+    # lazy: imageio loads on the first write: commands import this module before torch
     import imageio.v3 as iio
 
     with atomic_output(path) as tmp:

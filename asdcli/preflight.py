@@ -24,6 +24,8 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from asdcli.atomic import write_bytes_atomic
+from asdcli.bundled import resolve_bundled
 from asdcli.errors import UserError
 
 UNREACHABLE_TTL_S = 60.0  # how long an unreachable hub is not asked again
@@ -139,8 +141,6 @@ def _missing_in(folder: Path, needs: tuple[tuple[str, ...], ...]) -> str | None:
 def _local(w: Weight) -> Path | None:
     """The local path `w.source` names (bundled:NAME, a file or folder), None for a hub id; UserError when a
     local path is missing or incomplete."""
-    from asdcli.bundled import resolve_bundled
-
     path = resolve_bundled(w.source)
     if path is None and not (looks_like_path(w.source) or Path(w.source).expanduser().exists()):
         return None
@@ -161,6 +161,7 @@ def _local(w: Weight) -> Path | None:
 
 
 def _hub_cache() -> Path:
+    # lazy: huggingface_hub only for hub ids: a local folder resolves without it
     from huggingface_hub import constants
 
     return Path(constants.HF_HUB_CACHE)
@@ -168,6 +169,7 @@ def _hub_cache() -> Path:
 
 def _cached(w: Weight) -> tuple[Path | None, str]:
     """(local path in the Hugging Face cache or None, the file that is missing)."""
+    # lazy: huggingface_hub only for hub ids: a local folder resolves without it
     from huggingface_hub import try_to_load_from_cache
 
     first = w.file or w.needs[0][0]
@@ -220,8 +222,6 @@ def _unreachable_since(endpoint: str) -> float | None:
 
 
 def _remember_unreachable(endpoint: str) -> None:
-    from asdcli.atomic import write_bytes_atomic
-
     path = _memo_file()
     try:
         path.parent.mkdir(parents=True, exist_ok=True)
@@ -232,6 +232,7 @@ def _remember_unreachable(endpoint: str) -> None:
 
 def _probe(w: Weight) -> tuple[str, str]:
     """Ask the hub once whether `w`'s first file exists: ("ok" | "missing" | "unreachable", reason)."""
+    # lazy: network code and huggingface_hub only for the one hub probe
     import urllib.error
     import urllib.request
     from urllib.parse import quote
@@ -277,6 +278,7 @@ def _not_cached(w: Weight, lacking: str, why: str) -> str:
 
 def _check_downloadable(problems: list[tuple[Weight, str]]) -> None:
     """Raise one line for the first weight that cannot be downloaded now; return when the hub can serve all."""
+    # lazy: huggingface_hub only for hub ids: a local folder resolves without it
     from huggingface_hub import constants
 
     also = "; also not cached: " + ", ".join(f"{w.key} ({w.source})" for w, _ in problems[1:]) if problems[1:] else ""
@@ -326,6 +328,7 @@ def offline_first(weights: list[Weight]) -> Iterator[list[Resolved]]:
     if not any(r.hub for r in found) or any(r.path is None for r in found):
         yield found
         return
+    # lazy: huggingface_hub only when a weight comes from the hub
     import huggingface_hub.constants as constants
 
     saved_env, saved_const = os.environ.get("HF_HUB_OFFLINE"), constants.HF_HUB_OFFLINE

@@ -98,6 +98,7 @@ class ProgressReport:
         self.estimator.update(self.start, time.perf_counter())
         if self.quiet or not self.live:
             return self
+        # lazy: rich's bar only on a terminal: the CLI imports this module before any command
         from rich.progress import BarColumn, Progress, TextColumn
 
         self._rich = Progress(TextColumn(f"[bold]{self.label}"), BarColumn(),

@@ -6,10 +6,15 @@ from __future__ import annotations
 
 import gzip
 import json
+import unicodedata
 import warnings
+from importlib.resources import files
 from pathlib import Path
 
 from asdcli.errors import UserError
+from asdcli.safeio import check_path, decode_text, read_bounded
+from asdcli.shapes.world.grammar import PromptError
+from asdcli.shapes.world.library import build_library
 
 SPLITS = ("train", "val", "test")
 BUNDLED = "shapesworld"
@@ -25,8 +30,6 @@ PROMPTS_MAX_BYTES = 64 << 20  # a 100k-prompt corpus is ~10 MB; /dev/zero or a w
 
 def _read_text(path: Path) -> str:
     """The file's text (bounded in size, a leading UTF-8 BOM dropped)."""
-    from asdcli.safeio import check_path, decode_text, read_bounded
-
     path = check_path(path, "prompt file")
     if not path.exists():
         hint = f"; the bundled library is named {path.stem}" if path.stem in PAPER_LIBRARIES else ""
@@ -61,8 +64,6 @@ class UnpublishedLibrary(UserError):
 
 
 def _paper_library(name: str) -> dict[str, list[str]]:
-    from importlib.resources import files
-
     path = Path(str(files("asdcli") / "assets" / "prompts" / f"{name}.json.gz"))
     if not path.is_file():
         raise UserError(f"prompts.library: the bundled library {name} is missing from this installation "
@@ -73,9 +74,6 @@ def _paper_library(name: str) -> dict[str, list[str]]:
 def _bundled_library(name: str) -> dict[str, list[str]]:
     """`shapesworld` (the whole ShapesWorld split) or `shapesworld:N` (train = the nested corpus of N
     prompts; val and test whole, so every corpus size is scored on the same prompts)."""
-    from asdcli.shapes.world.grammar import PromptError
-    from asdcli.shapes.world.library import build_library
-
     size = name.partition(":")[2]
     if size and not (size.isdigit() and int(size) > 0):
         raise UserError(f"prompts.library: {name!r}: expected shapesworld or shapesworld:N with N > 0")
@@ -100,8 +98,6 @@ _BLANK_LETTERS = frozenset("\u115f\u1160\u3164\uffa0\u2800")
 
 def _check_visible(prompt: str, where: str) -> None:
     """A prompt of only zero-width or invisible characters (U+200B, U+FEFF, U+2060, ...) reads as empty."""
-    import unicodedata
-
     if not any(ch.isprintable() and not ch.isspace() and ch not in _BLANK_LETTERS
                and unicodedata.category(ch)[0] not in "CMZ" for ch in prompt):
         raise UserError(f"{where}: the prompt holds only invisible characters (zero-width spaces or marks); "

@@ -11,6 +11,7 @@ from asdcli.conditioning import TextEmbeddings
 from asdcli.config import RunConfig
 from asdcli.errors import UserError
 from asdcli.registry import build
+from asdcli.render.background import build_background as _build
 
 
 def resolve_device(name: str) -> torch.device:
@@ -31,8 +32,6 @@ def build_generator(cfg: RunConfig, text_dim: int, device: torch.device) -> Any:
 
 
 def build_background(cfg: RunConfig, text_dim: int, device: torch.device) -> torch.nn.Module:
-    from asdcli.render.background import build_background as _build
-
     return _build(cfg.render, text_dim).to(device)
 
 

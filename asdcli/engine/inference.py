@@ -10,13 +10,17 @@ from typing import Any
 import torch
 from torch import Tensor
 
+from asdcli.bundled import BUNDLED, PREFIX, bundled_checkpoint, resolve_bundled
 from asdcli.conditioning import TextEmbeddings
 from asdcli.config import RunConfig, is_device_name
 from asdcli.engine import checkpoint as ckpt_io
 from asdcli.engine.components import build_background, build_generator, resolve_device
 from asdcli.errors import UserError
+from asdcli.preflight import offline_first, text_weights
 from asdcli.recipe import load_recipe, read_yaml_mapping
+from asdcli.registry import resolve
 from asdcli.render.cameras import CameraBatch, orbit_cameras
+from asdcli.render.volume import render_chunked
 
 
 @dataclass
@@ -32,8 +36,6 @@ class LoadedModel:
 def load_text_encoder(cfg: RunConfig, device: torch.device):
     """The prior's text side only (no UNet/VAE): what the generator was trained on, as the prior kind builds it
     (a kind may run it without transformers, e.g. ShapesWorld's)."""
-    from asdcli.registry import resolve
-
     prior_cls = resolve("prior", cfg.prior.kind, "prior.kind")
     return prior_cls.build_text_encoder(cfg.prior, device)
 
@@ -53,7 +55,6 @@ def load_model(checkpoint: str | Path | None, device: str | None = None) -> Load
         trained = cfg.train.device
         device = trained if trained.startswith("cuda") and torch.cuda.is_available() else "cpu"
     dev = resolve_device(device)
-    from asdcli.preflight import offline_first, text_weights
 
     with offline_first(text_weights(cfg.prior)):  # a missing text encoder: one line, before transformers loads
         text = load_text_encoder(cfg, dev)
@@ -69,8 +70,6 @@ def load_model(checkpoint: str | Path | None, device: str | None = None) -> Load
 
 def _bundled_or_path(checkpoint: str | Path | None) -> Path:
     """None → the bundled generator; `bundled:NAME` → that asset, which must be a generator run; else the path."""
-    from asdcli.bundled import BUNDLED, PREFIX, bundled_checkpoint, resolve_bundled
-
     if checkpoint is None:
         return bundled_checkpoint()
     name = str(checkpoint)
@@ -131,8 +130,6 @@ def eval_cameras(cfg: RunConfig, views: int) -> CameraBatch:
 @torch.no_grad()
 def render_orbit(model: LoadedModel, state: Any, text: TextEmbeddings, views: int, resolution: int) -> dict:
     """Orbit renders of every prompt in `state`: rgb/normal/opacity each [P, V, H, W, C] in [0, 1]."""
-    from asdcli.render.volume import render_chunked
-
     P = int(text.pooled.shape[0])
     cams = eval_cameras(model.cfg, views)
     cams = CameraBatch(*(getattr(cams, k).repeat(P, *([1] * (getattr(cams, k).dim() - 1)))

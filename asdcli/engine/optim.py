@@ -5,6 +5,7 @@ from __future__ import annotations
 import torch
 
 from asdcli.config import TrainConfig
+from asdcli.engine.adan import Adan
 from asdcli.errors import UserError
 
 
@@ -16,7 +17,6 @@ def build_optimizer(cfg: TrainConfig, groups: list[dict]) -> torch.optim.Optimiz
             raise UserError(f"train.betas: {cfg.optimizer} takes two betas, got {list(betas)}")
         cls = torch.optim.Adam if cfg.optimizer == "adam" else torch.optim.AdamW
         return cls(groups, betas=betas, eps=cfg.eps, weight_decay=cfg.weight_decay)
-    from asdcli.engine.adan import Adan
 
     if len(betas) != 3:
         raise UserError(f"train.betas: adan takes three betas, e.g. [0.98, 0.92, 0.99], got {list(betas)}")

@@ -10,14 +10,19 @@ import hashlib
 import json
 import os
 import platform
+import threading
 import time
+import warnings
 from pathlib import Path
 from typing import Any
 
+import torch
+
 from asdcli import __version__
 from asdcli.atomic import write_text_atomic
-from asdcli.config import RunConfig
+from asdcli.config import RunConfig, to_plain
 from asdcli.errors import UserError, shown
+from asdcli.prompts import BUNDLED, read_library
 from asdcli.recipe import dump_recipe, load_recipe, read_yaml_mapping
 
 
@@ -134,8 +139,6 @@ def _check_writable(cfg: RunConfig) -> None:
 def _record_prompts(cfg: RunConfig, run: Path) -> None:
     """A copy of the prompt library file the run trains on (the bundled `shapesworld` library is rebuilt from
     its name instead): `asd export RUN` / `asd eval` read this, never a path the recipe names."""
-    from asdcli.prompts import BUNDLED, read_library
-
     lib = cfg.prompts.library
     if lib is None or lib == BUNDLED or lib.startswith(BUNDLED + ":"):
         return
@@ -147,8 +150,6 @@ PROMPTS_NAME = "prompts.json"
 
 def _check_same_recipe(new: RunConfig, old: RunConfig, run: Path) -> None:
     """Resuming with a different recipe would silently change the experiment: only train.steps may grow."""
-    from asdcli.config import to_plain
-
     a, b = to_plain(old), to_plain(new)
     a["train"]["steps"] = b["train"]["steps"]
     for key in ("output",):
@@ -168,8 +169,6 @@ def _first_difference(a: Any, b: Any, path: str = "") -> str:
 
 
 def write_meta(run: Path, cfg: RunConfig, step: int, prompts: list[str], extra: dict | None = None) -> None:
-    import torch
-
     meta = {
         "asd_version": __version__, "torch_version": torch.__version__, "python": platform.python_version(),
         "name": cfg.name, "seed": cfg.seed, "step": step, "prompt_library_hash": prompts_hash(prompts),
@@ -216,7 +215,6 @@ class MetricsLog:
             nospace = isinstance(exc, OSError) and exc.errno in (errno.ENOSPC, errno.EDQUOT)
             if nospace:
                 raise OSError(exc.errno, os.strerror(exc.errno), str(self.path.parent / "tensorboard")) from None
-            import warnings
 
             warnings.warn(f"TensorBoard logging stopped ({type(exc).__name__}); metrics.jsonl goes on",
                           stacklevel=2)
@@ -226,8 +224,6 @@ def _quiet_tensorboard_thread() -> None:
     """TensorBoard writes event files from a thread that, on a full disk, raises there (threading prints a
     traceback) and again in the next add_scalar/flush of the main thread, where MetricsLog handles it. Silence
     the thread's copy only; every other thread's exceptions are reported as before."""
-    import threading
-
     previous = threading.excepthook
     if getattr(previous, "_asd_quiet_tb", False):
         return

@@ -11,6 +11,7 @@ from torch import Tensor
 from asdcli.config import RunConfig
 from asdcli.losses import regularizers as reg
 from asdcli.render.cameras import CameraBatch, sample_training_cameras
+from asdcli.render.volume import render
 
 
 class Draw(NamedTuple):
@@ -59,7 +60,6 @@ class StepRunner:
         w = cfg.loss.weights
         # Field gradients (create_graph) cost about as much as the rest of the render: only when a term uses them.
         normals = w.eikonal.at(step, total) > 0 or w.orient.at(step, total) > 0 or cfg.render.shading == "lambertian"
-        from asdcli.render.volume import render
 
         with self.autocast():
             text = self.text(batch).to(self.device)

@@ -11,6 +11,7 @@ from __future__ import annotations
 import shutil
 import signal
 import sys
+import threading
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -25,7 +26,11 @@ from asdcli.engine.host_memory import keep_freed_host_memory
 from asdcli.engine.optim import build_optimizer
 from asdcli.engine.rundir import MetricsLog, prepare_run_dir, unlock_run_dir, write_meta
 from asdcli.engine.steps import StepRunner, read_logs
+from asdcli.engine.validation import validate
 from asdcli.errors import UserError
+from asdcli.priors.perp_neg import VIEW_SUFFIXES
+from asdcli.priors.text_cache import TextEmbeddingCache
+from asdcli.progress import ProgressReport
 
 
 class TrainingAborted(RuntimeError):
@@ -240,8 +245,6 @@ class Trainer:
         if step % cfg.checkpoint_every == 0 or step == total or stop:
             self.save_checkpoint()
         if self.dist.is_main and ((cfg.val_every and step % cfg.val_every == 0) or step == total):
-            from asdcli.engine.validation import validate
-
             validate(self, step)
         if stop:
             raise TrainingAborted(f"stopped by signal {self._stop_signal} at step {step}; checkpoint written; "
@@ -259,9 +262,6 @@ _STOP_SIGNALS = (signal.SIGTERM, signal.SIGINT)
 def attach_text_cache(prior, root: str, prompts: list[str], info: dist_.DistInfo, quiet: bool) -> None:
     """Build (rank-sharded, resumable) and attach the on-disk text-embedding cache for `prompts` with every
     view suffix and the negative prompt, so steps read embeddings instead of running the text encoder."""
-    from asdcli.priors.perp_neg import VIEW_SUFFIXES
-    from asdcli.priors.text_cache import TextEmbeddingCache
-
     encoder = prior.text
     texts = list(prompts) + [prior.negative_prompt]
     suffixes = ("",) + (VIEW_SUFFIXES if prior.view_dependent else ())
@@ -276,15 +276,11 @@ def attach_text_cache(prior, root: str, prompts: list[str], info: dist_.DistInfo
 
 
 def _main_thread() -> bool:
-    import threading
-
     return threading.current_thread() is threading.main_thread()
 
 
 def _progress(quiet: bool, total: int, start: int):
     """A rich bar on a terminal, plain lines in a log, nothing with --quiet (asdcli.progress)."""
-    from asdcli.progress import ProgressReport
-
     return ProgressReport("train", total, start=start, quiet=quiet, unit="step")
 
 

@@ -96,6 +96,7 @@ class VariationalScoreDistillation(ScoreDistillation):
         if not isinstance(getattr(prior, "unet", None), nn.Module):
             raise ConfigError(f"loss.kind: vsd needs a prior with a `unet` module; "
                               f"{type(prior).__name__} has none")
+        # lazy: peft is optional (test extra): only the vsd loss needs it
         from peft import LoraConfig, inject_adapter_in_model
         from peft.tuners.lora import LoraLayer
 

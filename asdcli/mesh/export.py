@@ -80,6 +80,7 @@ def _srgb_unit(colors) -> np.ndarray:
 def to_trimesh(mesh: Mesh, y_up: bool, with_colors: bool = True):
     """`mesh` as a trimesh.Trimesh: vertices [V, 3] in glTF/OBJ axes (y_up) or world axes, colours as sRGB
     uint8 RGBA [V, 4] (display values, as OBJ and PLY store them), or none."""
+    # lazy: trimesh is slow to import: only writing a mesh needs it (asd eval imports this module, writes none)
     import trimesh
 
     vertices = mesh.vertices @ WORLD_TO_Y_UP.T if y_up else mesh.vertices
@@ -122,18 +123,21 @@ def _glb_with_linear_colors(glb: bytes, colors) -> bytes:
 def mesh_bytes(mesh: Mesh, fmt: str) -> bytes:
     """The file contents of `mesh` in format ".glb", ".obj" or ".ply"."""
     if fmt == ".glb":
+        # lazy: trimesh: only writing a mesh needs it
         from trimesh.exchange.gltf import export_glb
 
         glb = export_glb(to_trimesh(mesh, y_up=True, with_colors=False).scene(), include_normals=True,
                          tree_postprocessor=finish_gltf_tree)
         return _glb_with_linear_colors(glb, mesh.colors)
     if fmt == ".obj":
+        # lazy: trimesh: only writing a mesh needs it
         from trimesh.exchange.obj import export_obj
 
         text = export_obj(to_trimesh(mesh, y_up=True), include_normals=True, include_color=True,
                           include_texture=False, header="asd")
         return text.encode("utf-8")
     if fmt == ".ply":
+        # lazy: trimesh: only writing a mesh needs it
         from trimesh.exchange.ply import export_ply
 
         return export_ply(to_trimesh(mesh, y_up=False), encoding="binary", vertex_normal=True)

@@ -119,6 +119,7 @@ def marching_cubes(volume: np.ndarray, radius: float) -> tuple[np.ndarray, np.nd
     The volume is padded with one layer of "outside" so that shapes cut by the box are closed, not open.
     Returns vertices [V, 3] float32 (world units) and faces [F, 3] int64 with outward winding.
     """
+    # lazy: scikit-image loads when a mesh is extracted, not with this module (imported by asd eval too)
     from skimage.measure import marching_cubes as skimage_marching_cubes
 
     resolution = volume.shape[0]
@@ -199,6 +200,7 @@ def remove_floaters(mesh: Mesh, min_fraction: float = 0.02) -> Mesh:
     small second object of a pair ("a cube next to a small sphere") and removes the specks that score
     distillation leaves.
     """
+    # lazy: scipy.sparse is slow to import: only floater removal needs it
     from scipy.sparse import coo_matrix
     from scipy.sparse.csgraph import connected_components
 
@@ -246,6 +248,7 @@ def decimate(mesh: Mesh, max_faces: int, method: Literal["auto", "quadric", "clu
 
 
 def _decimate_quadric(mesh: Mesh, max_faces: int) -> Mesh:
+    # lazy: trimesh and scipy.spatial only for quadric decimation
     import trimesh
     from scipy.spatial import cKDTree
 

@@ -74,6 +74,7 @@ def clip_tokenizer(pad_token: str, max_length: int) -> Any:
 @functools.lru_cache(maxsize=4)
 def _clip_tokenizer(max_length: int) -> Any:
     """transformers CLIPTokenizer over the shipped BPE; pads with EOS (its only special tokens are BOS/EOS)."""
+    # lazy: transformers is heavy: only a checkpoint's own text tower needs it
     from transformers import CLIPTokenizer
 
     merges = gzip.decompress(_MERGES.read_bytes()).decode("utf-8").splitlines()
@@ -100,6 +101,7 @@ def _layers(sd: dict[str, Tensor], prefix: str) -> int:
 
 
 def _config(vocab: int, width: int, inner: int, layers: int, positions: int, act: str, pad_id: int) -> Any:
+    # lazy: transformers is heavy: only a checkpoint's own text tower needs it
     from transformers import CLIPTextConfig
 
     if width % HEAD_WIDTH:
@@ -113,6 +115,7 @@ def _config(vocab: int, width: int, inner: int, layers: int, positions: int, act
 
 def _openclip(sd: dict[str, Tensor]) -> tuple[Any, dict[str, Tensor], str]:
     """CLIPTextConfig, diffusers-converted weights and pad token of an OpenCLIP text tower (penultimate layer)."""
+    # lazy: diffusers is heavy: only an OpenCLIP text tower needs its converter
     from diffusers.loaders.single_file_utils import convert_open_clip_checkpoint
 
     p = OPEN_CLIP_PREFIX
@@ -130,6 +133,7 @@ def _openclip(sd: dict[str, Tensor]) -> tuple[Any, dict[str, Tensor], str]:
 
 def _clip(sd: dict[str, Tensor]) -> tuple[Any, dict[str, Tensor], str]:
     """CLIPTextConfig, diffusers-converted weights and pad token of an OpenAI CLIP text model (last layer)."""
+    # lazy: diffusers is heavy: only a CLIP text tower needs its converter
     from diffusers.loaders.single_file_utils import convert_ldm_clip_checkpoint
 
     p = CLIP_PREFIX + ("text_model." if f"{CLIP_PREFIX}text_model.embeddings.token_embedding.weight" in sd else "")
@@ -174,6 +178,7 @@ def text_encoder_from_checkpoint(sd: dict[str, Tensor], encoder_id: str,
                                  device: torch.device | str = "cpu") -> TextEncoder:
     """Tokenizer + CLIPTextModel (float32, frozen) equal to the checkpoint's cond_stage_model; UserError if it
     holds none (text_layout(sd) is None)."""
+    # lazy: transformers is heavy: only a checkpoint's own text tower needs it
     from transformers import CLIPTextModel
 
     layout = text_layout(sd)

@@ -19,10 +19,13 @@ from pathlib import Path
 from typing import Any, Literal
 
 import torch
+from safetensors.torch import load_file
 from torch import Tensor, nn
 
+from asdcli.bundled import resolve_bundled
 from asdcli.conditioning import Conditioning, camera_embedding
 from asdcli.errors import ConfigError, UserError
+from asdcli.priors.ldm_text import text_encoder_from_checkpoint
 from asdcli.priors.mvdream_unet import (
     build_mvdream_unet,
     infer_ldm_unet_config,
@@ -75,8 +78,6 @@ class MVDreamPriorConfig:
 def _read_state_dict(path: Path) -> dict[str, Tensor]:
     try:
         if path.suffix == ".safetensors":
-            from safetensors.torch import load_file
-
             sd = load_file(str(path))
         else:
             try:  # memory-map the zip-format checkpoint so its ~5 GB are not read into RAM up front
@@ -106,6 +107,7 @@ def unet_from_ldm(sd: dict[str, Tensor], cfg: Any) -> nn.Module:
 
 
 def vae_from_ldm(sd: dict[str, Tensor], image_size: int) -> nn.Module:
+    # lazy: diffusers is heavy: loaded with the prior, not when a recipe is validated
     from diffusers import AutoencoderKL
 
     vae = AutoencoderKL(**infer_ldm_vae_config(sd, image_size))
@@ -138,6 +140,7 @@ def _port_heads(config: dict[str, Any], cfg: Any) -> Any:
 def load_folder(path: Path, cfg: Any) -> tuple[nn.Module, nn.Module | None]:
     """A diffusers UNet folder (config.json here or in unet/), optionally with vae/ beside unet/. A UNet saved
     with LDM names (ports that kept the original module names) is converted like the checkpoint."""
+    # lazy: diffusers is heavy: loaded with the prior, not when a recipe is validated
     from diffusers import AutoencoderKL, UNet2DConditionModel
 
     unet_dir = path if (path / "config.json").is_file() else path / "unet"
@@ -162,6 +165,7 @@ def load_folder(path: Path, cfg: Any) -> tuple[nn.Module, nn.Module | None]:
 
 def fetch_checkpoint(cfg: Any) -> Path:
     """The hub checkpoint file (from the cache only when HF_HUB_OFFLINE=1)."""
+    # lazy: huggingface_hub only when the checkpoint comes from the hub
     from huggingface_hub import hf_hub_download
 
     offline = hub_offline()
@@ -180,6 +184,7 @@ def fetch_checkpoint(cfg: Any) -> Path:
 def noise_schedule(path: Path) -> Any:
     """The DDPM schedule: the folder's scheduler/ when it has one (the ShapesWorld 4-view prior's linear
     betas), else MVDream's: LDM "linear" betas = SD's scaled_linear 0.00085 → 0.012 over 1000 steps."""
+    # lazy: diffusers is heavy: loaded with the prior, not when a recipe is validated
     from diffusers import DDPMScheduler
 
     if path.is_dir() and (path / "scheduler" / "scheduler_config.json").is_file():
@@ -202,8 +207,6 @@ class MVDreamPrior(StableDiffusionPrior):
     @classmethod
     def _source(cls, cfg: Any) -> Path:
         """The checkpoint file or folder `cfg.model` names (bundled, local, or fetched from the hub)."""
-        from asdcli.bundled import resolve_bundled
-
         bundled = resolve_bundled(cfg.model)  # bundled:shapes-mv-prior → the package's folder
         path = bundled if bundled is not None else Path(cfg.model).expanduser()
         if path.exists():
@@ -215,8 +218,6 @@ class MVDreamPrior(StableDiffusionPrior):
 
     @classmethod
     def _own_text(cls, cfg: Any, sd: dict[str, Tensor], device: torch.device) -> TextEncoder:
-        from asdcli.priors.ldm_text import text_encoder_from_checkpoint
-
         local = Path(cfg.model).expanduser().exists()
         where = str(cfg.model) if local else f"{cfg.model}/{cfg.checkpoint_file}@{cfg.revision or 'main'}"
         return text_encoder_from_checkpoint(sd, f"{where}:cond_stage_model", device)
@@ -256,6 +257,7 @@ class MVDreamPrior(StableDiffusionPrior):
                                 f"prior.text_model to a diffusers folder or hub id with vae/, text_encoder/ and "
                                 f"tokenizer/, e.g. stabilityai/stable-diffusion-2-1-base")
             return self._own_text(cfg, sd, device), vae
+        # lazy: diffusers is heavy: loaded with the prior, not when a recipe is validated
         from diffusers import AutoencoderKL
 
         folder = resolve_model_folder(cfg.text_model, None,

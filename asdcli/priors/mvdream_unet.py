@@ -27,6 +27,7 @@ class MultiViewAttnProcessor:
     [b, (f·l), c]. Wraps the standard scaled-dot-product processor, so LoRA-wrapped projections still work."""
 
     def __init__(self, num_frames: int) -> None:
+        # lazy: diffusers is heavy: loaded with the prior, not when a recipe is validated
         from diffusers.models.attention_processor import AttnProcessor2_0
 
         self.num_frames = num_frames
@@ -114,6 +115,7 @@ def mvdream_unet_config(block_out_channels: tuple[int, ...] = (320, 640, 1280, 1
 
 
 def build_mvdream_unet(config: dict[str, Any], num_frames: int) -> nn.Module:
+    # lazy: diffusers is heavy: loaded with the prior, not when a recipe is validated
     from diffusers import UNet2DConditionModel
 
     unet = UNet2DConditionModel(**config)

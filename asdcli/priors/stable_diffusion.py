@@ -128,6 +128,7 @@ class StableDiffusionPrior(Prior):
         return load_clip_text(folder, cls._encoder_id(cfg), device)
 
     def _load_components(self, cfg: Any, device: torch.device, dtype: torch.dtype) -> Components:
+        # lazy: diffusers is heavy: the text side (asd generate) runs without it
         from diffusers import AutoencoderKL, DDPMScheduler, UNet2DConditionModel
 
         folder = self.model_folder(cfg, needs=("unet", "text_encoder", "tokenizer", "scheduler"))

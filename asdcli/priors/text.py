@@ -15,8 +15,10 @@ from typing import Any
 import torch
 from torch import Tensor
 
+from asdcli.bundled import resolve_bundled
 from asdcli.conditioning import TextEmbeddings
 from asdcli.errors import UserError
+from asdcli.registry import resolve
 
 # Files fetched from the hub: configs, tokenizer files and the full-precision safetensors weights only (the
 # fp16/EMA variants would double the download).
@@ -140,8 +142,6 @@ class TextEncoder:
 
 def load_text_encoder(cfg: Any, device: torch.device | str = "cpu") -> TextEncoder:
     """The text encoder of the prior that `cfg` (a prior config with `kind`) describes, without UNet/VAE."""
-    from asdcli.registry import resolve
-
     prior_cls = resolve("prior", cfg.kind, "prior.kind")
     return prior_cls.build_text_encoder(cfg, torch.device(device))
 
@@ -168,8 +168,6 @@ def resolve_model_folder(model: str, revision: str | None, needs: tuple[str, ...
     """A local diffusers folder holding the subfolders `needs`: `model` itself when it is a folder (no
     network), a bundled model (`bundled:shapes-prior`), else a hub snapshot (cache only when HF_HUB_OFFLINE=1).
     Failures are one-line UserErrors."""
-    from asdcli.bundled import resolve_bundled
-
     bundled = resolve_bundled(model)
     if bundled is not None:
         return _check_subfolders(bundled, model, needs)
@@ -182,6 +180,7 @@ def resolve_model_folder(model: str, revision: str | None, needs: tuple[str, ...
     if looks_like_path(model):
         raise UserError(f"prior.model: folder {model!r} not found; set prior.model to a local diffusers "
                         f"folder or a hub id such as stabilityai/stable-diffusion-2-1-base")
+    # lazy: huggingface_hub only for a hub id (not a folder, not bundled)
     from huggingface_hub import snapshot_download
 
     offline = hub_offline()
@@ -206,6 +205,7 @@ def load_clip_text(folder: Path, encoder_id: str, device: torch.device) -> TextE
 
     The text model stays float32 on every device so embeddings (and the on-disk cache built from them) are the
     same whether they were computed for training on a GPU or for `asd generate` on a CPU."""
+    # lazy: transformers is heavy: ShapesWorld's bundled text encoder runs without it
     from transformers import CLIPTextModel, CLIPTokenizer
 
     try:

@@ -25,6 +25,8 @@ from pathlib import Path
 
 import numpy as np
 import torch
+from safetensors import safe_open
+from safetensors.torch import save_file
 
 from asdcli.atomic import atomic_output, write_text_atomic
 from asdcli.conditioning import TextEmbeddings
@@ -126,8 +128,6 @@ class TextEmbeddingCache:
     def _write_shard(self, shard: int, texts: list[str], keys: np.ndarray,
                      encode_fn: Callable[[list[str]], TextEmbeddings], batch_size: int, dtype: torch.dtype,
                      advance: Callable[[int], None]) -> None:
-        from safetensors.torch import save_file
-
         tokens, pooled = [], []
         for i in range(0, len(texts), batch_size):
             emb = encode_fn(texts[i:i + batch_size])
@@ -142,8 +142,6 @@ class TextEmbeddingCache:
 
     def finalize(self, n_shards: int | None = None) -> bool:
         """Write index.npy if every shard exists (idempotent; concurrent writers produce the same file)."""
-        from safetensors import safe_open
-
         meta = self.meta
         if not meta:
             return False
@@ -176,8 +174,6 @@ class TextEmbeddingCache:
         return self._index
 
     def _handle(self, shard: int) -> object:
-        from safetensors import safe_open
-
         handle = self._handles.get(shard)
         if handle is None:
             handle = safe_open(str(self.shard_path(shard)), framework="pt")
@@ -253,6 +249,7 @@ def _progress(enabled: bool, total: int, label: str) -> Iterator[Callable[[int],
     if not enabled or total <= 0:
         yield lambda n: None
         return
+    # lazy: rich's bar only on a terminal
     from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
 
     columns = (TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(),

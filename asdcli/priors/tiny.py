@@ -65,6 +65,7 @@ class TinyRandomPriorConfig:
 def _vocab_and_merges() -> tuple[dict[str, int], list[str]]:
     """CLIP-style byte-level BPE: 256 byte symbols, their end-of-word forms, merges for _WORDS, then BOS/EOS
     (EOS has the highest id, as in CLIP, so either pooling rule of CLIPTextModel finds it)."""
+    # lazy: tokenizers/transformers/diffusers are heavy: each builder loads what it builds
     from tokenizers import pre_tokenizers
 
     alphabet = sorted(pre_tokenizers.ByteLevel.alphabet())
@@ -86,6 +87,7 @@ def _vocab_and_merges() -> tuple[dict[str, int], list[str]]:
 
 
 def build_tokenizer(max_length: int) -> Any:
+    # lazy: transformers is heavy: each builder loads what it builds
     from transformers import CLIPTokenizer
 
     vocab, merges = _vocab_and_merges()
@@ -101,6 +103,7 @@ def _groups(channels: tuple[int, ...]) -> int:
 
 
 def build_unet(channels: tuple[int, ...], sample_size: int, text_dim: int, in_channels: int = 3) -> nn.Module:
+    # lazy: diffusers is heavy: each builder loads what it builds
     from diffusers import UNet2DConditionModel
 
     n = len(channels)
@@ -112,6 +115,7 @@ def build_unet(channels: tuple[int, ...], sample_size: int, text_dim: int, in_ch
 
 
 def build_text_model(tokenizer: Any, text_dim: int, max_length: int) -> nn.Module:
+    # lazy: transformers is heavy: each builder loads what it builds
     from transformers import CLIPTextConfig, CLIPTextModel
 
     config = CLIPTextConfig(
@@ -123,6 +127,7 @@ def build_text_model(tokenizer: Any, text_dim: int, max_length: int) -> nn.Modul
 
 def build_vae(image_size: int, seed: int) -> nn.Module:
     """A tiny AutoencoderKL: 3 → 4 latent channels, one halving (latents are image_size / 2)."""
+    # lazy: diffusers is heavy: each builder loads what it builds
     from diffusers import AutoencoderKL
 
     with torch.random.fork_rng(devices=[]):
@@ -134,6 +139,7 @@ def build_vae(image_size: int, seed: int) -> nn.Module:
 
 
 def build_scheduler(prediction_type: str = "epsilon") -> Any:
+    # lazy: diffusers is heavy: each builder loads what it builds
     from diffusers import DDPMScheduler
 
     return DDPMScheduler(num_train_timesteps=1000, beta_schedule="scaled_linear", beta_start=0.00085,

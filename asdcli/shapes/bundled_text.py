@@ -20,9 +20,11 @@ from types import SimpleNamespace
 
 import torch
 import torch.nn.functional as F
+from safetensors.torch import load_file
 from torch import Tensor, nn
 
 from asdcli.errors import UserError
+from asdcli.priors.text import TextEncoder
 from asdcli.shapes.bundled import SHAPESWORLD_PRIOR_INFO
 
 SPECIALS = ("<|startoftext|>", "<|endoftext|>")
@@ -220,8 +222,6 @@ _RENAME = (("embeddings.token_embedding.", "token."), ("embeddings.position_embe
 
 def load_text_transformer(folder: Path) -> ClipTextTransformer:
     """text_encoder/config.json + model.safetensors (transformers' key names, any float dtype) → float32."""
-    from safetensors.torch import load_file
-
     config = json.loads((folder / "config.json").read_text(encoding="utf-8"))
     model = ClipTextTransformer(config)
     state = {}
@@ -252,8 +252,6 @@ def runs_bundled_text(folder: Path) -> bool:
 
 def load_bundled_text(folder: Path, encoder_id: str, device: torch.device):
     """A TextEncoder (the class every prior uses) over this module's tokenizer and transformer."""
-    from asdcli.priors.text import TextEncoder
-
     model = load_text_transformer(folder / "text_encoder")
     tokenizer = ClipBpeTokenizer(folder / "tokenizer", int(model.config.max_position_embeddings))
     return TextEncoder(tokenizer, model, encoder_id, device)

@@ -34,14 +34,27 @@ Per sample, with a camera drawn from the training distribution and the GT render
 
 from __future__ import annotations
 
+import math
+import warnings
 from collections.abc import Callable
+from dataclasses import replace
 from pathlib import Path
 from typing import Any, NamedTuple
 
 import torch
 from torch import Tensor
 
+from asdcli.config import CameraConfig
+from asdcli.evaluate import ClipScorer, clip_metrics
+from asdcli.media import contact_sheet, save_png
 from asdcli.priors.ddim import ddim_sample
+from asdcli.priors.perp_neg import BACK, FRONT, view_directions
+from asdcli.render.cameras import CameraBatch, cameras_from_angles, sample_training_cameras
+from asdcli.shapes.gt_render import render_scenes
+from asdcli.shapes.prior import ShapesWorldPrior, ShapesWorldPriorConfig
+from asdcli.shapes.prior_data import split_singles_pairs
+from asdcli.shapes.train_clip import scene_r_at_1
+from asdcli.shapes.world.grammar import COLORS, SceneSpec, parse_prompt
 
 FG_DIST = 0.12
 
@@ -60,8 +73,6 @@ def mask_iou(a: Tensor, b: Tensor) -> Tensor:
 
 def _nearest_color(got: Tensor, shade: Tensor) -> str:
     """The grammar colour whose albedo, times the GT shading factor `shade`, is nearest RGB `got` [3]."""
-    from asdcli.shapes.world.grammar import COLORS
-
     names = list(COLORS)
     dists = torch.stack([(got - shade * torch.tensor(COLORS[n])).norm() for n in names])
     return names[int(dists.argmin())]
@@ -70,8 +81,6 @@ def _nearest_color(got: Tensor, shade: Tensor) -> str:
 def _shade(gt_rgb: Tensor, where: Tensor, color: str) -> Tensor:
     """Median Lambertian shading factor of the GT render gt_rgb [3, H, W] over mask `where` [H, W] painted in
     `color` (1 where the mask is empty)."""
-    from asdcli.shapes.world.grammar import COLORS
-
     if not where.any():
         return torch.tensor(1.0)
     return (gt_rgb[:, where] / torch.tensor(COLORS[color])[:, None]).median(dim=1).values.mean()
@@ -92,8 +101,6 @@ def pair_color_ok(sample: Tensor, fg: Tensor, gt_rgb: Tensor, gt_albedo: Tensor,
     True when, inside each object's GT region, the sample's foreground is that object's colour (its median,
     by `_nearest_color` with the region's shading): a prior that paints both objects one colour, or swaps
     them, fails."""
-    from asdcli.shapes.world.grammar import COLORS
-
     inside = gt_alpha > 0.99
     for color in colors:
         albedo = torch.tensor(COLORS[color])
@@ -110,9 +117,6 @@ def _binding_cases(prompts: list[str], cams, thresholds: tuple[float, float, flo
     """{sample index: its two colours} for the samples that `pair_color_ok` can judge: pairs of two colours, and
     for "next to" only front and back views (a side or overhead caption does not say which object is nearer or
     left)."""
-    from asdcli.priors.perp_neg import BACK, FRONT, view_directions
-    from asdcli.shapes.world.grammar import parse_prompt
-
     views = view_directions(cams.elevation, cams.azimuth, *thresholds).tolist()
     keep = {}
     for i, p in enumerate(prompts):
@@ -127,8 +131,6 @@ def _binding_cases(prompts: list[str], cams, thresholds: tuple[float, float, flo
 
 def _binding_judge(prompts: list[str], cams, gt, thresholds: tuple[float, float, float]):
     """→ (the judged sample indices, fn(images [N, 3, H, W], fg [N, H, W]) → mean pair_color_ok over them)."""
-    from asdcli.shapes.gt_render import render_scenes
-
     size = gt.rgb.shape[1]
     albedo = render_scenes(prompts, cams, size, size, shading="albedo", supersample=2)
     cases = _binding_cases(prompts, cams, thresholds)
@@ -143,10 +145,6 @@ def _binding_judge(prompts: list[str], cams, gt, thresholds: tuple[float, float,
 
 def _cameras_same_bucket(cams, gen: torch.Generator, thresholds: tuple[float, float, float]):
     """For each camera, another training camera whose view suffix is the same (rejection sampling)."""
-    from asdcli.config import CameraConfig
-    from asdcli.priors.perp_neg import view_directions
-    from asdcli.render.cameras import CameraBatch, sample_training_cameras
-
     want = view_directions(cams.elevation, cams.azimuth, *thresholds)
     keys = ("c2w", "fovy", "elevation", "azimuth", "distance")
     out = {k: getattr(cams, k).clone() for k in keys}
@@ -203,12 +201,6 @@ def _view_probe(prior: Any, prompts: list[str], size: int) -> ViewProbe | None:
     """view_width_ratio and view_order on the "next to" pairs among `prompts` (None when there are none). Cameras:
     azimuth 0° (front), 90° (side) and 180° (back), elevation 15°, fovy 50°, the training cameras' middle relative
     distance; the same starting noise for a pair's three views, so only the caption differs."""
-    import math
-
-    from asdcli.render.cameras import cameras_from_angles
-    from asdcli.shapes.gt_render import render_scenes
-    from asdcli.shapes.world.grammar import parse_prompt
-
     pairs = [p for p in prompts if parse_prompt(p).relation == "next to"]
     if not pairs:
         return None
@@ -242,18 +234,12 @@ def _view_probe(prior: Any, prompts: list[str], size: int) -> ViewProbe | None:
 
 def swapped_pair(prompt: str) -> str:
     """"A next to B" → "B next to A" (the same scene turned 180°)."""
-    from asdcli.shapes.world.grammar import SceneSpec, parse_prompt
-
     spec = parse_prompt(prompt)
     return SceneSpec(spec.objects[::-1], spec.relation).text
 
 
 def recolored(prompt: str, shift: int = 3) -> str:
     """The prompt with every colour replaced by the one `shift` places later in the grammar's list."""
-    from dataclasses import replace
-
-    from asdcli.shapes.world.grammar import COLORS, SceneSpec, parse_prompt
-
     names = list(COLORS)
     spec = parse_prompt(prompt)
     objs = tuple(replace(o, color=names[(names.index(o.color) + shift) % len(names)]) for o in spec.objects)
@@ -289,10 +275,6 @@ def caption_loss_gaps(prior: Any, z: Tensor, conds: dict[str, Tensor], gen: torc
 
 def _prompts(split: str, n: int) -> list[str]:
     """Half singles, half pairs, from the split's seeded order; fewer (with a warning) where the split runs out."""
-    import warnings
-
-    from asdcli.shapes.prior_data import split_singles_pairs
-
     singles, pairs = split_singles_pairs(0, split)
     out = singles[: n // 2] + pairs[: n - n // 2]
     if len(out) < n:
@@ -303,9 +285,6 @@ def _prompts(split: str, n: int) -> list[str]:
 
 def _clip_retrieval(clip: str | Path, prompts: list[str]):
     """→ fn(images [N, H, W, 3] in [0, 1], one per prompt) → {clip_r_at_1, clip_r_at_1_scene} among `prompts`."""
-    from asdcli.evaluate import ClipScorer, clip_metrics
-    from asdcli.shapes.train_clip import scene_r_at_1
-
     scorer = ClipScorer(str(clip))
     text = scorer.text_embeddings(prompts)
 
@@ -319,8 +298,6 @@ def _clip_retrieval(clip: str | Path, prompts: list[str]):
 def _sample_metrics(imgs: Tensor, prompts: list[str], gt, binding) -> dict[str, float]:
     """mask_iou, color_ok (singles), pair_color_ok, saturated and fg_fraction of samples imgs [N, 3, H, W] in
     [0, 1] against the ground-truth renders `gt` (rgb [N, H, W, 3], alpha [N, H, W]) from the same cameras."""
-    from asdcli.shapes.world.grammar import parse_prompt
-
     fg = foreground(imgs)
     sat = ((imgs < 0.02) | (imgs > 0.98)).any(dim=1) & fg
     oks = [color_ok(imgs[i], fg[i], gt.rgb[i].permute(2, 0, 1), gt.alpha[i], parse_prompt(p).objects[0].color)
@@ -338,11 +315,6 @@ def evaluate_prior(model: str | Path, n_prompts: int = 24, scales=(1.0, 3.0, 7.5
     the CLIP R@1 of the samples against the evaluated prompts (`clip_r_at_1`, and `clip_r_at_1_scene` counting the
     "next to" twin) and that of the GT renders from the same cameras beside them. One sample per prompt, cameras
     from the training distribution."""
-    from asdcli.config import CameraConfig
-    from asdcli.render.cameras import sample_training_cameras
-    from asdcli.shapes.gt_render import render_scenes
-    from asdcli.shapes.prior import ShapesWorldPrior, ShapesWorldPriorConfig
-
     prior = ShapesWorldPrior(ShapesWorldPriorConfig(model=str(model)))
     prompts = _prompts(split, n_prompts)
     gen = torch.Generator().manual_seed(seed)
@@ -379,8 +351,6 @@ def evaluate_prior(model: str | Path, n_prompts: int = 24, scales=(1.0, 3.0, 7.5
         }
         sheets.append(imgs.permute(0, 2, 3, 1))
     if grid:
-        from asdcli.media import contact_sheet, save_png
-
         rows = [gt.rgb] + sheets  # row 0: ground truth, then one row per guidance scale
         save_png(contact_sheet([im for row in rows for im in row], cols=len(prompts)), grid)
     return report

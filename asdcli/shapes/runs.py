@@ -9,6 +9,8 @@ from pathlib import Path
 from typing import Any
 
 import torch
+from safetensors import safe_open
+from safetensors.torch import load_file, save_file
 from torch import Tensor
 
 from asdcli.atomic import atomic_output
@@ -40,8 +42,6 @@ def load_optimizer(opt: torch.optim.Optimizer, tensors: dict[str, Tensor], meta:
 
 def save_checkpoint(run_dir: Path, tensors: dict[str, Tensor], meta: dict[str, Any]) -> Path:
     """One safetensors file (metadata "meta" = JSON), written to a temp name, fsynced and renamed over the old."""
-    from safetensors.torch import save_file
-
     with atomic_output(checkpoint_path(run_dir)) as tmp:
         save_file({k: v.detach().contiguous().cpu() for k, v in tensors.items()}, str(tmp),
                   metadata={"meta": json.dumps(meta)})
@@ -49,8 +49,6 @@ def save_checkpoint(run_dir: Path, tensors: dict[str, Tensor], meta: dict[str, A
 
 
 def read_meta(run_dir: str | Path) -> dict[str, Any]:
-    from safetensors import safe_open
-
     with safe_open(str(checkpoint_path(run_dir)), "pt") as fh:
         return json.loads(fh.metadata()["meta"])
 
@@ -58,8 +56,6 @@ def read_meta(run_dir: str | Path) -> dict[str, Any]:
 def load_checkpoint(run_dir: str | Path, command: str = "train-prior/train-clip") -> tuple[dict[str, Tensor],
                                                                                           dict[str, Any]]:
     """(tensors, meta) of a run directory's checkpoint; a missing one is a UserError naming the fix."""
-    from safetensors.torch import load_file
-
     path = checkpoint_path(run_dir)
     if not path.is_file():
         raise UserError(f"no checkpoint at {path}: train first (python -m asdcli.shapes {command} --out {run_dir})")

@@ -15,6 +15,7 @@ negatives, because no picture can tell them apart.
 
 from __future__ import annotations
 
+import ast
 import json
 import random
 import time
@@ -28,6 +29,10 @@ from torch import Tensor, nn
 
 from asdcli.atomic import write_folder_atomic
 from asdcli.clip_model import CLIP_MEAN, CLIP_STD
+from asdcli.config import CameraConfig
+from asdcli.evaluate import ClipScorer, clip_metrics
+from asdcli.render.cameras import CameraBatch, cameras_from_angles, orbit_cameras, sample_training_cameras
+from asdcli.shapes.gt_render import render_scenes
 from asdcli.shapes.prior_data import split_singles_pairs
 from asdcli.shapes.runs import (
     load_checkpoint,
@@ -46,6 +51,7 @@ from asdcli.shapes.world.grammar import (
     SceneSpec,
     held_out_combinations,
     parse_prompt,
+    splits,
 )
 
 
@@ -88,6 +94,7 @@ class ClipTrainConfig:
 
 def build_clip(cfg: ClipTrainConfig) -> tuple[Any, nn.Module]:
     """(tokenizer, CLIPModel) with fresh weights from cfg.seed; text context MAX_LENGTH, EOS pooling."""
+    # lazy: transformers is heavy: only CLIP training builds the model
     from transformers import CLIPConfig, CLIPModel
 
     tok = build_tokenizer(MAX_LENGTH)
@@ -175,9 +182,6 @@ class ClipData:
 
     def _cameras(self, n: int, gen: torch.Generator):
         """Training-like cameras, a share replaced by the eval orbit's (elevation 15°, distance 3, fovy 40°)."""
-        from asdcli.config import CameraConfig
-        from asdcli.render.cameras import cameras_from_angles, sample_training_cameras
-
         cams = sample_training_cameras(CameraConfig(), n, 1, gen)
         az = torch.rand(n, generator=gen) * 360.0 - 180.0
         full = torch.ones(n)
@@ -189,9 +193,6 @@ class ClipData:
         return cams
 
     def _fill(self, slots: Tensor, gen: torch.Generator) -> None:
-        from asdcli.render.cameras import CameraBatch
-        from asdcli.shapes.gt_render import render_scenes
-
         cfg, n = self.cfg, len(slots)
         single = torch.rand(n, generator=gen) < cfg.single_prob
         ids = torch.where(single, torch.randint(self.singles, (n,), generator=gen),
@@ -282,8 +283,6 @@ class ClipTrainer:
         return save_checkpoint(self.out, tensors, meta)
 
     def load(self) -> None:
-        import ast
-
         tensors, meta = load_checkpoint(self.out)
         self.model.load_state_dict({k[6:]: v for k, v in tensors.items() if k.startswith("model.")})
         load_optimizer(self.opt, tensors, meta)
@@ -374,11 +373,6 @@ def evaluate_clip(model: str | Path, views: int = 8, split: str = "test", size: 
     input size), ClipScorer + clip_metrics against all
     prompts of the split. Also `r_at_1_scene`: a retrieved caption describing the same scene counts (the
     "next to" twin), the best any image model can do."""
-    from asdcli.evaluate import ClipScorer, clip_metrics
-    from asdcli.render.cameras import orbit_cameras
-    from asdcli.shapes.gt_render import render_scenes
-    from asdcli.shapes.world.grammar import splits
-
     prompts = splits(0)[split][:limit]
     scorer = ClipScorer(str(model))
     size = size or scorer.image_size  # renders at the model's input size, anti-aliased to ≥ 64² rays

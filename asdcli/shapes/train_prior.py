@@ -25,9 +25,11 @@ from pathlib import Path
 from typing import Any
 
 import torch
+from safetensors.torch import load_file
 from torch import Tensor, nn
 
 from asdcli.atomic import write_folder_atomic
+from asdcli.bundled import resolve_bundled
 from asdcli.errors import UserError
 from asdcli.priors.base import write_folder_kind
 from asdcli.shapes.bundled import SHAPESWORLD_PRIOR_INFO
@@ -121,6 +123,7 @@ def build_models(cfg: PriorTrainConfig) -> tuple[Any, nn.Module, nn.Module]:
     (attention at 16² halves the speed on CPU); the text also enters every resnet through the time embedding
     (`addition_embed_type="text"`: attention pooling of the token states), which the SD path feeds unchanged
     because it is computed from encoder_hidden_states alone."""
+    # lazy: diffusers/transformers are heavy: only training builds the models
     from diffusers import UNet2DConditionModel
     from transformers import CLIPTextConfig, CLIPTextModel
 
@@ -144,6 +147,7 @@ def build_models(cfg: PriorTrainConfig) -> tuple[Any, nn.Module, nn.Module]:
 
 def build_scheduler() -> Any:
     """Linear β 1e-4…0.02 over 1000 steps (pixel space: ᾱ_T ≈ 4e-5, so t = T really is pure noise)."""
+    # lazy: diffusers is heavy: only training builds the scheduler
     from diffusers import DDPMScheduler
 
     return DDPMScheduler(num_train_timesteps=1000, beta_schedule="linear", beta_start=1e-4, beta_end=0.02,
@@ -154,15 +158,12 @@ def source_weights(source: str) -> tuple[dict[str, Tensor], dict[str, Any], dict
     """(EMA state dict of {"unet", "text"} in float32, the source's config, its history record) of a run
     directory (its checkpoint's EMA) or of an exported folder (`bundled:NAME`, or a folder with a training record
     beside unet/ and text_encoder/: its weights are the EMA, stored in float16 by default)."""
-    from asdcli.bundled import resolve_bundled
-
     folder = resolve_bundled(source) or Path(source).expanduser()
     info = next((folder / n for n in SHAPESWORLD_PRIOR_INFO if (folder / n).is_file()), None)
     if info is None:
         tensors, meta = load_checkpoint(folder, "train-prior")
         ema = {k[4:]: v for k, v in tensors.items() if k.startswith("ema.")}
         return ema, meta["config"], {"init_from": str(source), "source_steps": int(meta["step"])}
-    from safetensors.torch import load_file
 
     record = json.loads(info.read_text())
     ema = {}

@@ -42,7 +42,13 @@ from typing import Any
 import torch
 from torch import Tensor, nn
 
+from asdcli.conditioning import camera_embedding
+from asdcli.config import CameraConfig
+from asdcli.priors.mvdream import MVDreamPriorConfig
+from asdcli.priors.mvdream_unet import build_mvdream_unet, mvdream_unet_config
+from asdcli.render.cameras import sample_training_cameras
 from asdcli.shapes.bundled import SHAPESWORLD_PRIOR_INFO
+from asdcli.shapes.gt_render import render_scenes
 from asdcli.shapes.prior_data import split_singles_pairs
 from asdcli.shapes.runs import run_training
 from asdcli.shapes.train_prior import PriorTrainer, export_ema_folder
@@ -97,16 +103,12 @@ class MVPriorTrainConfig:
         return out
 
     def camera_config(self) -> Any:
-        from asdcli.config import CameraConfig
-
         return CameraConfig(elevation=tuple(self.elevation), fovy=tuple(self.fovy), distance=tuple(self.distance),
                             relative_distance=True, views_evenly_spaced=True)
 
 
 def unet_config(cfg: MVPriorTrainConfig) -> dict[str, Any]:
     """UNet2DConditionModel kwargs: mvdream_unet_config at pixel-space sizes + the 2D prior's text embedding."""
-    from asdcli.priors.mvdream_unet import mvdream_unet_config
-
     config = mvdream_unet_config(block_out_channels=tuple(cfg.channels), layers_per_block=1,
                                  attention=tuple(cfg.attention), head_channels=cfg.head_channels,
                                  cross_attention_dim=cfg.text_dim, camera_dim=16, in_channels=3,
@@ -117,9 +119,8 @@ def unet_config(cfg: MVPriorTrainConfig) -> dict[str, Any]:
 
 def build_mv_models(cfg: MVPriorTrainConfig) -> tuple[Any, nn.Module, nn.Module]:
     """(tokenizer, CLIPTextModel, multi-view UNet spanning cfg.views views) with fresh weights from cfg.seed."""
+    # lazy: transformers is heavy: only training builds the models
     from transformers import CLIPTextConfig, CLIPTextModel
-
-    from asdcli.priors.mvdream_unet import build_mvdream_unet
 
     tokenizer = build_tokenizer(MAX_LENGTH)
     with torch.random.fork_rng(devices=[]):
@@ -153,9 +154,6 @@ class MVPriorData:
             self._fill(torch.arange(start, min(n, start + 64)), gen)
 
     def _fill(self, slots: Tensor, gen: torch.Generator) -> None:
-        from asdcli.render.cameras import sample_training_cameras
-        from asdcli.shapes.gt_render import render_scenes
-
         cfg, count, v = self.cfg, len(slots), self.cfg.views
         single = torch.rand(count, generator=gen) < cfg.single_prob
         i_single = torch.randint(len(self.singles), (count,), generator=gen)
@@ -178,8 +176,6 @@ class MVPriorData:
         """(images [B·V, 3, H, W] in [−1, 1] over fresh per-view backgrounds, cameras [B·V, 16] =
         camera_embedding(c2w), captions [B] (some dropped to the negative prompt), pool indices [B]).
         Rows are object-major: the V views of object i are rows i·V … i·V + V − 1."""
-        from asdcli.conditioning import camera_embedding
-
         cfg, v = self.cfg, self.cfg.views
         idx = torch.randint(cfg.pool, (cfg.batch,), generator=gen)
         n = cfg.batch * v
@@ -245,8 +241,6 @@ def train_prior_mv(out: str | Path, cfg: MVPriorTrainConfig | None = None, resum
 
 def prior_config(folder: str | Path, **overrides: Any) -> Any:
     """The MVDreamPriorConfig that loads an exported 4-view prior folder (pixel space, its own text model)."""
-    from asdcli.priors.mvdream import MVDreamPriorConfig
-
     info = json.loads((Path(folder) / INFO_FILE).read_text())
     base = {"model": str(folder), "text_model": str(folder), "num_views": info["config"]["views"],
             "image_size": info["config"]["image_size"], "dtype": "float32",

@@ -83,6 +83,7 @@ def write_vocab(folder: str | Path) -> Path:
 
 def build_tokenizer(max_length: int = MAX_LENGTH) -> Any:
     """A transformers CLIPTokenizer over the ShapesWorld vocabulary (pad = EOS), `model_max_length` tokens."""
+    # lazy: transformers is heavy: the bundled text path tokenizes without it
     from transformers import CLIPTokenizer
 
     with tempfile.TemporaryDirectory() as tmp:

@@ -1,14 +1,21 @@
 """The package's import graph (read from source by tests/helpers/import_graph.py): no cycles among modules, counting
 imports inside functions too; the ground floor imports nothing above it; generators and render name the shared
-types without importing priors."""
+types without importing priors; imports sit at the top of modules below the CLI edge, and a lazy third-party
+import says why."""
 
+import subprocess
+import sys
 from pathlib import Path
 
-from tests.helpers.import_graph import build_graph, find_cycles
+from tests.helpers.import_graph import ROOT, build_graph, find_cycles, lazy_imports
 
 GRAPH = build_graph()
 # Modules every layer may import: they import no project module but asdcli.errors (and stdlib, torch).
 GROUND_FLOOR = ("asdcli.errors", "asdcli.atomic", "asdcli.suggest", "asdcli.conditioning", "asdcli.bundled")
+# The CLI edge: the only modules that may import project modules inside functions, so `asd --help` (and the
+# shapes CLI's) imports no torch, and `asd train` checks its prompts and weights before torch loads (commands.py
+# imports the torch-free core at its top and the rest inside each command).
+CLI_EDGE = ("asdcli", "asdcli.__main__", "asdcli.cli", "asdcli.commands", "asdcli.shapes.__main__")
 
 
 def _show(cycles: list[list[str]]) -> str:
@@ -33,6 +40,48 @@ def test_generators_and_render_do_not_import_priors():
         if module.startswith(("asdcli.generators", "asdcli.render")):
             priors = sorted(t for t in edges[module] if t.startswith("asdcli.priors"))
             assert not priors, f"{module} imports {priors}; shared types live in asdcli.conditioning"
+
+
+def test_only_the_cli_edge_imports_project_modules_inside_functions():
+    assert set(CLI_EDGE) <= GRAPH.modules
+    hidden = {m: sorted(t) for m, t in GRAPH.in_function.items() if t and m not in CLI_EDGE}
+    assert not hidden, f"imports inside functions below the CLI edge (move them to the module's top): {hidden}"
+
+
+def test_lazy_third_party_imports_below_the_edge_say_why():
+    silent = [f"{i.module}:{i.line} {i.names}" for i in lazy_imports()
+              if i.module not in CLI_EDGE and not i.project and not i.says_why]
+    assert not silent, ("lazy imports without a why-comment (`# lazy: <why>` above them; or move them to the "
+                        "module's top): " + "; ".join(silent))
+
+
+def test_commands_imports_no_torch_before_the_early_checks():
+    """commands.py imports the core at its top: only torch-free modules, so a missing weight or prompt library
+    fails within a second, before torch loads (its torch-pulling imports stay inside the commands)."""
+    code = ("import sys; import asdcli.commands; "
+            "print(sorted(m for m in ('torch', 'diffusers', 'transformers') if m in sys.modules))")
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True,
+                         cwd=ROOT.parent, timeout=120).stdout
+    assert out.strip() == "[]"
+
+
+def test_lazy_imports_are_found_with_their_reason(tmp_path: Path):
+    """A planted package: a commented, an uncommented, an optional (try/except ImportError) and a project import
+    inside functions; the module-level and TYPE_CHECKING ones are not lazy."""
+    pkg = tmp_path / "pkg"
+    pkg.mkdir()
+    (pkg / "__init__.py").write_text("")
+    (pkg / "a.py").write_text(
+        "import json\nfrom typing import TYPE_CHECKING\nif TYPE_CHECKING:\n    import numpy\n"
+        "def f():\n    # lazy: heavy\n    import torch\n\n    from scipy import sparse\n    return torch, sparse\n"
+        "def g():\n    import yaml\n    from . import b\n    return yaml, b\n"
+        "def h():\n    try:\n        import peft\n    except (ImportError, OSError):\n        peft = None\n"
+        "    return peft\n")
+    (pkg / "b.py").write_text("def k():\n    import os  # stdlib: still says why\n    return os\n")
+    found = {(i.module, i.names): (i.project, i.says_why) for i in lazy_imports(pkg)}
+    assert found == {("pkg.a", "torch"): (False, True), ("pkg.a", "scipy"): (False, True),
+                     ("pkg.a", "yaml"): (False, False), ("pkg.a", "pkg"): (True, False),
+                     ("pkg.a", "peft"): (False, True), ("pkg.b", "os"): (False, True)}
 
 
 def test_the_builder_sees_function_imports_and_reports_the_cycle(tmp_path: Path):

@@ -3,7 +3,8 @@
 `build_graph()` maps each module under asdcli/ (dotted name) to the project modules it imports, split by where
 the import statement sits: at module level (runs when the module is imported) or inside a function/method
 (runs on call). `find_cycles(edges)` returns the import cycles of such a graph, each as a closed path
-[a, b, ..., a]. Reused by tests/architecture/test_import_graph.py and the other layering tests.
+[a, b, ..., a]. `lazy_imports()` lists every import statement inside a function with whether it says why it is
+lazy. Reused by tests/architecture/test_import_graph.py and the other layering tests.
 """
 
 from __future__ import annotations
@@ -86,6 +87,64 @@ def _type_checking_only(tree: ast.AST) -> set[int]:
             for stmt in node.body:
                 skip |= {id(n) for n in ast.walk(stmt) if isinstance(n, (ast.Import, ast.ImportFrom))}
     return skip
+
+
+@dataclass(frozen=True)
+class LazyImport:
+    """One import statement inside a function: where it is, what it names, and whether it says why it is lazy
+    (a comment on its line or just above its block of imports, or a try/except ImportError: optional)."""
+
+    module: str
+    line: int
+    names: str
+    project: bool
+    says_why: bool
+
+
+def _optional_imports(tree: ast.AST) -> set[int]:
+    """ids of imports in the body of a `try` that catches ImportError (an optional dependency says so itself)."""
+    found: set[int] = set()
+    for node in ast.walk(tree):
+        if isinstance(node, ast.Try) and any(h.type is not None and "ImportError" in ast.unparse(h.type)
+                                             for h in node.handlers):
+            for stmt in node.body:
+                found |= {id(n) for n in ast.walk(stmt) if isinstance(n, (ast.Import, ast.ImportFrom))}
+    return found
+
+
+def _has_comment(lines: list[str], node: ast.stmt, import_lines: set[int]) -> bool:
+    """A comment on the statement's own lines, or on the first line above its run of imports (blank lines and
+    other imports skipped), e.g. `# lazy: transformers is heavy` over `from transformers import ...`."""
+    if any("#" in lines[i - 1] for i in range(node.lineno, (node.end_lineno or node.lineno) + 1)):
+        return True
+    i = node.lineno - 1
+    while i >= 1 and (i in import_lines or not lines[i - 1].strip()):
+        i -= 1
+    return i >= 1 and lines[i - 1].strip().startswith("#")
+
+
+def lazy_imports(root: Path = ROOT) -> list[LazyImport]:
+    """Every import statement inside a function or method under `root` (TYPE_CHECKING blocks excluded)."""
+    files = {module_name(p, root): p for p in sorted(root.rglob("*.py"))}
+    package = root.name
+    found = []
+    for name, path in files.items():
+        text = path.read_text(encoding="utf-8")
+        tree, lines = ast.parse(text, filename=str(path)), text.splitlines()
+        inside, skip, optional = _in_function(tree), _type_checking_only(tree), _optional_imports(tree)
+        imports = [n for n in ast.walk(tree) if isinstance(n, (ast.Import, ast.ImportFrom))]
+        import_lines = {i for n in imports for i in range(n.lineno, (n.end_lineno or n.lineno) + 1)}
+        for node in imports:
+            if id(node) not in inside or id(node) in skip:
+                continue
+            if isinstance(node, ast.Import):
+                targets = [alias.name for alias in node.names]
+            else:
+                targets = [_resolve(name, path.name == "__init__.py", node)]
+            project = all(t == package or t.startswith(package + ".") for t in targets)
+            found.append(LazyImport(name, node.lineno, ", ".join(targets), project,
+                                    id(node) in optional or _has_comment(lines, node, import_lines)))
+    return found
 
 
 def build_graph(root: Path = ROOT) -> ImportGraph:
