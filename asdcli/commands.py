@@ -1,7 +1,7 @@
 """Command bodies: parse → load recipe → call one engine function. Imported only when a command runs.
 
 The torch-free core is imported at the top; modules that load torch are imported inside the commands, so
-`asd train` checks its prompt library and weights before torch loads (tests/test_import_graph.py)."""
+`asd train` checks its prompt library and weights before torch loads (tests/architecture/test_import_graph.py)."""
 
 from __future__ import annotations
 

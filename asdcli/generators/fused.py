@@ -16,6 +16,8 @@ from pathlib import Path
 import torch
 from torch import Tensor
 
+from asdcli.generators.mlp import triplane_cells
+
 SOURCE = Path(__file__).with_name("csrc") / "triplane_field.cpp"
 SIZES = {(8, 32), (16, 64)}  # (plane_channels, hidden) the kernel is instantiated for
 # -fassociative-math (with the flags it needs) lets the compiler vectorise the dot products; no -ffast-math, so
@@ -34,6 +36,7 @@ def enabled() -> bool:
 
 def _built(name: str) -> bool:
     """Whether torch's extension folder already holds a build of `name` (then loading takes a moment)."""
+    # lazy: the extension builder pulls in setuptools; only a training run on CPU needs it
     from torch.utils.cpp_extension import _get_build_directory
 
     return any(Path(_get_build_directory(name, verbose=False)).glob(f"{name}*.so"))
@@ -52,6 +55,7 @@ def kernel():
 
 
 def _build():
+    # lazy: the extension builder pulls in setuptools; only a training run on CPU needs it
     from torch.utils.cpp_extension import load
 
     name = "asd_triplane_field"
@@ -84,8 +88,6 @@ def usable(planes: Tensor, points: Tensor, heads: tuple, hidden: int) -> bool:
 def cell_table(planes: Tensor) -> Tensor:
     """planes [P, 3, C, R, R] → cells [P, 3, (R+1)², 4, C]: mlp.triplane_cells' coefficients a, b, c, d of each
     zero-padded cell, adjacent per cell (one cache line per lookup)."""
-    from asdcli.generators.mlp import triplane_cells
-
     p, _, c, r, _ = planes.shape
     table = torch.stack(triplane_cells(planes), dim=1)  # [P·3, 4, C, (R+1)²]
     return table.view(p, 3, 4, c, (r + 1) ** 2).permute(0, 1, 4, 2, 3).contiguous()
