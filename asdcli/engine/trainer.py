@@ -66,6 +66,15 @@ def _rng_state(gen: torch.Generator, info: dist_.DistInfo) -> dict[str, torch.Te
     return out
 
 
+def field_queries(cfg: RunConfig) -> int:
+    """Field queries a training run makes: steps × prompts × views × pixels × samples per ray (at the largest
+    render side its resolution schedule reaches; start and end, which bound every schedule but keyframes)."""
+    r, steps = cfg.render, cfg.train.steps
+    side = max(r.resolution.at(0, steps), r.resolution.at(steps, steps))
+    per_step = r.prompts_per_step * r.views_per_prompt * side * side * (r.samples_per_ray + r.importance_samples)
+    return int(steps * cfg.train.grad_accum * per_step)
+
+
 class Trainer:
     def __init__(self, cfg: RunConfig, prompts: list[str], val_prompts: list[str], resume: bool = False,
                  quiet: bool = False):
@@ -83,7 +92,7 @@ class Trainer:
         if self.dist.is_main:  # check --out / --resume first, but create nothing until every part is built
             prepare_run_dir(cfg, resume, create=False)
         self.parts = build_train_parts(cfg, self.device)
-        self.parts.generator.prepare_for_training(self.device)
+        self.parts.generator.prepare_for_training(self.device, field_queries(cfg))
         dist_.broadcast_parameters([self.parts.generator, self.parts.background], self.dist)
         # Groups built at rate 1.0 carry each part's scale of its rate; every train step sets "lr" from the
         # schedule (kept out of the groups, which checkpoints save as JSON and a resume replaces).

@@ -53,9 +53,10 @@ class Generator(nn.Module, abc.ABC):
         """Colour features [..., F] → RGB [..., 3] in [0, 1]."""
         return features[..., :3].sigmoid()
 
-    def prepare_for_training(self, device: torch.device) -> None:
-        """Called once before the first training step (before any progress bar): build what training needs
-        once per machine, e.g. a compiled kernel. Nothing by default."""
+    def prepare_for_training(self, device: torch.device, field_queries: int) -> None:
+        """Called once before the first training step (before any progress bar), with the number of field
+        queries the whole run will make (steps × samples per step): build what training needs once per
+        machine where the run is long enough to repay it, e.g. a compiled kernel. Nothing by default."""
 
     def param_groups(self, lr: float) -> list[dict]:
         """Optimiser parameter groups; override to give parts their own learning rates."""

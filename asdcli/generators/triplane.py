@@ -102,10 +102,11 @@ class TriplaneGenerator(Generator):
         sdf = value[:, 0] + sphere_sdf(points, self.cfg.sdf_bias_radius)
         return FieldOutput(sdf, colour.transpose(1, 2).contiguous()), grad
 
-    def prepare_for_training(self, device: torch.device) -> None:
-        """Build the fused field kernel now (once per machine, ~40 s), not inside the first step's progress bar."""
+    def prepare_for_training(self, device: torch.device, field_queries: int) -> None:
+        """Load the fused field kernel, building it first (once per machine, ~40 s) only for a run long enough to
+        repay the build (fused.worth_building); a shorter run uses an earlier build or the eager path."""
         if device.type == "cpu" and fused.enabled() and (self.cfg.plane_channels, self.cfg.hidden) in fused.SIZES:
-            fused.kernel()
+            fused.prepare(field_queries)
 
     def query_value(self, state: Tensor, points: Tensor) -> Tensor:
         return self._sdf(sample_triplanes(state, points, self.cfg.radius), points)

@@ -21,6 +21,11 @@ from asdcli.recipe import load_recipe
 pytestmark = pytest.mark.skipif(shutil.which("c++") is None and shutil.which("g++") is None,
                                 reason="no C++ compiler: the fused kernel cannot be built here")
 TOL = 2e-5
+
+
+@pytest.fixture(autouse=True)
+def _kernel():
+    assert fused.kernel() is not None  # built here (the tests' machine has a compiler) or loaded
 RECIPE = Path(__file__).resolve().parents[2] / "recipes" / "shapes_asd.yaml"
 
 
@@ -105,3 +110,17 @@ def test_training_steps_give_the_same_losses_and_weights_with_and_without_the_ke
     assert fast_losses == pytest.approx(eager_losses, rel=1e-4)
     for name, w in eager_w.items():
         assert (fast_w[name] - w).abs().max().item() <= 1e-4 * max(w.abs().max().item(), 1e-3), name
+
+
+def test_only_runs_long_enough_to_repay_the_build_build_it():
+    """The tiny CPU recipe (the README's first training run) must not wait ~40 s for a compiler; the bundled
+    ShapesWorld recipe saves far more than the build costs."""
+    from asdcli.engine.trainer import field_queries
+
+    root = RECIPE.parent
+    tiny = load_recipe(root / "tiny_cpu.yaml", [], {})
+    shapes = load_recipe(root / "shapes_generator.yaml", [], {})
+    assert field_queries(shapes) == 10_000 * 8 * 1 * 32 * 32 * 48
+    assert not fused.worth_building(field_queries(tiny))
+    assert fused.worth_building(field_queries(shapes))
+    assert fused.worth_building(field_queries(load_recipe(root / "shapes_asd.yaml", [], {})))
