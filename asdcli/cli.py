@@ -15,20 +15,7 @@ import typer
 import typer.core
 
 from asdcli import __version__
-
-# click's usage-error base class (typer may vendor its own click, so found through typer's BadParameter)
-_CLICK_ERROR = next(c for c in typer.BadParameter.__mro__ if c.__name__ == "ClickException")
-
-
-class FlagsAsFlags:
-    """Help shows a flag as `--resume`, not `--resume <bool>` (it takes no value): flags get an empty metavar."""
-
-    def get_params(self, ctx):
-        params = super().get_params(ctx)
-        for param in params:
-            if getattr(param, "is_flag", False) and param.metavar is None:
-                param.metavar = ""
-        return params
+from asdcli.cli_style import FlagsAsFlags, OneLineUsageErrors, one_line
 
 
 class _Command(FlagsAsFlags, typer.core.TyperCommand):
@@ -43,39 +30,9 @@ def _examples(*lines: str) -> str:
     return "[bold]Examples[/bold]\n\n" + "\n\n".join(lines)
 
 
-class OneLineUsageErrors(FlagsAsFlags, typer.core.TyperGroup):
-    """Usage errors (unknown option, non-numeric count, missing argument) as ONE line on stderr, exit 2,
-    instead of click's usage block and rich panel. Also the group of `python -m asdcli.shapes`."""
-
-    def main(self, args=None, prog_name=None, complete_var=None, standalone_mode=True, **extra):
-        if not standalone_mode:
-            return super().main(args, prog_name, complete_var, standalone_mode=False, **extra)
-        try:
-            rv = super().main(args, prog_name, complete_var, standalone_mode=False, **extra)
-        except _CLICK_ERROR as exc:
-            if type(exc).__name__ == "NoArgsIsHelpError":  # `asd` alone: the help was printed already
-                sys.exit(exc.exit_code)
-            ctx = getattr(exc, "ctx", None)
-            where = f"{ctx.command_path}: " if ctx is not None else ""
-            hint = f" (see '{ctx.command_path} --help')" if ctx is not None else ""
-            typer.echo(f"error: {where}{_one_line(exc.format_message())}{hint}", err=True)
-            sys.exit(exc.exit_code)
-        except typer.Abort:
-            typer.echo("aborted", err=True)
-            sys.exit(1)
-        sys.exit(rv if isinstance(rv, int) else 0)
-
-
-def _one_line(text: str) -> str:
-    """One terminal-safe line: a key or value holding escape sequences is shown escaped, never executed."""
-    from asdcli.errors import safe_line
-
-    return safe_line(text)
-
-
 def _one_line_warning(message, category, filename, lineno, file=None, line=None) -> None:
     """Warnings as one `warning: ...` line on stderr: no source path, line number or code excerpt."""
-    print(f"warning: {_one_line(message)}", file=file or sys.stderr)
+    print(f"warning: {one_line(message)}", file=file or sys.stderr)
 
 
 app = typer.Typer(add_completion=False, no_args_is_help=True, pretty_exceptions_enable=False,
@@ -128,7 +85,7 @@ def run_guarded(debug: bool, fn, *args, **kwargs):
     except UserError as exc:
         if debug:
             raise
-        typer.echo(f"error: {_one_line(exc)}", err=True)
+        typer.echo(f"error: {one_line(exc)}", err=True)
         raise typer.Exit(2) from None
     except KeyboardInterrupt:
         typer.echo("interrupted", err=True)
@@ -137,15 +94,15 @@ def run_guarded(debug: bool, fn, *args, **kwargs):
         if debug:
             raise
         if type(exc).__name__ == "UnpicklingError":  # torch.load(weights_only=True) refused a model file's pickle
-            typer.echo(f"error: {_one_line(_PICKLE_REFUSED)}", err=True)
+            typer.echo(f"error: {one_line(_PICKLE_REFUSED)}", err=True)
             raise typer.Exit(2) from None
         if isinstance(exc, OSError) and exc.errno in (errno.ENOSPC, errno.EDQUOT):
-            where = f" writing {_one_line(exc.filename)}" if exc.filename else ""
+            where = f" writing {one_line(exc.filename)}" if exc.filename else ""
             typer.echo(f"error: no space left on the device{where}; free disk space and rerun (files written "
                        f"before are intact)", err=True)
             raise typer.Exit(1) from None
         name = type(exc).__name__
-        typer.echo(f"internal error ({name}): {_one_line(exc)}; rerun with --debug for the traceback", err=True)
+        typer.echo(f"internal error ({name}): {one_line(exc)}; rerun with --debug for the traceback", err=True)
         raise typer.Exit(1) from None
 
 

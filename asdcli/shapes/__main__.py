@@ -24,7 +24,7 @@ from typing import Optional
 import typer
 import typer.core
 
-from asdcli.cli import FlagsAsFlags, OneLineUsageErrors
+from asdcli.cli_style import FlagsAsFlags, OneLineUsageErrors
 
 PROG = "python -m asdcli.shapes"
 

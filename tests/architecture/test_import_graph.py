@@ -27,6 +27,22 @@ def test_no_import_cycles_among_modules():
     assert not cycles, _show(cycles)
 
 
+def test_no_import_cycles_among_packages():
+    """Folded to the package's first level (asdcli.engine, asdcli.shapes, asdcli.cli, …; the world apart from the
+    shapes app) the graph is still layered: e.g. the shapes app shares the CLI's look through cli_style rather
+    than importing the CLI, which imports the app."""
+    def layer(module: str) -> str:  # the ShapesWorld world (imports nothing of asdcli) is a layer of its own
+        return "asdcli.shapes.world" if module.startswith("asdcli.shapes.world") else ".".join(module.split(".")[:2])
+
+    packages: dict[str, set[str]] = {}
+    for module, targets in GRAPH.edges(include_functions=True).items():
+        packages.setdefault(layer(module), set()).update(layer(t) for t in targets)
+    for top, targets in packages.items():
+        targets.discard(top)
+    cycles = find_cycles(packages)
+    assert not cycles, _show(cycles)
+
+
 def test_the_ground_floor_imports_nothing_above_it():
     assert set(GROUND_FLOOR) <= GRAPH.modules
     for module in GROUND_FLOOR:
