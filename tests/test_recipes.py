@@ -154,5 +154,5 @@ def test_distill_with_a_paper_recipe(tmp_path):
 
 def test_package_data_ships_the_distill_recipe():
     text = (ROOT / "pyproject.toml").read_text()
-    assert 'asdcli = ["assets/**/*"]' in text
+    assert 'asdcli = ["assets/**/*", ' in text
     assert (ROOT / "asdcli" / "assets" / "recipes" / "distill.yaml").is_file()

@@ -112,6 +112,11 @@ def test_training_steps_give_the_same_losses_and_weights_with_and_without_the_ke
         assert (fast_w[name] - w).abs().max().item() <= 1e-4 * max(w.abs().max().item(), 1e-3), name
 
 
+def test_package_data_ships_the_kernel_source():
+    text = (RECIPE.parents[1] / "pyproject.toml").read_text()
+    assert '"generators/csrc/*.cpp"' in text and fused.SOURCE.is_file()
+
+
 def test_only_runs_long_enough_to_repay_the_build_build_it():
     """The tiny CPU recipe (the README's first training run) must not wait ~40 s for a compiler; the bundled
     ShapesWorld recipe saves far more than the build costs."""
