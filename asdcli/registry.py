@@ -36,6 +36,11 @@ REGISTRY: dict[str, dict[str, str]] = {
 }
 
 
+# Files by which a prior folder written before the kind record (priors/base.KIND_FILE) shows the prior kind it
+# needs: the ShapesWorld prior export has always written its training record. Data, so the core imports no kind.
+PRIOR_FOLDER_MARKERS: dict[str, tuple[str, ...]] = {"shapesworld": ("shapesworld_prior.json",)}
+
+
 def kinds(family: str) -> list[str]:
     return sorted(REGISTRY[family])
 

@@ -16,6 +16,7 @@ from torch import Tensor, nn
 
 from asdcli.conditioning import Conditioning, TextEmbeddings
 from asdcli.errors import UserError
+from asdcli.registry import PRIOR_FOLDER_MARKERS
 
 
 class PriorConfig(Protocol):
@@ -51,14 +52,17 @@ def write_folder_kind(folder: Path, kind: str) -> None:
 
 
 def check_folder_kind(folder: Path, kind: str, model: str) -> None:
-    """UserError when `folder` (prior.model = `model`) records a prior kind other than `kind`."""
+    """UserError when `folder` (prior.model = `model`) records a prior kind other than `kind`, in its kind record
+    or, for a folder written before the record existed, by a marker file (registry.PRIOR_FOLDER_MARKERS)."""
     record = Path(folder) / KIND_FILE
-    if not record.is_file():
-        return
-    try:
-        needed = json.loads(record.read_text(encoding="utf-8"))["kind"]
-    except (OSError, ValueError, KeyError, TypeError):
-        raise UserError(f"prior.model: {record} is damaged; expected {{\"kind\": NAME}}") from None
+    if record.is_file():
+        try:
+            needed = json.loads(record.read_text(encoding="utf-8"))["kind"]
+        except (OSError, ValueError, KeyError, TypeError):
+            raise UserError(f"prior.model: {record} is damaged; expected {{\"kind\": NAME}}") from None
+    else:
+        marked = [k for k, names in PRIOR_FOLDER_MARKERS.items() if any((Path(folder) / n).is_file() for n in names)]
+        needed = marked[0] if marked else kind
     if needed != kind:
         raise UserError(f"prior.kind: {model!r} must be loaded as prior.kind: {needed}, not {kind}; set "
                         f"prior.kind: {needed} in the recipe (for a run made before, in its recipe.yaml)")

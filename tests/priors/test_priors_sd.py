@@ -416,3 +416,8 @@ def test_a_folder_recording_another_kind_is_refused_in_one_line(tmp_path):
     (folder / KIND_FILE).write_text("{kind")
     with pytest.raises(UserError, match=f"prior.model: .*{KIND_FILE} is damaged"):
         StableDiffusionPrior(StableDiffusionPriorConfig(model=str(folder)))
+    # Exported before the kind record existed: the ShapesWorld training record alone names the kind.
+    (folder / KIND_FILE).unlink()
+    (folder / "shapesworld_prior.json").write_text('{"config": {}}')
+    with pytest.raises(UserError, match=fix):
+        StableDiffusionPrior(StableDiffusionPriorConfig(model=str(folder)))
