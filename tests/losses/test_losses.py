@@ -37,16 +37,8 @@ def analytic_noise(z_t: Tensor, t: Tensor, text: Tensor, cameras: Tensor | None,
     return out
 
 
-class MockPrior(Prior):
-    """Deterministic analytic prior; keeps `scale` trainable so a leak of gradient into it would show."""
-
-    def __init__(self, shared_timestep: bool = False, bad_values: bool = False) -> None:
-        super().__init__()
-        self.register_buffer("alphas_cumprod", torch.linspace(0.9999, 0.005, T))
-        self.scale = nn.Parameter(torch.tensor(0.7))
-        self.shared_timestep = shared_timestep
-        self.bad_values = bad_values
-        self.calls: list[dict[str, Tensor | None]] = []
+class PixelPriorForLosses(Prior):
+    """A pixel-space prior as the losses see it: encode is the identity; text and conditioning are never used."""
 
     def encode(self, images: Tensor) -> Tensor:
         return images
@@ -56,6 +48,18 @@ class MockPrior(Prior):
 
     def conditioning(self, prompts, elevation, azimuth, c2w) -> Conditioning:
         raise AssertionError("not used by the losses")
+
+
+class MockPrior(PixelPriorForLosses):
+    """Deterministic analytic prior; keeps `scale` trainable so a leak of gradient into it would show."""
+
+    def __init__(self, shared_timestep: bool = False, bad_values: bool = False) -> None:
+        super().__init__()
+        self.register_buffer("alphas_cumprod", torch.linspace(0.9999, 0.005, T))
+        self.scale = nn.Parameter(torch.tensor(0.7))
+        self.shared_timestep = shared_timestep
+        self.bad_values = bad_values
+        self.calls: list[dict[str, Tensor | None]] = []
 
     def predict_noise(self, z_t: Tensor, t: Tensor, text: Tensor, cameras: Tensor | None = None) -> Tensor:
         # No torch.no_grad here on purpose: the loss must provide it.
@@ -358,7 +362,7 @@ def test_config_validation():
 
 
 # ------------------------------------------------------------------------------------------------ VSD
-class TinyUNetPrior(Prior):
+class TinyUNetPrior(PixelPriorForLosses):
     """Pixel-space prior around a tiny real diffusers UNet, exposing `unet` and `unet_forward` like the SD
     prior; counts and records predict_noise calls."""
 
@@ -375,15 +379,6 @@ class TinyUNetPrior(Prior):
         self.register_buffer("alphas_cumprod", torch.linspace(0.9999, 0.005, T))
         self.calls: list[tuple[Tensor, Tensor]] = []
         self.freeze()
-
-    def encode(self, images: Tensor) -> Tensor:
-        return images
-
-    def encode_text(self, prompts: list[str]):
-        raise AssertionError("not used by the losses")
-
-    def conditioning(self, prompts, elevation, azimuth, c2w) -> Conditioning:
-        raise AssertionError("not used by the losses")
 
     def unet_forward(self, unet: nn.Module, z_t: Tensor, t: Tensor, text: Tensor,
                      cameras: Tensor | None) -> Tensor:
