@@ -185,86 +185,94 @@ struct Block {
   }
 };
 
+// The weights both passes read, with the input-major copies of the first layers (see rows_times).
+struct Weights {
+  const float *w1s, *w2s, *w1c, *w2c, *w1s_hf, *w1c_hf;
+};
+
+// One sample's backward: upstream gradients g_sdf, g_col [3], g_grad [3] (times `scale`, texels per world unit)
+// → its rows of the block (weight gradients, flushed per block) and its cells' gradients `dcell` (the prompt's
+// [3, K, 4, C] slice). `s` holds the sample's recomputed forward values.
+template <int C, int H, int B>
+void sample_backward(const Sample<C, H>& s, const Weights& w, float g_sdf, const float* g_col, const float* g_grad,
+                     float scale, int64_t k_cells, int b, Block<C, H, B>& blk, float* dcell) {
+  constexpr int F = 3 * C, O = 3;
+  const float gx = g_grad[0] * scale, gy = g_grad[1] * scale, gz = g_grad[2] * scale;
+  const float g_u[3] = {gx, gx, gz}, g_v[3] = {gy, gz, gy};  // planes xy, xz, zy read (u, v) = (x,y), (x,z), (z,y)
+  float g_e[H], g_hs[H], g_hc[H];  // locals (not the block's arrays) so the loops below vectorise
+  for (int o = 0; o < O; ++o) blk.g_col[b][o] = g_col[o];
+  for (int h = 0; h < H; ++h) {  // both heads' last layers and ReLUs
+    float acc = 0.f;
+    for (int o = 0; o < O; ++o) acc += w.w2c[o * H + h] * g_col[o];
+    g_hc[h] = s.hc[h] > 0.f ? acc : 0.f;
+    g_hs[h] = s.hs[h] > 0.f ? g_sdf * w.w2s[h] : 0.f;
+  }
+  float g_f[F], g_fs[F], g_su[F], g_sv[F], g_df[F];
+  for (int j = 0; j < F; ++j) {
+    const int k = j / C;
+    g_df[j] = g_u[k] * s.su[j] + g_v[k] * s.sv[j];  // through the gradient's chain rule
+    g_su[j] = g_u[k] * s.df[j];
+    g_sv[j] = g_v[k] * s.df[j];
+  }
+  rows_times<H, F>(w.w1s, g_df, g_e);  // d loss / d (mask ⊙ w2s), since df = w1s · (mask ⊙ w2s)
+  rows_times<F, H>(w.w1c_hf, g_hc, g_f);  // g_f = w1c · g_hc + w1s · g_hs
+  rows_times<F, H>(w.w1s_hf, g_hs, g_fs);
+  for (int j = 0; j < F; ++j) {
+    g_f[j] += g_fs[j];
+    blk.f[b][j] = s.f[j];
+    blk.g_df[b][j] = g_df[j];
+  }
+  for (int h = 0; h < H; ++h) {
+    blk.g_hc[b][h] = g_hc[h];
+    blk.g_hs[b][h] = g_hs[h];
+    blk.e[b][h] = s.e[h];
+    blk.r_c[b][h] = std::max(s.hc[h], 0.f);
+    blk.v_s[b][h] = g_sdf * std::max(s.hs[h], 0.f) + (s.hs[h] > 0.f ? g_e[h] : 0.f);
+  }
+  for (int k = 0; k < 3; ++k) {  // f = a + fu·b + fv·c + fu·fv·d, su = b + fv·d, sv = c + fu·d
+    float* d = dcell + (k * k_cells + s.cell[k]) * 4 * C;
+    const float fu = s.fu[k], fv = s.fv[k];
+    for (int c = 0; c < C; ++c) {
+      const int j = k * C + c;
+      d[c] += g_f[j];
+      d[C + c] += fu * g_f[j] + g_su[j];
+      d[2 * C + c] += fv * g_f[j] + g_sv[j];
+      d[3 * C + c] += fu * fv * g_f[j] + fv * g_su[j] + fu * g_sv[j];
+    }
+  }
+}
+
 // Per prompt (one task each, so the prompt's cell gradients have one writer): the gradients of the cells and
 // this prompt's share of the weight gradients (summed over prompts by the caller).
 template <int C, int H>
-std::vector<torch::Tensor> backward_impl(const torch::Tensor& cells, const torch::Tensor& points,
-                                         const torch::Tensor& w1s, const torch::Tensor& w2s,
-                                         const torch::Tensor& w1c, const torch::Tensor& w2c,
-                                         const torch::Tensor& w1s_hf, const torch::Tensor& w1c_hf,
+std::vector<torch::Tensor> backward_impl(const torch::Tensor& cells, const torch::Tensor& points, const Weights& w,
                                          const torch::Tensor& g_sdf, const torch::Tensor& g_col,
                                          const torch::Tensor& g_grad, const Geometry& g) {
-  constexpr int F = 3 * C, B = 8;
+  constexpr int F = 3 * C, B = 8, O = 3;
   const int64_t P = points.size(0), N = points.size(1);
-  constexpr int O = 3;  // colour features (TriplaneGenerator's feature_head)
   const int64_t plane_stride = 3 * (g.res + 1) * (g.res + 1) * 4 * C, k_cells = (g.res + 1) * (g.res + 1);
   auto g_cells = torch::zeros_like(cells);
   auto g_w1s = torch::zeros({P, F, H}, points.options()), g_w1c = torch::zeros({P, F, H}, points.options());
   auto g_w2s = torch::zeros({P, H}, points.options()), g_w2c = torch::zeros({P, O, H}, points.options());
   const float *cp = cells.data_ptr<float>(), *xp = points.data_ptr<float>();
-  const float *ws = w1s.data_ptr<float>(), *vs = w2s.data_ptr<float>(), *wc = w1c.data_ptr<float>();
-  const float *vc = w2c.data_ptr<float>(), *gs = g_sdf.data_ptr<float>(), *gc = g_col.data_ptr<float>();
-  const float *gg = g_grad.data_ptr<float>(), *ws_hf = w1s_hf.data_ptr<float>(), *wc_hf = w1c_hf.data_ptr<float>();
+  const float *gs = g_sdf.data_ptr<float>(), *gc = g_col.data_ptr<float>(), *gg = g_grad.data_ptr<float>();
+  float *dc = g_cells.data_ptr<float>(), *dws = g_w1s.data_ptr<float>(), *dwc = g_w1c.data_ptr<float>();
+  float *dvs = g_w2s.data_ptr<float>(), *dvc = g_w2c.data_ptr<float>();
   const float scale = static_cast<float>(g.res / (2.0 * g.radius));
   at::parallel_for(0, P, 1, [&](int64_t begin, int64_t end) {
     Sample<C, H> s;
     auto blk = std::make_unique<Block<C, H, B>>();
     for (int64_t p = begin; p < end; ++p) {
-      float* dcell = g_cells.data_ptr<float>() + p * plane_stride;
-      float *dws = g_w1s.data_ptr<float>() + p * F * H, *dwc = g_w1c.data_ptr<float>() + p * F * H;
-      float *dvs = g_w2s.data_ptr<float>() + p * H, *dvc = g_w2c.data_ptr<float>() + p * O * H;
       for (int64_t i0 = 0; i0 < N; i0 += B) {
         const int nb = static_cast<int>(std::min<int64_t>(B, N - i0));
         for (int b = 0; b < nb; ++b) {
           const int64_t n = p * N + i0 + b;
           s.lookup(cp + p * plane_stride, xp + n * 3, g);
-          s.heads(ws, vs, wc, ws_hf);
-          const float* gcol = gc + n * O;
-          const float gx = gg[n * 3] * scale, gy = gg[n * 3 + 1] * scale, gz = gg[n * 3 + 2] * scale;
-          const float g_u[3] = {gx, gx, gz}, g_v[3] = {gy, gz, gy};
-          float g_e[H], g_hs[H], g_hc[H];  // locals (not the block's arrays) so the loops below vectorise
-          for (int o = 0; o < O; ++o) blk->g_col[b][o] = gcol[o];
-          for (int h = 0; h < H; ++h) {  // both heads' last layers and ReLUs
-            float acc = 0.f;
-            for (int o = 0; o < O; ++o) acc += vc[o * H + h] * gcol[o];
-            g_hc[h] = s.hc[h] > 0.f ? acc : 0.f;
-            g_hs[h] = s.hs[h] > 0.f ? gs[n] * vs[h] : 0.f;
-          }
-          float g_f[F], g_su[F], g_sv[F], g_df[F];
-          for (int j = 0; j < F; ++j) {
-            const int k = j / C;
-            g_df[j] = g_u[k] * s.su[j] + g_v[k] * s.sv[j];  // through the gradient's chain rule
-            g_su[j] = g_u[k] * s.df[j];
-            g_sv[j] = g_v[k] * s.df[j];
-            blk->g_df[b][j] = g_df[j];
-          }
-          rows_times<H, F>(ws, g_df, g_e);  // g_e = w1s^T-rows · g_df: d loss / d (mask ⊙ w2s)
-          float g_fs[F];  // g_f = w1c · g_hc + w1s · g_hs
-          rows_times<F, H>(wc_hf, g_hc, g_f);
-          rows_times<F, H>(ws_hf, g_hs, g_fs);
-          for (int j = 0; j < F; ++j) g_f[j] += g_fs[j];
-          for (int j = 0; j < F; ++j) blk->f[b][j] = s.f[j];
-          for (int h = 0; h < H; ++h) {
-            blk->g_hc[b][h] = g_hc[h];
-            blk->g_hs[b][h] = g_hs[h];
-            blk->e[b][h] = s.e[h];
-            blk->r_c[b][h] = std::max(s.hc[h], 0.f);
-          }
-          for (int h = 0; h < H; ++h)
-            blk->v_s[b][h] = gs[n] * std::max(s.hs[h], 0.f) + (s.hs[h] > 0.f ? g_e[h] : 0.f);
-          for (int k = 0; k < 3; ++k) {  // f = a + fu·b + fv·c + fu·fv·d, su = b + fv·d, sv = c + fu·d
-            float* d = dcell + (k * k_cells + s.cell[k]) * 4 * C;
-            const float fu = s.fu[k], fv = s.fv[k];
-            for (int c = 0; c < C; ++c) {
-              const int j = k * C + c;
-              d[c] += g_f[j];
-              d[C + c] += fu * g_f[j] + g_su[j];
-              d[2 * C + c] += fv * g_f[j] + g_sv[j];
-              d[3 * C + c] += fu * fv * g_f[j] + fv * g_su[j] + fu * g_sv[j];
-            }
-          }
+          s.heads(w.w1s, w.w2s, w.w1c, w.w1s_hf);
+          sample_backward<C, H, B>(s, w, gs[n], gc + n * O, gg + n * 3, scale, k_cells, b, *blk,
+                                   dc + p * plane_stride);
         }
-        blk->flush(nb, dws, dwc, dvs, dvc);
+        blk->flush(nb, dws + p * F * H, dwc + p * F * H, dvs + p * H, dvc + p * O * H);
       }
     }
   });
@@ -303,8 +311,10 @@ std::vector<torch::Tensor> backward(torch::Tensor cells, torch::Tensor points, t
   const int64_t c = cells.size(-1), h = w1s.size(1);
   TORCH_CHECK(w2c.size(0) == 3, "the fused triplane kernel takes 3 colour features, not ", w2c.size(0));
   const Geometry g{res, radius, sphere_radius};
-  DISPATCH(8, 32, backward_impl)(cells, points, w1s, w2s, w1c, w2c, w1s_hf, w1c_hf, g_sdf, g_col, g_grad, g);
-  DISPATCH(16, 64, backward_impl)(cells, points, w1s, w2s, w1c, w2c, w1s_hf, w1c_hf, g_sdf, g_col, g_grad, g);
+  const Weights w{w1s.data_ptr<float>(), w2s.data_ptr<float>(), w1c.data_ptr<float>(), w2c.data_ptr<float>(),
+                  w1s_hf.data_ptr<float>(), w1c_hf.data_ptr<float>()};
+  DISPATCH(8, 32, backward_impl)(cells, points, w, g_sdf, g_col, g_grad, g);
+  DISPATCH(16, 64, backward_impl)(cells, points, w, g_sdf, g_col, g_grad, g);
   TORCH_CHECK(false, "no fused triplane kernel for plane_channels ", c, ", hidden ", h);
 }
 
