@@ -1,9 +1,11 @@
 """The triplane field fused into one C++ pass per sample (csrc/triplane_field.cpp), with a written-out backward.
 
-Built on first use with torch's C++ extension loader (a compiler and ninja are needed; the build is cached under
-torch's extensions folder, ~/.cache/torch_extensions) and used by `TriplaneGenerator.query_with_grad` on CPU in
-float32 for the kernel's sizes. Anywhere else — no compiler, CUDA, float16, other sizes, `ASD_FUSED=0` — the
-eager path in mlp.py runs instead; the two agree to float rounding (tests/test_fused_field.py).
+Built with torch's C++ extension loader (a compiler and ninja are needed; the build is cached under torch's
+extensions folder, ~/.cache/torch_extensions) before a training run long enough to repay the build (`prepare`),
+and used by `TriplaneGenerator.query_with_grad` while training on CPU in float32 for the kernel's sizes.
+Anywhere else — no compiler, a short run on a machine without a build, CUDA, float16, other sizes, evaluation
+renders, `ASD_FUSED=0` — the eager path in mlp.py runs instead; the two agree to float rounding
+(tests/generators/test_fused_field.py).
 """
 
 from __future__ import annotations
@@ -18,6 +20,7 @@ from torch import Tensor
 
 from asdcli.generators.mlp import triplane_cells
 
+NAME = "asd_triplane_field"
 SOURCE = Path(__file__).with_name("csrc") / "triplane_field.cpp"
 SIZES = {(8, 32), (16, 64)}  # (plane_channels, hidden) the kernel is instantiated for
 # -fassociative-math (with the flags it needs) lets the compiler vectorise the dot products; no -ffast-math, so
@@ -34,7 +37,7 @@ def enabled() -> bool:
     return os.environ.get("ASD_FUSED", "1") != "0"
 
 
-def _built(name: str) -> bool:
+def _built(name: str = NAME) -> bool:
     """Whether torch's extension folder already holds a build of `name` (then loading takes a moment)."""
     # lazy: the extension builder pulls in setuptools; only a training run on CPU needs it
     from torch.utils.cpp_extension import _get_build_directory
@@ -56,8 +59,7 @@ def worth_building(field_queries: int) -> bool:
 def prepare(field_queries: int) -> None:
     """Before a training run: load the kernel if this machine has built it, else build it if the run is long
     enough (`worth_building`); otherwise the run stays on the eager path (`usable` is False)."""
-    name = "asd_triplane_field"
-    if _module is None and not _failed and (_built(name) or worth_building(field_queries)):
+    if _module is None and not _failed and (_built() or worth_building(field_queries)):
         kernel()
 
 
@@ -77,15 +79,14 @@ def _build():
     # lazy: the extension builder pulls in setuptools; only a training run on CPU needs it
     from torch.utils.cpp_extension import load
 
-    name = "asd_triplane_field"
     try:
-        if not _built(name):  # measured 23-43 s on the 2-core CPU (2026-12-07)
+        if not _built():  # measured 23-43 s on the 2-core CPU (2026-12-07)
             print("compiling the fused triplane kernel (once per machine, about 40 s)", file=sys.stderr)
-        return load(name, [str(SOURCE)], extra_cflags=CFLAGS, verbose=False)
+        return load(NAME, [str(SOURCE)], extra_cflags=CFLAGS, verbose=False)
     except Exception as exc:  # no compiler, no ninja, no Python headers: the eager path does the same maths
         reason = str(exc).split(": [", 1)[0].strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
         print(f"warning: the fused triplane kernel could not be built ({reason}); training uses the eager path, "
-              f"about 1.3x slower per step (ASD_FUSED=0 silences this)", file=sys.stderr)
+              f"about 1.4x slower per step (ASD_FUSED=0 silences this)", file=sys.stderr)
         return None
 
 
@@ -101,7 +102,9 @@ def usable(planes: Tensor, points: Tensor, heads: tuple, hidden: int) -> bool:
     for head in heads:
         if len(head.layers) != 2 or any(layer.bias is not None for layer in head.layers):
             return False
-    return heads[0].layers[-1].weight.shape[0] == 1 and _module is not None  # loaded by prepare() or kernel()
+    if heads[0].layers[-1].weight.shape[0] != 1 or heads[1].layers[-1].weight.shape[0] != 3:
+        return False  # one SDF value, three colour features: what the kernel computes
+    return _module is not None  # loaded by prepare() or kernel()
 
 
 def cell_table(planes: Tensor) -> Tensor:
