@@ -40,6 +40,13 @@ def train_command(recipe: Path, overrides: list[str], *, steps, out, device, res
     _fit_with_weights(cfg, prompts, val, resume, quiet)
 
 
+def train_early_checks(recipe: Path, overrides: list[str], *, steps, out, device, dry_run) -> None:
+    """What `asd train` checks before torch loads: the CLI runs it before it sizes torch's threads (whose default
+    samples the machine over the torch import), so a missing library or weight fails in a fraction of a second."""
+    if not dry_run:
+        _early_checks(merged_recipe(recipe, overrides, flag_overrides(steps, out, device)))
+
+
 def _early_checks(data: dict) -> None:
     """The prompt library and the weights the recipe names explicitly, checked before validation imports torch
     (seconds): a missing one fails within a second or two. Defaults are checked after validation too."""

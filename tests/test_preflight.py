@@ -57,6 +57,20 @@ def test_missing_weights_fail_in_one_line_within_seconds(recipe, hub_id, file, n
     assert not (tmp_path / "runs").exists()
 
 
+def test_a_missing_weight_stops_asd_train_before_torch_is_imported(tmp_path):
+    """The CLI runs `asd train`'s early checks before it imports torch to size its threads."""
+    probe = ("import sys\nfrom asdcli.cli import app\n"
+             "try:\n    app(['train', sys.argv[1]], prog_name='asd')\nexcept SystemExit as exc:\n"
+             "    print('exit', exc.code, 'torch' in sys.modules)\n")
+    env = {k: v for k, v in os.environ.items() if not k.startswith(("HF_", "TRANSFORMERS_"))}
+    env.update(PYTHONPATH=str(ROOT), HF_HOME=str(tmp_path / "hf"), XDG_CACHE_HOME=str(tmp_path / "xdg"),
+               HF_HUB_OFFLINE="1")
+    proc = subprocess.run([sys.executable, "-c", probe, str(ROOT / "recipes" / "mvdream_triplane.yaml")],
+                          cwd=tmp_path, env=env, capture_output=True, text=True, timeout=300)
+    assert proc.stdout.strip() == "exit 2 False", proc.stdout + proc.stderr
+    assert "prior.model: MVDream/MVDream" in proc.stderr
+
+
 def test_an_unreachable_hub_is_not_asked_again_for_a_minute(tmp_path):
     args = ["train", ROOT / "recipes" / "sd_hyper_ingp_mg15.yaml"]
     first, _ = run_asd(args, tmp_path, HF_ENDPOINT=CLOSED_PORT)
