@@ -11,6 +11,7 @@ renders, `ASD_FUSED=0` — the eager path in mlp.py runs instead; the two agree 
 from __future__ import annotations
 
 import os
+import platform
 import sys
 import threading
 from pathlib import Path
@@ -25,8 +26,9 @@ SOURCE = Path(__file__).with_name("csrc") / "triplane_field.cpp"
 SIZES = {(8, 32), (16, 64)}  # (plane_channels, hidden) the kernel is instantiated for
 # -fassociative-math (with the flags it needs) lets the compiler vectorise the dot products; no -ffast-math, so
 # NaN and infinity still propagate (the trainer's non-finite guard must see them).
-CFLAGS = ["-O3", "-march=native", "-fno-math-errno", "-fno-signed-zeros", "-fno-trapping-math",
-          "-fassociative-math", "-mprefer-vector-width=512"]
+# The vector-width hint is for x86 (AVX-512 where the CPU has it); other machines get the generic flags.
+CFLAGS = ["-O3", "-fno-math-errno", "-fno-signed-zeros", "-fno-trapping-math", "-fassociative-math"] + (
+    ["-march=native", "-mprefer-vector-width=512"] if platform.machine().lower() in ("x86_64", "amd64") else [])
 _lock = threading.Lock()
 _module: object | None = None
 _failed = False
