@@ -70,7 +70,8 @@ def _root(version: bool = typer.Option(False, "--version", callback=_version, is
 
 def run_guarded(debug: bool, fn, *args, early=None, **kwargs):
     """Run a command body: bad input → one line + exit 2; an internal error → one line + exit 1. `early` (no
-    arguments) runs first, before torch is imported to size its threads: checks that need no torch."""
+    arguments) runs first, before torch is imported to size its threads: checks that need no torch; what it
+    returns becomes fn's first argument."""
     from asdcli.errors import UserError
     from asdcli.progress import interactive
 
@@ -80,7 +81,7 @@ def run_guarded(debug: bool, fn, *args, early=None, **kwargs):
         os.environ["HF_HUB_DISABLE_PROGRESS_BARS"] = "1"
     try:
         if early is not None:
-            early()
+            args = (early(), *args)
         from asdcli.threads import apply_threads
 
         apply_threads(_THREADS["requested"])  # before any heavy work: the inter-op pool is sized only once
@@ -134,13 +135,12 @@ def train(
     debug: bool = DEBUG,
 ) -> None:
     """Amortized training of a text-to-3D generator over a prompt library."""
-    from asdcli.commands import train_command, train_early_checks
+    from asdcli.commands import train_command, train_recipe
 
-    def early() -> None:
-        train_early_checks(recipe, overrides or [], steps=steps, out=out, device=device, dry_run=dry_run)
+    def early() -> dict:
+        return train_recipe(recipe, overrides or [], steps=steps, out=out, device=device, dry_run=dry_run)
 
-    run_guarded(debug, train_command, recipe, overrides or [], steps=steps, out=out, device=device,
-                resume=resume, dry_run=dry_run, json_out=json_out, quiet=quiet, early=early)
+    run_guarded(debug, train_command, resume=resume, dry_run=dry_run, json_out=json_out, quiet=quiet, early=early)
 
 
 @app.command(cls=_Command, epilog=_examples(

@@ -27,24 +27,24 @@ from asdcli.shapes.bundled import is_shapesworld_prior
 from asdcli.shapes.world.grammar import unknown_words
 
 
-def train_command(recipe: Path, overrides: list[str], *, steps, out, device, resume, dry_run, json_out,
-                  quiet) -> None:
+def train_recipe(recipe: Path, overrides: list[str], *, steps, out, device, dry_run) -> dict:
+    """`asd train`'s merged recipe, its prompt library and the weights it names checked (not for a dry run). It
+    needs no torch: the CLI runs it before it sizes torch's threads (whose default samples the machine over the
+    torch import), so a missing library or weight fails in a fraction of a second."""
     data = merged_recipe(recipe, overrides, flag_overrides(steps, out, device))
     if not dry_run:
         _early_checks(data)
+    return data
+
+
+def train_command(data: dict, *, resume, dry_run, json_out, quiet) -> None:
+    """Train on `data`, the merged recipe `train_recipe` returned."""
     cfg = load_recipe(raw=data)
     if dry_run:
         prompts, note = _dry_run_prompts(cfg)
         return dry_run_report(cfg, prompts, json_out, prompts_note=note)
     prompts, val = recipe_prompts(cfg)
     _fit_with_weights(cfg, prompts, val, resume, quiet)
-
-
-def train_early_checks(recipe: Path, overrides: list[str], *, steps, out, device, dry_run) -> None:
-    """What `asd train` checks before torch loads: the CLI runs it before it sizes torch's threads (whose default
-    samples the machine over the torch import), so a missing library or weight fails in a fraction of a second."""
-    if not dry_run:
-        _early_checks(merged_recipe(recipe, overrides, flag_overrides(steps, out, device)))
 
 
 def _early_checks(data: dict) -> None:
