@@ -92,18 +92,18 @@ def _build():
         return None
 
 
-def usable(planes: Tensor, points: Tensor, heads: tuple, hidden: int) -> bool:
+def usable(planes: Tensor, points: Tensor, heads: tuple) -> bool:
     """Whether `field_with_grad` can take this call: the kernel is loaded (`prepare`, `kernel`), CPU float32, the
     kernel's sizes, bias-free one-hidden-layer heads, points without a gradient."""
     if not enabled() or planes.device.type != "cpu" or points.requires_grad:
         return False
     if planes.dtype != torch.float32 or points.dtype != torch.float32:
         return False
-    if (planes.shape[2], hidden) not in SIZES:
-        return False
     for head in heads:
         if len(head.layers) != 2 or any(layer.bias is not None for layer in head.layers):
             return False
+    if (planes.shape[2], heads[0].layers[0].weight.shape[0]) not in SIZES:  # (plane channels, hidden width)
+        return False
     if heads[0].layers[-1].weight.shape[0] != 1 or heads[1].layers[-1].weight.shape[0] != 3:
         return False  # one SDF value, three colour features: what the kernel computes
     return _module is not None  # loaded by prepare() or kernel()

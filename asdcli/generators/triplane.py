@@ -90,7 +90,7 @@ class TriplaneGenerator(Generator):
         C++ pass (generators/fused.py) computes the same; evaluation renders (no gradient) stay on the eager path,
         so they need no compiler and give the same images as before the kernel."""
         if state.requires_grad and torch.is_grad_enabled() and fused.usable(
-                state, points, (self.sdf_head, self.feature_head), self.cfg.hidden):
+                state, points, (self.sdf_head, self.feature_head)):
             sdf, colour, grad = fused.field_with_grad(state, points, self.sdf_head, self.feature_head,
                                                       self.cfg.radius, self.cfg.sdf_bias_radius)
             return FieldOutput(sdf, colour), grad

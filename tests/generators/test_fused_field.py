@@ -55,7 +55,7 @@ def _field_and_grads(gen, planes, points, upstream, monkeypatch, fused_on: bool)
 
 def test_fused_field_matches_the_float64_eager_field(monkeypatch):
     gen, planes, points, upstream = _problem()
-    assert fused.usable(planes, points, (gen.sdf_head, gen.feature_head), gen.cfg.hidden)
+    assert fused.usable(planes, points, (gen.sdf_head, gen.feature_head))
     fast = _field_and_grads(gen, planes, points, upstream, monkeypatch, fused_on=True)
     eager = _field_and_grads(gen, planes, points, upstream, monkeypatch, fused_on=False)
     ref = _field_and_grads(gen.double(), planes.double(), points.double(), upstream, monkeypatch, fused_on=False)
@@ -70,14 +70,15 @@ def test_fused_field_matches_the_float64_eager_field(monkeypatch):
 def test_fused_field_is_taken_only_where_it_applies(monkeypatch):
     gen, planes, points, _ = _problem(n=16)
     heads = (gen.sdf_head, gen.feature_head)
-    assert fused.usable(planes, points, heads, 32)
-    assert not fused.usable(planes.double(), points.double(), heads, 32)  # float32 only
-    assert not fused.usable(planes, points.requires_grad_(True), heads, 32)  # no gradient to the points
-    assert not fused.usable(planes, points.detach(), heads, 48)  # sizes it was not instantiated for
+    assert fused.usable(planes, points, heads)
+    assert not fused.usable(planes.double(), points.double(), heads)  # float32 only
+    assert not fused.usable(planes, points.requires_grad_(True), heads)  # no gradient to the points
+    odd = TriplaneGenerator(TriplaneConfig(text_dim=16, hidden=48))  # sizes it was not instantiated for
+    assert not fused.usable(planes, points.detach(), (odd.sdf_head, odd.feature_head))
     wide = TriplaneGenerator(TriplaneConfig(text_dim=16, plane_channels=4))
-    assert not fused.usable(torch.zeros(1, 3, 4, 16, 16), points.detach(), (wide.sdf_head, wide.feature_head), 32)
+    assert not fused.usable(torch.zeros(1, 3, 4, 16, 16), points.detach(), (wide.sdf_head, wide.feature_head))
     monkeypatch.setenv("ASD_FUSED", "0")
-    assert not fused.usable(planes, points.detach(), heads, 32)
+    assert not fused.usable(planes, points.detach(), heads)
 
 
 def test_renders_without_gradients_stay_on_the_eager_path(monkeypatch):
