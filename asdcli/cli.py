@@ -3,7 +3,6 @@ so `asd --help` never imports torch."""
 
 from __future__ import annotations
 
-import errno
 import os
 import re
 import sys
@@ -15,7 +14,7 @@ import typer
 import typer.core
 
 from asdcli import __version__
-from asdcli.cli_style import FlagsAsFlags, OneLineUsageErrors, one_line
+from asdcli.cli_style import DEBUG, FlagsAsFlags, OneLineUsageErrors, guarded, one_line
 
 
 class _Command(FlagsAsFlags, typer.core.TyperCommand):
@@ -40,7 +39,6 @@ app = typer.Typer(add_completion=False, no_args_is_help=True, pretty_exceptions_
                   help="Scalable text-to-3D with Asynchronous Score Distillation (ASD).",
                   context_settings={"help_option_names": ["-h", "--help"]})
 
-DEBUG = typer.Option(False, "--debug", help="Show full tracebacks instead of one-line errors.")
 QUIET = typer.Option(False, "--quiet", "-q", help="No progress (bars on a terminal, a line every 30 s in a log, "
                      "ASD_PROGRESS_EVERY=seconds); errors still go to stderr.")
 DEVICE = typer.Option(None, "--device", help="cpu, cuda or cuda:N (default: the recipe's train.device, auto).")
@@ -69,50 +67,24 @@ def _root(version: bool = typer.Option(False, "--version", callback=_version, is
 
 
 def run_guarded(debug: bool, fn, *args, early=None, **kwargs):
-    """Run a command body: bad input → one line + exit 2; an internal error → one line + exit 1. `early` (no
-    arguments) runs first, before torch is imported to size its threads: checks that need no torch; what it
-    returns becomes fn's first argument."""
-    from asdcli.errors import UserError
+    """Run a command body under cli_style.guarded (bad input → one line + exit 2; an internal error → one line +
+    exit 1). `early` (no arguments) runs first, before torch is imported to size its threads: checks that need
+    no torch; what it returns becomes fn's first argument."""
     from asdcli.progress import interactive
 
     # The Hugging Face download / weight-loading bars (transformers and huggingface_hub read this when they are
     # imported) follow the same rule as ours: none with --quiet, none in a log, where tqdm's redraws are noise.
     if kwargs.get("quiet") or not interactive():
         os.environ["HF_HUB_DISABLE_PROGRESS_BARS"] = "1"
-    try:
-        if early is not None:
-            args = (early(), *args)
+
+    def body():
+        first = () if early is None else (early(),)
         from asdcli.threads import apply_threads
 
         apply_threads(_THREADS["requested"])  # before any heavy work: the inter-op pool is sized only once
-        return fn(*args, **kwargs)
-    except UserError as exc:
-        if debug:
-            raise
-        typer.echo(f"error: {one_line(exc)}", err=True)
-        raise typer.Exit(2) from None
-    except KeyboardInterrupt:
-        typer.echo("interrupted", err=True)
-        raise typer.Exit(130) from None
-    except Exception as exc:  # the contract: one line unless --debug
-        if debug:
-            raise
-        if type(exc).__name__ == "UnpicklingError":  # torch.load(weights_only=True) refused a model file's pickle
-            typer.echo(f"error: {one_line(_PICKLE_REFUSED)}", err=True)
-            raise typer.Exit(2) from None
-        if isinstance(exc, OSError) and exc.errno in (errno.ENOSPC, errno.EDQUOT):
-            where = f" writing {one_line(exc.filename)}" if exc.filename else ""
-            typer.echo(f"error: no space left on the device{where}; free disk space and rerun (files written "
-                       f"before are intact)", err=True)
-            raise typer.Exit(1) from None
-        name = type(exc).__name__
-        typer.echo(f"internal error ({name}): {one_line(exc)}; rerun with --debug for the traceback", err=True)
-        raise typer.Exit(1) from None
+        return fn(*first, *args, **kwargs)
 
-
-_PICKLE_REFUSED = ("a model file is a pickle (.bin/.pt/.ckpt) that holds more than tensors, so it was refused "
-                   "unread (nothing in it ran); use the model's .safetensors weights, or convert the file on a "
-                   "machine where you trust its source")
+    return guarded(debug, body)
 
 
 @app.command(cls=_Command, context_settings={"allow_extra_args": False}, epilog=_examples(

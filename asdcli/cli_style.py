@@ -1,8 +1,10 @@
-"""How every command line of the project looks: flags shown as flags, usage errors as one line with exit 2.
-Shared by `asd` (cli.py) and `python -m asdcli.shapes`; imports only typer (no torch)."""
+"""How every command line of the project looks: flags shown as flags, usage errors as one line with exit 2, a
+failing command body as one line with its exit code (`guarded`). Shared by `asd` (cli.py) and
+`python -m asdcli.shapes`; imports only typer (no torch)."""
 
 from __future__ import annotations
 
+import errno
 import sys
 
 import typer
@@ -12,6 +14,13 @@ from asdcli.errors import safe_line
 
 # click's usage-error base class (typer may vendor its own click, so found through typer's BadParameter)
 _CLICK_ERROR = next(c for c in typer.BadParameter.__mro__ if c.__name__ == "ClickException")
+
+
+DEBUG = typer.Option(False, "--debug", help="Show full tracebacks instead of one-line errors.")
+
+PICKLE_REFUSED = ("a model file is a pickle (.bin/.pt/.ckpt) that holds more than tensors, so it was refused "
+                  "unread (nothing in it ran); use the model's .safetensors weights, or convert the file on a "
+                  "machine where you trust its source")
 
 
 class FlagsAsFlags:
@@ -51,3 +60,35 @@ class OneLineUsageErrors(FlagsAsFlags, typer.core.TyperGroup):
 def one_line(text: str) -> str:
     """One terminal-safe line: a key or value holding escape sequences is shown escaped, never executed."""
     return safe_line(text)
+
+
+def guarded(debug: bool, body, user_errors: tuple[type[BaseException], ...] = ()):
+    """body() under the contract: bad input (a UserError or one of `user_errors`) → one line, exit 2; Ctrl-C →
+    "interrupted", exit 130; a full disk → one line naming the file, exit 1; anything else → one line naming
+    the exception, exit 1. With `debug` the traceback instead (Ctrl-C still exits 130)."""
+    from asdcli.errors import UserError
+
+    try:
+        return body()
+    except (UserError, *user_errors) as exc:
+        if debug:
+            raise
+        typer.echo(f"error: {one_line(exc)}", err=True)
+        raise typer.Exit(2) from None
+    except KeyboardInterrupt:
+        typer.echo("interrupted", err=True)
+        raise typer.Exit(130) from None
+    except Exception as exc:  # the contract: one line unless --debug
+        if debug:
+            raise
+        if type(exc).__name__ == "UnpicklingError":  # torch.load(weights_only=True) refused a model file's pickle
+            typer.echo(f"error: {one_line(PICKLE_REFUSED)}", err=True)
+            raise typer.Exit(2) from None
+        if isinstance(exc, OSError) and exc.errno in (errno.ENOSPC, errno.EDQUOT):
+            where = f" writing {one_line(exc.filename)}" if exc.filename else ""
+            typer.echo(f"error: no space left on the device{where}; free disk space and rerun (files written "
+                       f"before are intact)", err=True)
+            raise typer.Exit(1) from None
+        name = type(exc).__name__
+        typer.echo(f"internal error ({name}): {one_line(exc)}; rerun with --debug for the traceback", err=True)
+        raise typer.Exit(1) from None

@@ -24,7 +24,7 @@ from typing import Optional
 import typer
 import typer.core
 
-from asdcli.cli_style import FlagsAsFlags, OneLineUsageErrors
+from asdcli.cli_style import DEBUG, FlagsAsFlags, OneLineUsageErrors, guarded
 
 PROG = "python -m asdcli.shapes"
 
@@ -62,21 +62,20 @@ DDIM_STEPS = typer.Option(50, "--steps", help="DDIM steps")
 CLIP = typer.Option("bundled:shapes-clip", "--clip", help="CLIP for R@1 of the samples ('none' to skip)")
 
 
-def _guarded(fn, *args, threads: int | None | bool = False, **kwargs) -> None:
-    """Run a command body: a UserError (or a prompt outside the grammar) → `error: ...` on one line, exit 2.
-    threads False: the command takes no --threads (the exports do no heavy work); else applied first."""
-    from asdcli.errors import UserError, safe_line
+def _guarded(fn, *args, threads: int | None | bool = False, debug: bool = False, **kwargs) -> None:
+    """Run a command body under cli_style.guarded, as `asd` does: bad input (a UserError or a prompt outside the
+    grammar) → `error: ...` on one line, exit 2; an internal error → one line, exit 1 (the traceback with
+    --debug). threads False: the command takes no --threads (the exports do no heavy work); else applied first."""
     from asdcli.shapes.world.grammar import PromptError
 
-    try:
+    def body():
         if threads is not False:
             from asdcli.threads import apply_threads
 
             apply_threads(threads)
         fn(*args, **kwargs)
-    except (UserError, PromptError) as err:
-        typer.echo(f"error: {safe_line(str(err))}", err=True)
-        raise typer.Exit(2) from None
+
+    guarded(debug, body, user_errors=(PromptError,))
 
 
 def _overrides(cls, config: str | None, named: dict) -> dict:
@@ -130,28 +129,28 @@ def train_prior(out: str = OUT, steps: Optional[int] = STEPS, resume: bool = RES
                                                         "prior folder (bundled:shapes-prior too) whose EMA "
                                                         "weights start this run (fine-tuning: fresh optimiser, "
                                                         "schedule and pool)"),
-                device: str = DEVICE) -> None:
+                device: str = DEVICE, debug: bool = DEBUG) -> None:
     """Train the text-to-image prior (diffusers layout)."""
     _guarded(_train, "train_prior", "train_prior", "PriorTrainConfig", out, steps, resume, config, device,
-             {"batch": batch, "seed": seed, "init_from": init_from}, threads=threads)
+             {"batch": batch, "seed": seed, "init_from": init_from}, threads=threads, debug=debug)
 
 
 @app.command("train-clip", cls=_Command)
 def train_clip(out: str = OUT, steps: Optional[int] = STEPS, resume: bool = RESUME,
                threads: Optional[int] = THREADS, batch: Optional[int] = BATCH, seed: Optional[int] = SEED,
-               config: Optional[str] = CONFIG, device: str = DEVICE) -> None:
+               config: Optional[str] = CONFIG, device: str = DEVICE, debug: bool = DEBUG) -> None:
     """Train the tiny CLIP (transformers layout)."""
     _guarded(_train, "train_clip", "train_clip", "ClipTrainConfig", out, steps, resume, config, device,
-             {"batch": batch, "seed": seed}, threads=threads)
+             {"batch": batch, "seed": seed}, threads=threads, debug=debug)
 
 
 @app.command("train-prior-mv", cls=_Command)
 def train_prior_mv(out: str = OUT, steps: Optional[int] = STEPS, resume: bool = RESUME,
                    threads: Optional[int] = THREADS, batch: Optional[int] = BATCH, seed: Optional[int] = SEED,
-                   config: Optional[str] = CONFIG, device: str = DEVICE) -> None:
+                   config: Optional[str] = CONFIG, device: str = DEVICE, debug: bool = DEBUG) -> None:
     """Train the 4-view camera-conditioned prior (MVDream path)."""
     _guarded(_train, "train_prior_mv", "train_prior_mv", "MVPriorTrainConfig", out, steps, resume, config,
-             device, {"batch": batch, "seed": seed}, threads=threads)
+             device, {"batch": batch, "seed": seed}, threads=threads, debug=debug)
 
 
 def _export(module: str, fn: str, *args, **kwargs) -> None:
@@ -161,21 +160,21 @@ def _export(module: str, fn: str, *args, **kwargs) -> None:
 
 
 @app.command("export-prior", cls=_Command)
-def export_prior(src: str = SRC, dest: str = DEST, fp32: bool = FP32) -> None:
+def export_prior(src: str = SRC, dest: str = DEST, fp32: bool = FP32, debug: bool = DEBUG) -> None:
     """EMA weights of a train-prior run → a diffusers folder."""
-    _guarded(_export, "train_prior", "export_prior", src, dest, fp16=not fp32)
+    _guarded(_export, "train_prior", "export_prior", src, dest, fp16=not fp32, debug=debug)
 
 
 @app.command("export-clip", cls=_Command)
-def export_clip(src: str = SRC, dest: str = DEST) -> None:
+def export_clip(src: str = SRC, dest: str = DEST, debug: bool = DEBUG) -> None:
     """A train-clip run → CLIPModel + tokenizer + preprocessor config."""
-    _guarded(_export, "train_clip", "export_clip", src, dest)
+    _guarded(_export, "train_clip", "export_clip", src, dest, debug=debug)
 
 
 @app.command("export-prior-mv", cls=_Command)
-def export_prior_mv(src: str = SRC, dest: str = DEST, fp32: bool = FP32) -> None:
+def export_prior_mv(src: str = SRC, dest: str = DEST, fp32: bool = FP32, debug: bool = DEBUG) -> None:
     """EMA weights of a train-prior-mv run → an MVDreamPrior folder."""
-    _guarded(_export, "train_prior_mv", "export_prior_mv", src, dest, fp16=not fp32)
+    _guarded(_export, "train_prior_mv", "export_prior_mv", src, dest, fp16=not fp32, debug=debug)
 
 
 def _eval_prior(model, prompts, cfg, split, steps, grid, clip) -> None:
@@ -196,10 +195,10 @@ def eval_prior(model: str = typer.Option(..., "--model", help="exported diffuser
                cfg: list[float] = CFG, split: Split = SPLIT, steps: int = DDIM_STEPS,
                grid: Optional[str] = typer.Option(None, "--grid", help="write a PNG contact sheet of the "
                                                   "samples here"),
-               threads: Optional[int] = THREADS, clip: str = CLIP) -> None:
+               threads: Optional[int] = THREADS, clip: str = CLIP, debug: bool = DEBUG) -> None:
     """Sample with CFG and score against the ground truth (+ CLIP R@1)."""
     _guarded(_eval_prior, model, prompts, cfg, split.value, steps, grid, None if clip == "none" else clip,
-             threads=threads)
+             threads=threads, debug=debug)
 
 
 @app.command("eval-prior-mv", cls=_Command)
@@ -208,10 +207,10 @@ def eval_prior_mv(model: str = typer.Option(..., "--model", help="exported 4-vie
                   cfg: list[float] = CFG, split: Split = SPLIT, steps: int = DDIM_STEPS,
                   grid: Optional[str] = typer.Option(None, "--grid", help="write a PNG contact sheet (per "
                                                      "prompt: GT, then each CFG)"),
-                  threads: Optional[int] = THREADS, clip: str = CLIP) -> None:
+                  threads: Optional[int] = THREADS, clip: str = CLIP, debug: bool = DEBUG) -> None:
     """4-view samples against the ground truth (mask IoU, CLIP R@1 per view)."""
     _guarded(_eval_prior_mv, model, prompts, cfg, split.value, steps, grid, None if clip == "none" else clip,
-             threads=threads)
+             threads=threads, debug=debug)
 
 
 def _eval_clip(model: str, views: int, split: str) -> None:
@@ -223,9 +222,9 @@ def _eval_clip(model: str, views: int, split: str) -> None:
 @app.command("eval-clip", cls=_Command)
 def eval_clip(model: str = typer.Option(..., "--model", help="exported CLIP folder"),
               views: int = typer.Option(8, "--views", help="orbit views per prompt"),
-              split: Split = SPLIT, threads: Optional[int] = THREADS) -> None:
+              split: Split = SPLIT, threads: Optional[int] = THREADS, debug: bool = DEBUG) -> None:
     """R@1 of GT renders of the split's prompts (the asd protocol)."""
-    _guarded(_eval_clip, model, views, split.value, threads=threads)
+    _guarded(_eval_clip, model, views, split.value, threads=threads, debug=debug)
 
 
 def spread_cfg(argv: list[str]) -> list[str]:

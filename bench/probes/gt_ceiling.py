@@ -10,12 +10,15 @@ target that the fit misses cannot be reached by any distillation loss either.
     asd eval --checkpoint RUN --prompts FILE --json out.json
     python bench/probes/gt_ceiling.py levels RUN|bundled|gt --prompts FILE
     python bench/probes/gt_ceiling.py colours RUN|bundled --prompts FILE
+    python bench/probes/gt_ceiling.py compare RUN|bundled [RUN ...] [--sets 4] [--n 32]
 
 `levels` scores the occupancy {SDF < level} of a run (or the bundled generator) for several levels: IoU,
 shape_r@1 and its volume over the scenes'. With `gt` it offsets the ground-truth SDFs themselves, which shows
-how far a surface may sit from the true one before retrieval fails. `colours` splits `asd eval`'s colour error
-into each object's colour (bias) and where it lies (placement), and compares the saturation of the generator's
-renders with the ground truth's.
+how far a surface may sit from the true one before retrieval fails. `compare` scores generators side by side on
+the seeded prompt sets of docs/notebook.md §9b–§9k (`sample_prompts(None, split, n, seed)`, seeds 0 … sets − 1,
+train and test): `shape_r@1`, IoU and volume at level 0 and the colour error, per set and their mean.
+`colours` splits `asd eval`'s colour error into each object's colour (bias) and where it lies (placement), and
+compares the saturation of the generator's renders with the ground truth's.
 
 The run is an ordinary asd run (checkpoints, --resume, validation media), so `asd eval` and `asd generate`
 read it. Loss: MSE of the foreground colour (rendered over black, as the ground truth is) + MSE of the
@@ -172,6 +175,29 @@ def colour_split(source: str, prompts: list[str], n: int = 2048) -> dict:
             "albedo_brightness_excess": mean(albedo)}
 
 
+def seeded_scores(source: str, split: str, sets: int, n: int) -> list[dict]:
+    """Per seeded set of `split`: level-0 IoU, shape_r@1 and volume ratio, and the colour error."""
+    from study_score import sample_prompts
+
+    rows = []
+    for seed in range(sets):
+        prompts = sample_prompts(None, split, n, seed)
+        level0 = level_sweep(source, prompts, levels=(0.0,))[0]
+        rows.append({**level0, "color_error": colour_split(source, prompts)["color_error"]})
+    return rows
+
+
+def print_comparison(sources: list[str], sets: int, n: int) -> None:
+    """One line per source and split: each metric's mean over the sets, then shape_r@1 per set."""
+    keys = ("shape_r@1", "iou", "volume_ratio", "color_error")
+    for source in sources:
+        for split in ("train", "test"):
+            rows = seeded_scores(source, split, sets, n)
+            means = "  ".join(f"{k} {sum(r[k] for r in rows) / len(rows):.3f}" for k in keys)
+            per_set = " ".join(f"{r['shape_r@1']:.2f}" for r in rows)
+            print(f"{source}  {split:5s}  {means}  shape_r@1 per set {per_set}", flush=True)
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     sub = ap.add_subparsers(dest="command", required=True)
@@ -186,6 +212,10 @@ def main() -> None:
     co = sub.add_parser("colours", help="colour error split into bias and placement; render saturation")
     co.add_argument("source", help="run directory or bundled")
     co.add_argument("--prompts", type=Path, required=True, help="text file, one ShapesWorld prompt per line")
+    cmp = sub.add_parser("compare", help="generators side by side on the seeded train and test prompt sets")
+    cmp.add_argument("sources", nargs="+", help="run or checkpoint directories, or bundled")
+    cmp.add_argument("--sets", type=int, default=4, help="seeded sets per split (seeds 0 … sets − 1)")
+    cmp.add_argument("--n", type=int, default=32, help="prompts per set")
     ap.add_argument("--threads", type=int, default=1)
     args, rest = ap.parse_known_args()  # the fit's recipe overrides (key=value) may sit between options
     bad = [r for r in rest if "=" not in r or r.startswith("-") or args.command != "fit"]
@@ -198,6 +228,9 @@ def main() -> None:
     if args.command == "colours":
         print("  ".join(f"{k} {v:+.3f}" if k.endswith("excess") else f"{k} {v:.3f}"
                         for k, v in colour_split(args.source, prompts).items()))
+        return
+    if args.command == "compare":
+        print_comparison(args.sources, args.sets, args.n)
         return
     if args.command == "levels":
         for row in level_sweep(args.source, prompts):

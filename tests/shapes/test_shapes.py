@@ -209,6 +209,35 @@ def test_shape_r_at_1_and_colour_error():
     assert 0.2 < grey < 0.5
 
 
+def test_shapes_commands_report_failures_as_asd_does(tmp_path, capsys):
+    """An internal failure is one line naming the exception, exit 1; Ctrl-C is `interrupted`, exit 130; with
+    --debug (on every command) the traceback instead."""
+    import typer
+
+    from asdcli.shapes.__main__ import _guarded, app, main
+
+    def broken(reason: str):
+        raise RuntimeError(f"broken: {reason}\nsecond line")
+
+    def interrupted():
+        raise KeyboardInterrupt
+
+    for body, args, code in ((broken, ("grid",), 1), (interrupted, (), 130)):
+        with pytest.raises(typer.Exit) as exit_info:
+            _guarded(body, *args)
+        assert exit_info.value.exit_code == code
+        err = capsys.readouterr().err
+        assert err.count("\n") == 1 and "Traceback" not in err
+    with pytest.raises(typer.Exit):
+        _guarded(broken, "grid")
+    assert "internal error (RuntimeError): broken: grid" in capsys.readouterr().err
+    with pytest.raises(RuntimeError, match="broken: grid"):
+        _guarded(broken, "grid", debug=True)
+    for command in app.registered_commands:
+        assert main([command.name, "--help"]) == 0
+        assert "--debug" in capsys.readouterr().out, command.name
+
+
 def test_write_library(tmp_path):
     lib = write_library(tmp_path / "lib" / "shapes.json", seed=0, corpus_size=16)
     loaded = json.loads((tmp_path / "lib" / "shapes.json").read_text())
