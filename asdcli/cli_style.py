@@ -10,7 +10,7 @@ import sys
 import typer
 import typer.core
 
-from asdcli.errors import safe_line
+from asdcli.errors import UserError, safe_line
 
 # click's usage-error base class (typer may vendor its own click, so found through typer's BadParameter)
 _CLICK_ERROR = next(c for c in typer.BadParameter.__mro__ if c.__name__ == "ClickException")
@@ -66,7 +66,6 @@ def guarded(debug: bool, body, user_errors: tuple[type[BaseException], ...] = ()
     """body() under the contract: bad input (a UserError or one of `user_errors`) → one line, exit 2; Ctrl-C →
     "interrupted", exit 130; a full disk → one line naming the file, exit 1; anything else → one line naming
     the exception, exit 1. With `debug` the traceback instead (Ctrl-C still exits 130)."""
-    from asdcli.errors import UserError
 
     try:
         return body()
