@@ -66,7 +66,6 @@ def guarded(debug: bool, body, user_errors: tuple[type[BaseException], ...] = ()
     """body() under the contract: bad input (a UserError or one of `user_errors`) → one line, exit 2; Ctrl-C →
     "interrupted", exit 130; a full disk → one line naming the file, exit 1; anything else → one line naming
     the exception, exit 1. With `debug` the traceback instead (Ctrl-C still exits 130)."""
-
     try:
         return body()
     except (UserError, *user_errors) as exc:
