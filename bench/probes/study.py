@@ -265,20 +265,31 @@ def arm_state(arm: Arm, state_root: Path, steps: int) -> tuple[int, str]:
     return done, "done" if done >= steps else ("to do" if done == 0 else f"at step {done}")
 
 
+def measured_score_seconds(state_root: Path, fallback: float) -> float:
+    """Mean wall seconds to score and probe one checkpoint over every committed arm's rows, else `fallback`."""
+    rows = [r for d in sorted(state_root.glob("*")) for r in read_rows(d / "curve.jsonl") if "seconds" in r]
+    if not rows:
+        return fallback
+    return sum(r["seconds"] + r.get("mechanism_seconds", 0.0) for r in rows) / len(rows)
+
+
 def plan(arms: list[Arm], args) -> int:
     """The grid, each arm's committed step, and the CPU time left: MEASURED_S_PER_STEP per training step and
-    --score-seconds per scored checkpoint (1 thread per arm; process CPU time = wall time on an idle core)."""
+    the committed arms' mean time per scored checkpoint (--score-seconds until there is one; 1 thread per arm,
+    process CPU time = wall time on an idle core)."""
     rows, train_s, score_s = [], 0.0, 0.0
+    per_score = measured_score_seconds(Path(args.state), args.score_seconds)
     for arm in arms:
         done, state = arm_state(arm, Path(args.state), args.steps)
         train = max(args.steps - done, 0) * MEASURED_S_PER_STEP[arm.method]
-        score = len([s for s in score_steps(args.steps, args.score_every) if s > done]) * args.score_seconds
+        score = len([s for s in score_steps(args.steps, args.score_every) if s > done]) * per_score
         train_s, score_s = train_s + train, score_s + score
         rows.append([arm.name, " ".join(arm_overrides(arm)[:1] + list(arm.overrides)), state, (train + score) / 3600])
     common.table(f"study grid: {len(arms)} arms × {args.steps} steps, scored every {args.score_every}",
                  ["arm", "changes", "state", "CPU h left"], rows)
     total, jobs = (train_s + score_s) / 3600, max(1, args.jobs)
-    print(f"left: {total:.1f} CPU hours ({train_s / 3600:.1f} training, {score_s / 3600:.1f} scoring) at 1 thread "
+    print(f"left: {total:.1f} CPU hours ({train_s / 3600:.1f} training, {score_s / 3600:.1f} scoring at "
+          f"{per_score:.0f} s a checkpoint) at 1 thread "
           f"per arm; {total / jobs:.1f} h wall with {jobs} arm(s) at once on idle cores, "
           f"{math.ceil(total / jobs / 2.5)} sittings of 150 min")
     return 0
@@ -333,8 +344,9 @@ def parse(argv: list[str] | None) -> argparse.Namespace:
     ap.add_argument("--score-every", type=int, default=SCORE_EVERY, help="steps between scored checkpoints")
     ap.add_argument("--budget-min", type=float, default=None, help="stop starting segments after this long")
     ap.add_argument("--deadline", type=float, default=None, help=argparse.SUPPRESS)  # children of --jobs
-    ap.add_argument("--score-seconds", type=float, default=160.0,
-                    help="CPU s to score and probe a checkpoint (measured 157), until an arm has its own figure")
+    ap.add_argument("--score-seconds", type=float, default=53.0,
+                    help="s to score and probe a checkpoint until an arm has its own figure (then: the committed "
+                    "arms' mean; 53 s over 9 checkpoints, 2 arms at once on the 2 cores, 2026-12-07)")
     ap.add_argument("--jobs", type=int, default=1, help="arms trained at once, in child processes")
     ap.add_argument("--threads", type=int, default=1, help="torch threads per arm")
     ap.add_argument("--device", default="cpu", help="cpu, cuda or cuda:N (arms resume on either)")

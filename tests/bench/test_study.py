@@ -82,12 +82,20 @@ def test_plan_lists_every_arm_and_the_cpu_time_left(study, tmp_path, capsys):
     out = capsys.readouterr().out
     assert "30 arms × 4000 steps" in out and "vsd-6118-s1" in out and "to do" in out
     per_step = sum(study.MEASURED_S_PER_STEP[a.method] for a in study.build_grid())
-    train, score = per_step * 4000 / 3600, 30 * 8 * study.parse(["plan"]).score_seconds / 3600
-    assert f"left: {train + score:.1f} CPU hours ({train:.1f} training, {score:.1f} scoring)" in out
+    fallback = study.parse(["plan"]).score_seconds
+    train, score = per_step * 4000 / 3600, 30 * 8 * fallback / 3600
+    assert f"left: {train + score:.1f} CPU hours ({train:.1f} training, {score:.1f} scoring at {fallback:.0f} s" in out
     assert study.main(["run", "--only", "nope"]) == 2
     assert study.main(["run", "--only", "asd-64-s0", "--state", str(tmp_path), "--set",  # no segments then
                        "loss.t_min={linear: {from: 0.5, to: 0.02, start: 0, end: 1, unit: fraction}}"]) == 2
     assert "loss.t_min: a schedule in fractions" in capsys.readouterr().err and not any(tmp_path.iterdir())
+    # once an arm has scored checkpoints, the plan prices the rest at their mean (scores + mechanism probe)
+    priced = tmp_path / "priced"
+    rows = [{"step": 500, "seconds": 40.0, "mechanism_seconds": 10.0}, {"step": 1000, "seconds": 60.0}]
+    (priced / "asd-64-s0").mkdir(parents=True)
+    (priced / "asd-64-s0" / "curve.jsonl").write_text("".join(json.dumps(r) + "\n" for r in rows))
+    assert study.main(["plan", "--state", str(priced)]) == 0
+    assert f"{30 * 8 * 55 / 3600:.1f} scoring at 55 s a checkpoint" in capsys.readouterr().out
 
 
 @pytest.fixture(scope="module")
