@@ -126,7 +126,7 @@ def test_only_runs_long_enough_to_repay_the_build_build_it():
     root = RECIPE.parent
     tiny = load_recipe(root / "tiny_cpu.yaml", [], {})
     shapes = load_recipe(root / "shapes_generator.yaml", [], {})
-    assert field_queries(shapes) == 10_000 * 8 * 1 * 32 * 32 * 48
+    assert field_queries(shapes) == 10_000 * 16 * 1 * 32 * 32 * 48  # steps · prompts · views · pixels · samples
     assert not fused.worth_building(field_queries(tiny))
     assert fused.worth_building(field_queries(shapes))
     assert fused.worth_building(field_queries(load_recipe(root / "shapes_asd.yaml", [], {})))

@@ -25,6 +25,8 @@ def test_every_command_and_option_name_is_kept():
     group = typer.main.get_command(app)
     assert set(group.commands) == set(COMMANDS)
     opts = {name: {o for p in cmd.params for o in p.opts} for name, cmd in group.commands.items()}
+    assert all("--debug" in names for names in opts.values())  # added to every command; the rest kept as it was
+    opts = {name: names - {"--debug"} for name, names in opts.items()}
     train = {"--out", "--steps", "--resume", "--threads", "--batch", "--seed", "--config", "--device"}
     assert opts["train-prior"] == train | {"--init-from"} and opts["train-clip"] == opts["train-prior-mv"] == train
     assert opts["export-prior"] == opts["export-prior-mv"] == {"--from", "--to", "--fp32"}
