@@ -86,11 +86,17 @@ def method_keys(method: str) -> tuple[str, ...]:
     return tuple(f"loss.{k}={json.dumps(v)}" for k, v in loss.items() if k not in shared)
 
 
+# The study started at the recipe's 8 prompts a step; the recipe moved to 16 after (docs/notebook.md §9l), which
+# would double every arm's cost (docs/study/DESIGN.md), so the grid keeps 8.
+STUDY_PROMPTS_PER_STEP = 8
+
+
 def arm_overrides(arm: Arm, extra: list[str] = ()) -> list[str]:
     """Everything an arm changes in recipes/shapes_generator.yaml. No validation prompts: they would only cost
     time at every segment's end (scoring happens here instead)."""
     return [f"loss.kind={arm.method}", *method_keys(arm.method), f"prompts.library=shapesworld:{arm.corpus}",
-            f"seed={arm.seed}", "prompts.num_val=0", "train.val_every=0", *arm.overrides, *extra]
+            f"seed={arm.seed}", "prompts.num_val=0", "train.val_every=0",
+            f"render.prompts_per_step={STUDY_PROMPTS_PER_STEP}", *arm.overrides, *extra]
 
 
 def arm_config(arm: Arm, steps: int, run: Path, device: str = "cpu", extra: list[str] = ()):

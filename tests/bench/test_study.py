@@ -55,8 +55,10 @@ def test_grid_is_the_planned_arms_on_the_bundled_recipe(study, tmp_path):
     for arm in grid:
         cfg = to_plain(study.arm_config(arm, 4000, tmp_path / arm.name))
         assert cfg["seed"] == arm.seed and cfg["prompts"]["library"] == f"shapesworld:{arm.corpus}"
-        for section in ("prior", "generator", "render"):  # the bundled recipe's, untouched
+        for section in ("prior", "generator"):  # the bundled recipe's, untouched
             assert cfg[section] == base[section]
+        # the render too, but at the 8 prompts a step the grid started with (the recipe has 16 since)
+        assert cfg["render"] == {**base["render"], "prompts_per_step": 8} and base["render"]["prompts_per_step"] == 16
         assert {k: v for k, v in cfg["train"].items() if k not in ("steps", "val_every", "device")} == \
             {k: v for k, v in base["train"].items() if k not in ("steps", "val_every", "device")}
         changed = {k for k in set(cfg["loss"]) | set(base["loss"]) if cfg["loss"].get(k) != base["loss"].get(k)}
