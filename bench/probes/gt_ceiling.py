@@ -28,6 +28,7 @@ opacity against the ground-truth coverage, plus the recipe's regularisers (eikon
 from __future__ import annotations
 
 import argparse
+import functools
 import sys
 from pathlib import Path
 
@@ -68,9 +69,17 @@ class GroundTruthStep(StepRunner):
 LEVELS = (-0.06, -0.03, 0.0, 0.03, 0.06, 0.1)
 
 
+@functools.lru_cache(maxsize=2)
+def loaded(source: str):
+    """The generator of a run or of "bundled", loaded once per process (`compare` scores it on many sets)."""
+    from asdcli.engine.inference import load_model
+
+    return load_model(None if source == "bundled" else source)
+
+
 def sdf_grids(source: str, prompts: list[str], res: int) -> list[torch.Tensor]:
     """[R, R, R] SDF grids of each prompt: the ground truth ("gt") or a generator (a run, or "bundled")."""
-    from asdcli.engine.inference import field_state, load_model
+    from asdcli.engine.inference import field_state
     from asdcli.shapes.evaluation import grid_points, predicted_value
     from asdcli.shapes.world.grammar import parse_prompt
     from asdcli.shapes.world.scenes import SceneField
@@ -78,7 +87,7 @@ def sdf_grids(source: str, prompts: list[str], res: int) -> list[torch.Tensor]:
     if source == "gt":
         pts = grid_points(res, 1.0).reshape(-1, 3)
         return [SceneField(parse_prompt(p)).sdf(pts).reshape(res, res, res) for p in prompts]
-    model = load_model(None if source == "bundled" else source)
+    model = loaded(source)
     if model.generator.field_type != "sdf":
         from asdcli.errors import UserError
 
@@ -151,12 +160,12 @@ def colour_split(source: str, prompts: list[str], n: int = 2048) -> dict:
     colour set right: colour on the wrong object or part), `chroma_excess` / `brightness_excess` (the renders'
     saturation / lightness over the GT renders') and `albedo_brightness_excess` (the colour field's lightness
     on the true surface over the true colours'; above the renders' figure, the generator's shading is darker)."""
-    from asdcli.engine.inference import field_state, load_model, query_fn, select_prompt
+    from asdcli.engine.inference import field_state, query_fn, select_prompt
     from asdcli.shapes.world.grammar import parse_prompt
     from asdcli.shapes.world.metrics import surface_colours
     from asdcli.shapes.world.scenes import SceneField
 
-    model = load_model(None if source == "bundled" else source)
+    model = loaded(source)
     errors, placement, excess, albedo = [], [], [], []
     for start in range(0, len(prompts), 8):
         part = prompts[start:start + 8]
